@@ -1,0 +1,62 @@
+"""Shared set-up for tests that compare with diffusers' schedulers (the independent oracle)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import usf_fast
+from usf_fast.analytic import gmm_image
+
+N_TRAIN = 1000
+
+
+def diffusers_betas() -> torch.Tensor:
+    return torch.linspace(1e-4, 0.02, N_TRAIN, dtype=torch.float32)
+
+
+def discrete_setup(prediction: str = "eps"):
+    """Same discrete VP schedule and exact GMM model for usf_fast and diffusers.
+
+    Returns (usf model, net taking integer timesteps for diffusers, alphas_cumprod float64).
+    """
+    alphas_cumprod = torch.cumprod(1.0 - diffusers_betas(), 0).double()
+    ns = usf_fast.NoiseScheduleVP("discrete", alphas_cumprod=alphas_cumprod)
+    gmm = gmm_image(shape=(3, 8, 8), components=3, rank=3)
+    model = gmm.as_model(ns, prediction=prediction)
+
+    def diffusers_net(x, timestep):
+        t = torch.as_tensor(timestep, dtype=x.dtype).reshape(-1).expand(x.shape[0])
+        return model.net(x, (t + 1.0) / N_TRAIN)
+
+    return model, diffusers_net, alphas_cumprod
+
+
+def run_diffusers(scheduler, net, noise: torch.Tensor, num_inference_steps: int) -> tuple[torch.Tensor, list[int]]:
+    """Drive a diffusers scheduler with float64 coefficients; return (x0, timesteps used)."""
+    scheduler.set_timesteps(num_inference_steps)
+    if hasattr(scheduler, "sigmas"):
+        # diffusers rounds its sigma table to float32; recompute it in float64 from the same
+        # alphas_cumprod so the comparison measures the algorithms, not that rounding.
+        ac = scheduler.alphas_cumprod.double()
+        ts = scheduler.timesteps.long()
+        sig = ((1 - ac[ts]) / ac[ts]) ** 0.5
+        last = scheduler.sigmas[-1].double()
+        if float(last) != 0.0:
+            last = ((1 - ac[0]) / ac[0]) ** 0.5
+        scheduler.sigmas = torch.cat([sig, last.reshape(1)])
+    x = noise.clone() * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        out = net(x, t)
+        x = scheduler.step(out, t, x).prev_sample
+    return x, [int(t) for t in scheduler.timesteps]
+
+
+def usf_times(int_timesteps, final: str = "t_min") -> list[float]:
+    ts = [(t + 1.0) / N_TRAIN for t in int_timesteps]
+    if final == "t_min":
+        ts.append(1.0 / N_TRAIN)
+    return ts
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())

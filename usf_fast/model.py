@@ -1,0 +1,140 @@
+"""`DiffusionModel`: a network plus its parameterisation, turned into ε̂ and x̂0.
+
+Every parameterisation is linear in (x, raw output) with scalar coefficients that depend only on
+t (DESIGN.md §1), so the wrapper exposes them (`conversion`) for the fast paths, and `predict`
+for the reference sampler.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .noise_schedules import NoiseSchedule
+
+__all__ = ["DiffusionModel", "PREDICTIONS", "TIME_INPUTS"]
+
+PREDICTIONS = ("eps", "x0", "v", "score")
+TIME_INPUTS = ("continuous", "discrete", "sigma")
+
+
+class DiffusionModel:
+    """Wrap `net(x, t[, cond])` for sampling.
+
+    Args:
+        net: callable; x is (B, ...) and t is a (B,) tensor of per-sample times in the net's own
+            time input (see `time_input`), same dtype and device as x.
+        noise_schedule: a `NoiseScheduleVP` or `NoiseScheduleEDM`.
+        prediction: what the net returns: "eps" (ε̂), "x0" (x̂0; EDM denoisers D(x, σ)),
+            "v" (v = α ε − σ x0) or "score" (∇_x log p_t).
+        time_input: "continuous" (t itself; σ for EDM), "discrete" (DDPM index (t − 1/N)·N, float),
+            "sigma" (σ_t/α_t, the EDM noise level), or a callable mapping a t tensor to the input.
+        guidance_scale: classifier-free guidance w; out = out_u + w·(out_c − out_u). Needs `cond`
+            and `uncond` (tensors with batch dimension B, concatenated so the net runs once).
+        cond, uncond: conditioning passed as the net's third argument.
+        data_mean: x̂0 used by the analytical first step (tensor broadcastable to x, or a float).
+    """
+
+    def __init__(self, net: Callable, noise_schedule: NoiseSchedule, prediction: str = "eps",
+                 time_input: str | Callable = "continuous", *, guidance_scale: float | None = None,
+                 cond=None, uncond=None, data_mean=0.0):
+        if not callable(net):
+            raise ValueError("net: must be callable as net(x, t) or net(x, t, cond)")
+        if not isinstance(noise_schedule, NoiseSchedule):
+            raise ValueError(f"noise_schedule: must be a NoiseScheduleVP or NoiseScheduleEDM, got {type(noise_schedule).__name__}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction={prediction!r}: must be one of {', '.join(PREDICTIONS)}")
+        if not callable(time_input) and time_input not in TIME_INPUTS:
+            raise ValueError(f"time_input={time_input!r}: must be one of {', '.join(TIME_INPUTS)} or a callable")
+        if guidance_scale is not None:
+            if not (isinstance(guidance_scale, (int, float)) and math.isfinite(guidance_scale)):
+                raise ValueError(f"guidance_scale={guidance_scale!r}: must be a finite number")
+            if cond is None or uncond is None:
+                raise ValueError("guidance_scale: classifier-free guidance needs both cond= and uncond=")
+        self.net = net
+        self.noise_schedule = noise_schedule
+        self.prediction = prediction
+        self.time_input = time_input
+        self.guidance_scale = guidance_scale
+        self.cond = cond
+        self.uncond = uncond
+        self.data_mean = data_mean
+
+    # ---- time input ------------------------------------------------------------------------
+    def net_time(self, t: torch.Tensor) -> torch.Tensor:
+        """Map times t (tensor) to what the net expects."""
+        if callable(self.time_input):
+            return self.time_input(t)
+        if self.time_input == "continuous":
+            return t
+        if self.time_input == "discrete":
+            n = self.noise_schedule.total_N
+            return (t - 1.0 / n) * n
+        return self.noise_schedule.edm_sigma(t)
+
+    # ---- raw network output ----------------------------------------------------------------
+    def raw(self, x: torch.Tensor, t) -> torch.Tensor:
+        """Guided network output at x and time t (float or (B,) tensor of per-sample times)."""
+        b = x.shape[0]
+        if isinstance(t, torch.Tensor):
+            t_vec = t.to(dtype=x.dtype, device=x.device).expand(b) if t.dim() == 0 else t.to(dtype=x.dtype, device=x.device)
+            if t_vec.shape != (b,):
+                raise ValueError(f"t: per-sample times must have shape ({b},), got {tuple(t.shape)}")
+        else:
+            t_vec = torch.full((b,), float(t), dtype=x.dtype, device=x.device)
+        t_in = self.net_time(t_vec)
+        if self.guidance_scale is None:
+            out = self.net(x, t_in) if self.cond is None else self.net(x, t_in, self.cond)
+        else:
+            both = self.net(torch.cat([x, x]), torch.cat([t_in, t_in]), torch.cat([self.uncond, self.cond]))
+            out_u, out_c = both.chunk(2)
+            out = out_u + self.guidance_scale * (out_c - out_u)
+        if out.shape != x.shape:
+            raise ValueError(f"net output shape {tuple(out.shape)} differs from input shape {tuple(x.shape)}")
+        return out
+
+    # ---- linear conversions ----------------------------------------------------------------
+    def conversion(self, t: float):
+        """Host float64 coefficients (e_x, e_o, d_x, d_o) with ε̂ = e_x·x + e_o·out and
+        x̂0 = d_x·x + d_o·out at time t."""
+        ns = self.noise_schedule
+        a = float(ns.marginal_alpha(t))
+        s = float(ns.marginal_std(t))
+        p = self.prediction
+        if p == "eps":
+            e_x, e_o = 0.0, 1.0
+        elif p == "x0":
+            e_x, e_o = 1.0 / s, -a / s
+        elif p == "v":
+            n2 = a * a + s * s
+            e_x, e_o = s / n2, a / n2
+        else:  # score: ε̂ = −σ·∇log p
+            e_x, e_o = 0.0, -s
+        # x̂0 = (x − σ ε̂)/α
+        d_x = (1.0 - s * e_x) / a
+        d_o = -s * e_o / a
+        if p == "x0":  # exact, avoids (1 − σ/σ)/α rounding
+            d_x, d_o = 0.0, 1.0
+        return e_x, e_o, d_x, d_o
+
+    def predict(self, x: torch.Tensor, t: float):
+        """(ε̂, x̂0) at state x and host time t."""
+        out = self.raw(x, t)
+        e_x, e_o, d_x, d_o = self.conversion(t)
+        return e_x * x + e_o * out, d_x * x + d_o * out
+
+    def analytic_first(self, x: torch.Tensor, t: float):
+        """(ε̂, x̂0) of the analytical first step: x̂0 = data mean, ε̂ = (x − α x̂0)/σ."""
+        ns = self.noise_schedule
+        a = float(ns.marginal_alpha(t))
+        s = float(ns.marginal_std(t))
+        mean = self.data_mean
+        if isinstance(mean, np.ndarray):
+            mean = torch.as_tensor(mean)
+        x0 = torch.zeros_like(x) + (mean.to(x) if isinstance(mean, torch.Tensor) else float(mean))
+        return (x - a * x0) / s, x0
+
+    def __call__(self, x, t):
+        return self.raw(x, t)

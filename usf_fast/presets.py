@@ -1,0 +1,292 @@
+"""Hand-designed solvers as points of the USF decision space.
+
+Each preset is a function `(noise_schedule, nfe, **options) -> Schedule`; there is no solver code
+per method. The step-order patterns (warm-up, lower order at the end) mirror the reference
+implementations (diffusers' schedulers, the DPM-Solver code), so that the same model, noise and
+timesteps give the same sample — the tests check this.
+
+Common options:
+    spacing: "logSNR" (uniform in λ), "time_uniform", "time_quadratic", "karras" (uniform in
+        σ^{1/ρ}, σ = e^{−λ}; `rho`, default 7).
+    timesteps: explicit N+1 decreasing times instead of `spacing` (multistep presets).
+    t_start, t_end: time range (default: the noise schedule's t_max, t_min).
+    afs: analytical first step (one NFE fewer per schedule, so one step more for the same NFE).
+    denoise_to_zero: finish with x̂0 at the last point (+1 NFE, so one step fewer).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .noise_schedules import NoiseSchedule
+from .schedule import Schedule, Step
+
+__all__ = ["SPACINGS", "timesteps", "ddim", "dpm_solver", "dpm_solver_pp", "unipc", "PRESETS",
+           "get", "describe"]
+
+SPACINGS = ("logSNR", "time_uniform", "time_quadratic", "karras")
+
+
+def timesteps(noise_schedule: NoiseSchedule, num_steps: int, spacing: str = "logSNR", *,
+              t_start: float | None = None, t_end: float | None = None, rho: float = 7.0) -> np.ndarray:
+    """num_steps + 1 decreasing times from t_start to t_end (float64)."""
+    ns = noise_schedule
+    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+        raise ValueError(f"num_steps={num_steps!r}: must be an integer >= 1")
+    t0 = ns.t_max if t_start is None else float(t_start)
+    t1 = ns.t_min if t_end is None else float(t_end)
+    if not (ns.t_min <= t1 < t0 <= ns.t_max):
+        raise ValueError(f"t_start={t0}, t_end={t1}: need {ns.t_min} <= t_end < t_start <= {ns.t_max}")
+    u = np.linspace(0.0, 1.0, num_steps + 1)
+    if spacing == "logSNR":
+        l0, l1 = float(ns.marginal_lambda(t0)), float(ns.marginal_lambda(t1))
+        ts = ns.inverse_lambda(l0 + u * (l1 - l0))
+    elif spacing == "time_uniform":
+        ts = t0 + u * (t1 - t0)
+    elif spacing == "time_quadratic":
+        ts = (math.sqrt(t0) + u * (math.sqrt(t1) - math.sqrt(t0))) ** 2
+    elif spacing == "karras":
+        if not (isinstance(rho, (int, float)) and rho > 0):
+            raise ValueError(f"rho={rho!r}: must be > 0")
+        s0, s1 = float(ns.edm_sigma(t0)), float(ns.edm_sigma(t1))
+        sig = (s0 ** (1 / rho) + u * (s1 ** (1 / rho) - s0 ** (1 / rho))) ** rho
+        ts = ns.inverse_lambda(-np.log(sig))
+    else:
+        raise ValueError(f"spacing={spacing!r}: must be one of {', '.join(SPACINGS)}")
+    ts = np.asarray(ts, dtype=np.float64).copy()
+    ts[0], ts[-1] = t0, t1  # exact ends (no round-off outside the range)
+    if np.any(np.diff(ts) >= 0):
+        raise ValueError(f"spacing={spacing!r} with {num_steps} steps gives non-decreasing times on this "
+                         "noise schedule (too many steps for its resolution?)")
+    return ts
+
+
+def _num_steps(nfe, afs: bool, denoise_to_zero: bool, name: str) -> int:
+    if not isinstance(nfe, (int, np.integer)) or isinstance(nfe, bool):
+        raise ValueError(f"{name}: nfe={nfe!r} must be an integer")
+    n = int(nfe) + int(afs) - int(denoise_to_zero)
+    if nfe < 1 or n < 1:
+        raise ValueError(f"{name}: nfe={nfe} is too small (needs at least {1 + int(denoise_to_zero) - int(afs)} "
+                         f"with afs={afs}, denoise_to_zero={denoise_to_zero})")
+    return n
+
+
+def _grid(ns, n, spacing, timesteps_, t_start, t_end, rho, name):
+    if timesteps_ is None:
+        return timesteps(ns, n, spacing, t_start=t_start, t_end=t_end, rho=rho)
+    ts = np.asarray(timesteps_, dtype=np.float64)
+    if ts.ndim != 1 or len(ts) != n + 1:
+        raise ValueError(f"{name}: timesteps has {ts.size} values; this NFE needs {n + 1} (steps + 1)")
+    return ts
+
+
+def _meta(ns, name, **options):
+    opts = {k: v for k, v in options.items() if k != "timesteps"}
+    return {"preset": name, "options": opts, "noise_schedule": ns.fingerprint()}
+
+
+def _multistep(ns, name, nfe, orders_fn, step_fn, *, spacing, timesteps_, t_start, t_end, rho, afs,
+               denoise_to_zero, options):
+    n = _num_steps(nfe, afs, denoise_to_zero, name)
+    ts = _grid(ns, n, spacing, timesteps_, t_start, t_end, rho, name)
+    # Denoise-to-zero is a final first-order jump to σ = 0 (diffusers' final_sigmas_type="zero"),
+    # so the order pattern is that of n + 1 steps whose last one is the jump.
+    n_orders = n + int(denoise_to_zero)
+    steps = [step_fn(i, orders_fn(i, n_orders), n) for i in range(1, n + 1)]
+    label = f"{name}({', '.join(f'{k}={v}' for k, v in options.items() if k != 'timesteps')})"
+    return Schedule(ts, steps, afs=afs, denoise_to_zero=denoise_to_zero, name=label,
+                    meta=_meta(ns, name, nfe=nfe, spacing=spacing, afs=afs,
+                               denoise_to_zero=denoise_to_zero, **options))
+
+
+def _check_choice(name, field, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name}: {field}={value!r} must be one of {', '.join(map(str, allowed))}")
+
+
+def ddim(noise_schedule: NoiseSchedule, nfe: int, *, prediction: str = "data", spacing: str = "logSNR",
+         timesteps: Sequence[float] | None = None, t_start=None, t_end=None, rho: float = 7.0,
+         afs: bool = False, denoise_to_zero: bool = False) -> Schedule:
+    """DDIM (η = 0): first order everywhere (noise and data prediction coincide at order 1)."""
+    _check_choice("ddim", "prediction", prediction, ("data", "noise"))
+    return _multistep(noise_schedule, "ddim", nfe, lambda i, n: 1,
+                      lambda i, o, n: Step(prediction=prediction, order=1),
+                      spacing=spacing, timesteps_=timesteps, t_start=t_start, t_end=t_end, rho=rho,
+                      afs=afs, denoise_to_zero=denoise_to_zero, options={"prediction": prediction})
+
+
+def _solver_type(name, solver_type):
+    aliases = {"dpmsolver": "midpoint", "midpoint": "midpoint", "heun": "heun", "taylor": "taylor"}
+    if solver_type not in aliases:
+        raise ValueError(f"{name}: solver_type={solver_type!r} must be one of midpoint, dpmsolver, heun, taylor")
+    return aliases[solver_type]
+
+
+def _dpm_multistep_orders(order, lower_order_final):
+    def orders(i, n):
+        o = min(order, i)  # warm-up: step i has i−1 earlier outputs besides its start
+        # diffusers' DPMSolverMultistepScheduler lowers the last two steps when fewer than 15 steps
+        if lower_order_final and n < 15:
+            if i == n:
+                o = 1
+            elif i == n - 1:
+                o = min(o, 2)
+        return o
+    return orders
+
+
+def _dpm_step(prediction, solver_type):
+    def step(i, o, n):
+        relax = "midpoint" if (o == 2 and solver_type == "midpoint") else "taylor"
+        # DPM-Solver's 3M update weights its second-derivative term by 1/2 relative to the Taylor
+        # expansion (diffusers and the DPM-Solver code agree); "taylor" uses the exact term.
+        d2 = 0.5 if (o == 3 and solver_type != "taylor") else 1.0
+        return Step(prediction=prediction, order=o, relax=relax, d2_scale=d2)
+    return step
+
+
+def _singlestep(ns, name, nfe, order, prediction, solver_type, *, spacing, t_start, t_end, rho, afs,
+                denoise_to_zero, options):
+    """DPM-Solver's singlestep pattern: K outer steps of orders summing to the step budget; inside
+    an outer step of order 2 (3) the intermediate points sit at λ-fractions 1/2 (1/3, 2/3)."""
+    total = _num_steps(nfe, afs, denoise_to_zero, name)
+    if order == 3:
+        k = total // 3 + 1
+        orders = ([3] * (k - 2) + [2, 1] if total % 3 == 0 else
+                  [3] * (k - 1) + [1] if total % 3 == 1 else [3] * (k - 1) + [2])
+    elif order == 2:
+        orders = [2] * (total // 2) + ([1] if total % 2 else [])
+    else:
+        orders = [1] * total
+    orders = [o for o in orders if o > 0]
+    t0 = ns.t_max if t_start is None else t_start
+    t1 = ns.t_min if t_end is None else t_end
+    if spacing == "logSNR":
+        outer = timesteps(ns, len(orders), spacing, t_start=t0, t_end=t1, rho=rho)
+    else:  # as DPM-Solver: pick the outer times from the grid of all points
+        grid = timesteps(ns, total, spacing, t_start=t0, t_end=t1, rho=rho)
+        outer = grid[np.cumsum([0] + orders)]
+    ts, steps = [float(outer[0])], []
+    lam = ns.marginal_lambda
+    for k, o in enumerate(orders):
+        p = len(ts) - 1  # start point of this outer step
+        l_s, l_t = float(lam(outer[k])), float(lam(outer[k + 1]))
+        fracs = {1: [], 2: [0.5], 3: [1 / 3, 2 / 3]}[o]
+        for r in fracs:
+            ts.append(float(ns.inverse_lambda(l_s + r * (l_t - l_s))))
+        ts.append(float(outer[k + 1]))
+        if o >= 2:
+            steps.append(Step(prediction=prediction, order=1, start=p, points=()))
+        if o == 3:
+            steps.append(Step(prediction=prediction, order=2, start=p, points=(p + 1,)))
+        if o == 1:
+            steps.append(Step(prediction=prediction, order=1, start=p, points=()))
+        elif o == 2:
+            steps.append(Step(prediction=prediction, order=2, start=p, points=(p + 1,),
+                              relax="midpoint" if solver_type == "midpoint" else "taylor"))
+        elif solver_type == "taylor":
+            steps.append(Step(prediction=prediction, order=3, start=p, points=(p + 1, p + 2)))
+        else:  # DPM-Solver-3: only the second intermediate point, Taylor second-order form
+            steps.append(Step(prediction=prediction, order=2, start=p, points=(p + 2,)))
+    label = f"{name}({', '.join(f'{k}={v}' for k, v in options.items())})"
+    return Schedule(ts, steps, afs=afs, denoise_to_zero=denoise_to_zero, name=label,
+                    meta=_meta(ns, name, nfe=nfe, spacing=spacing, afs=afs,
+                               denoise_to_zero=denoise_to_zero, **options))
+
+
+def dpm_solver(noise_schedule: NoiseSchedule, nfe: int, *, order: int = 3, method: str = "singlestep",
+               solver_type: str = "dpmsolver", spacing: str = "logSNR", timesteps: Sequence[float] | None = None,
+               t_start=None, t_end=None, rho: float = 7.0, lower_order_final: bool = True,
+               afs: bool = False, denoise_to_zero: bool = False) -> Schedule:
+    """DPM-Solver (noise prediction), singlestep orders 1–3 (default) or multistep."""
+    return _dpm_family("dpm_solver", "noise", noise_schedule, nfe, order, method, solver_type, spacing,
+                       timesteps, t_start, t_end, rho, lower_order_final, afs, denoise_to_zero)
+
+
+def dpm_solver_pp(noise_schedule: NoiseSchedule, nfe: int, *, order: int = 2, method: str = "multistep",
+                  solver_type: str = "midpoint", spacing: str = "logSNR",
+                  timesteps: Sequence[float] | None = None, t_start=None, t_end=None, rho: float = 7.0,
+                  lower_order_final: bool = True, afs: bool = False,
+                  denoise_to_zero: bool = False) -> Schedule:
+    """DPM-Solver++ (data prediction): 2M/3M (method="multistep", order 2/3) or 2S/3S
+    (method="singlestep"); solver_type "midpoint" (default, as diffusers), "heun" (Taylor form
+    for second-order steps, as diffusers) or "taylor" (exact Taylor terms everywhere)."""
+    return _dpm_family("dpm_solver_pp", "data", noise_schedule, nfe, order, method, solver_type, spacing,
+                       timesteps, t_start, t_end, rho, lower_order_final, afs, denoise_to_zero)
+
+
+def _dpm_family(name, prediction, ns, nfe, order, method, solver_type, spacing, timesteps_, t_start, t_end,
+                rho, lower_order_final, afs, denoise_to_zero):
+    _check_choice(name, "order", order, (1, 2, 3))
+    _check_choice(name, "method", method, ("singlestep", "multistep"))
+    st = _solver_type(name, solver_type)
+    options = {"order": order, "method": method, "solver_type": solver_type}
+    if method == "singlestep":
+        if timesteps_ is not None:
+            raise ValueError(f"{name}: timesteps= is supported with method='multistep' only")
+        return _singlestep(ns, name, nfe, order, prediction, st, spacing=spacing, t_start=t_start,
+                           t_end=t_end, rho=rho, afs=afs, denoise_to_zero=denoise_to_zero, options=options)
+    options["lower_order_final"] = lower_order_final
+    return _multistep(ns, name, nfe, _dpm_multistep_orders(order, lower_order_final), _dpm_step(prediction, st),
+                      spacing=spacing, timesteps_=timesteps_, t_start=t_start, t_end=t_end, rho=rho, afs=afs,
+                      denoise_to_zero=denoise_to_zero, options=options)
+
+
+def unipc(noise_schedule: NoiseSchedule, nfe: int, *, order: int = 3, variant: str = "bh2",
+          prediction: str = "data", corrector: bool = True, spacing: str = "logSNR",
+          timesteps: Sequence[float] | None = None, t_start=None, t_end=None, rho: float = 7.0,
+          lower_order_final: bool = True, afs: bool = False, denoise_to_zero: bool = False) -> Schedule:
+    """UniPC: multistep UniP predictor of order p plus the UniC pseudo-corrector (order p+1, no
+    extra NFE) after every step but the last, as diffusers' UniPCMultistepScheduler.
+
+    The order-2 predictor and the corrector after an order-1 predictor use UniPC's simplified
+    coefficient (ρ = 1/2 of B(h)), which is the `bh1`/`bh2` first-derivative relaxation; higher
+    orders solve UniPC's linear system exactly, which is the Taylor form.
+    """
+    _check_choice("unipc", "order", order, (1, 2, 3, 4))
+    _check_choice("unipc", "variant", variant, ("bh1", "bh2"))
+    _check_choice("unipc", "prediction", prediction, ("data", "noise"))
+
+    def orders(i, n):
+        o = min(order, i)
+        if lower_order_final:
+            o = min(o, n - i + 1)
+        return o
+
+    def step(i, o, n):
+        return Step(prediction=prediction, order=o, relax=variant if o == 2 else "taylor",
+                    corrector="pseudo" if (corrector and i < n) else "none",
+                    corrector_relax=variant if o == 1 else "taylor")
+
+    return _multistep(noise_schedule, "unipc", nfe, orders, step, spacing=spacing, timesteps_=timesteps,
+                      t_start=t_start, t_end=t_end, rho=rho, afs=afs, denoise_to_zero=denoise_to_zero,
+                      options={"order": order, "variant": variant, "prediction": prediction,
+                               "corrector": corrector, "lower_order_final": lower_order_final})
+
+
+PRESETS: dict[str, Callable[..., Schedule]] = {
+    "ddim": ddim,
+    "dpm_solver": dpm_solver,
+    "dpm_solver_pp": dpm_solver_pp,
+    "unipc": unipc,
+}
+
+
+def get(name: str, noise_schedule: NoiseSchedule, nfe: int, **options) -> Schedule:
+    """`PRESETS[name](noise_schedule, nfe, **options)` with a clear error for unknown names/options."""
+    if name not in PRESETS:
+        raise ValueError(f"preset={name!r}: must be one of {', '.join(PRESETS)}")
+    fn = PRESETS[name]
+    import inspect
+    allowed = [p for p in inspect.signature(fn).parameters if p not in ("noise_schedule", "nfe")]
+    unknown = set(options) - set(allowed)
+    if unknown:
+        raise ValueError(f"preset {name}: unknown option(s) {sorted(unknown)}; allowed: {', '.join(allowed)}")
+    return fn(noise_schedule, nfe, **options)
+
+
+def describe() -> list[tuple[str, str]]:
+    """(name, first docstring line) for every preset."""
+    return [(k, (v.__doc__ or "").strip().splitlines()[0]) for k, v in PRESETS.items()]

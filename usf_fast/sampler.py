@@ -1,0 +1,166 @@
+"""Reference sampler: runs any `Schedule` step by step in eager PyTorch.
+
+This is the oracle every fast path is compared with, so it is deliberately plain: all step
+weights are computed on the host in float64 before the loop (`step_weights`), and the loop only
+does model calls and weighted sums of stored tensors — no device-to-host reads inside it.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .coefficients import update_weights
+from .model import DiffusionModel
+from .noise_schedules import NoiseSchedule
+from .schedule import Schedule, Step
+
+__all__ = ["sample", "step_weights", "StepWeights", "check_schedule_range", "initial_state"]
+
+
+@dataclass(frozen=True)
+class StepWeights:
+    """x_target = a·x[start] + Σ_j w[j]·M[j]; M is ε̂ (prediction "noise") or x̂0 ("data")."""
+
+    prediction: str
+    start: int
+    a: float
+    points: tuple[int, ...]   # start first, then the active points
+    w: tuple[float, ...]
+
+
+def _weights(ns: NoiseSchedule, ts, target: int, step: Step, corrector: bool) -> StepWeights:
+    s = step.start
+    pts = tuple(step.points) + ((target,) if corrector else ())
+    order = step.order + (1 if corrector else 0)
+    relax, coef = ((step.corrector_relax, step.corrector_relax_coef) if corrector
+                   else (step.relax, step.relax_coef))
+    t = np.asarray(ts, dtype=np.float64)
+    lam = ns.marginal_lambda(t)
+    alpha = ns.marginal_alpha(t)
+    sigma = ns.marginal_std(t)
+    a, w_s, w_p = update_weights(
+        float(lam[s]), float(lam[target]), [float(lam[j]) for j in pts],
+        alpha_s=float(alpha[s]), sigma_s=float(sigma[s]), alpha_t=float(alpha[target]),
+        sigma_t=float(sigma[target]), prediction=step.prediction, order=order, relax=relax,
+        relax_coef=coef, d2_scale=1.0 if corrector else step.d2_scale)
+    return StepWeights(step.prediction, s, a, (s,) + pts, (w_s,) + tuple(float(v) for v in w_p))
+
+
+def step_weights(schedule: Schedule, noise_schedule: NoiseSchedule):
+    """Per step: (predictor weights, corrector weights or None), host float64."""
+    out = []
+    for i, st in enumerate(schedule.steps, 1):
+        pred = _weights(noise_schedule, schedule.timesteps, i, st, corrector=False)
+        corr = _weights(noise_schedule, schedule.timesteps, i, st, corrector=True) if st.corrector != "none" else None
+        out.append((pred, corr))
+    return out
+
+
+def check_schedule_range(schedule: Schedule, ns: NoiseSchedule) -> None:
+    lo, hi = ns.t_min, ns.t_max
+    tol = 1e-9 * hi
+    for i, t in enumerate(schedule.timesteps):
+        if not (lo - tol <= t <= hi + tol):
+            raise ValueError(f"timesteps[{i}]={t!r}: outside the noise schedule's range "
+                             f"[{lo!r}, {hi!r}] ({ns.time_name}); was the schedule made for another noise schedule?")
+
+
+def initial_state(ns: NoiseSchedule, schedule: Schedule, noise=None, shape=None, generator=None,
+                  dtype=None, device=None) -> torch.Tensor:
+    """x_T = prior_std(timesteps[0]) · ε (1 for VP, σ_max for EDM); ε = `noise` or fresh N(0, I)."""
+    if noise is None:
+        if shape is None:
+            raise ValueError("sample: give noise= (a tensor) or shape= (and optionally generator=)")
+        try:
+            shape = tuple(int(s) for s in shape)
+        except TypeError:
+            raise ValueError(f"shape={shape!r}: must be a sequence of ints") from None
+        if not shape or any(s <= 0 for s in shape):
+            raise ValueError(f"shape={shape!r}: need a batch dimension and positive sizes")
+        noise = torch.randn(shape, generator=generator, dtype=dtype or torch.float32, device=device or "cpu")
+    else:
+        if not isinstance(noise, torch.Tensor):
+            raise ValueError(f"noise: must be a torch.Tensor, got {type(noise).__name__}")
+        if not noise.is_floating_point():
+            raise ValueError(f"noise: must be a floating tensor, got dtype {noise.dtype}")
+        if noise.dim() < 1:
+            raise ValueError("noise: needs a batch dimension")
+        if dtype is not None or device is not None:
+            noise = noise.to(dtype=dtype or noise.dtype, device=device or noise.device)
+    return noise * ns.prior_std(schedule.timesteps[0])
+
+
+def sample(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor | None = None,
+           shape=None, generator: torch.Generator | None = None, *, dtype: torch.dtype | None = None,
+           device=None, callback: Callable | None = None, progress: bool = False,
+           check_finite: bool = True) -> torch.Tensor:
+    """Sample x_0 with `schedule`.
+
+    Args:
+        model: a `DiffusionModel`.
+        schedule: a `Schedule` (preset or searched); its timesteps must lie in the model's
+            noise-schedule range.
+        noise: standard-normal ε of shape (B, ...); the start state is ε·prior_std (1 for VP,
+            timesteps[0] for EDM). Or give `shape` (+ `generator`, `dtype`, `device`).
+        callback: called as callback(i, t, x) after step i (1-based) with the state at time t.
+        progress: show a tqdm bar over steps.
+        check_finite: warn if the result has NaN/inf.
+    Returns:
+        x_0 estimate, same shape/dtype/device as the noise.
+    """
+    if not isinstance(model, DiffusionModel):
+        raise ValueError(f"model: must be a usf_fast.DiffusionModel, got {type(model).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule: must be a usf_fast.Schedule, got {type(schedule).__name__}")
+    ns = model.noise_schedule
+    check_schedule_range(schedule, ns)
+    weights = step_weights(schedule, ns)
+    ts = schedule.timesteps
+    n = len(schedule.steps)
+    x = initial_state(ns, schedule, noise, shape, generator, dtype, device)
+
+    states = {0: x}
+    eps, x0 = {}, {}
+
+    def evaluate(j, xj):
+        eps[j], x0[j] = model.predict(xj, ts[j])
+
+    def combine(sw: StepWeights):
+        m = eps if sw.prediction == "noise" else x0
+        out = sw.a * states[sw.start]
+        for j, w in zip(sw.points, sw.w):
+            out = out + w * m[j]
+        return out
+
+    if schedule.afs:
+        eps[0], x0[0] = model.analytic_first(x, ts[0])
+    else:
+        evaluate(0, x)
+    steps = range(1, n + 1)
+    if progress:
+        from tqdm.auto import tqdm
+        steps = tqdm(steps, desc="sampling", unit="step")
+    for i in steps:
+        st = schedule.steps[i - 1]
+        pred_w, corr_w = weights[i - 1]
+        xi = combine(pred_w)
+        if st.corrector != "none":
+            evaluate(i, xi)
+            xi = combine(corr_w)
+            if st.corrector == "implicit" or (i == n and schedule.denoise_to_zero):
+                evaluate(i, xi)
+        elif i < n or schedule.denoise_to_zero:
+            evaluate(i, xi)
+        states[i] = xi
+        if callback is not None:
+            callback(i, ts[i], xi)
+    result = x0[n] if schedule.denoise_to_zero else states[n]
+    if check_finite and not bool(torch.isfinite(result).all()):
+        bad = int((~torch.isfinite(result)).sum())
+        warnings.warn(f"sample: {bad} of {result.numel()} output values are NaN/inf "
+                      f"(schedule {schedule.name or ''} NFE {schedule.nfe})", RuntimeWarning, stacklevel=2)
+    return result

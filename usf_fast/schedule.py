@@ -1,0 +1,302 @@
+"""`Schedule`: every decision of a USF solver (DESIGN.md §2), as data.
+
+Points are numbered 0..N: point 0 is x_T at timesteps[0]; step i (1..N) computes the state at
+timesteps[i] from an earlier *start* point, using model outputs M_j at earlier *active points*.
+The model is evaluated at every point 0..N−1 (point 0 analytically when `afs`), and at point N
+only when the last step has a corrector or `denoise_to_zero` asks for it.
+
+Per step:
+    prediction  "data" (x̂0) | "noise" (ε̂)
+    order       expansion order n, 1..4 (n = 1 is DDIM)
+    start       start point index (i−1 = multistep; earlier = singlestep)
+    points      active points for the derivatives (≥ n−1 of them, each < i and ≠ start)
+    relax       first-derivative relaxation (coefficients.RELAX_KINDS), relax_coef for "linear"
+    d2_scale    multiplier on the second derivative (0.5 reproduces DPM-Solver's 3M update)
+    corrector   "none" | "pseudo" (UniC: same start, order n+1, points + [i], no extra NFE) |
+                "implicit" (pseudo, then re-evaluate the model at the corrected state: +1 NFE)
+    corrector_relax, corrector_relax_coef   relaxation used by the corrector
+Global: afs (analytical first step: x̂0 = data mean at t_max, saves one NFE), denoise_to_zero
+(return x̂0 of the final state: +1 NFE unless the last step's implicit corrector already has it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from .coefficients import RELAX_KINDS
+
+__all__ = ["Step", "Schedule", "SCHEDULE_FORMAT", "SCHEDULE_VERSION"]
+
+SCHEDULE_FORMAT = "usf_fast.schedule"
+SCHEDULE_VERSION = 1
+PREDICTIONS = ("data", "noise")
+CORRECTORS = ("none", "pseudo", "implicit")
+MAX_ORDER = 4
+
+
+@dataclass(frozen=True)
+class Step:
+    """Decisions of one step. `start=None`/`points=None` mean the multistep defaults, resolved by
+    `Schedule` (start = i−1, points = the latest order−1 points before i other than start)."""
+
+    prediction: str = "data"
+    order: int = 1
+    start: int | None = None
+    points: tuple[int, ...] | None = None
+    relax: str = "taylor"
+    relax_coef: float = 0.0
+    d2_scale: float = 1.0
+    corrector: str = "none"
+    corrector_relax: str = "taylor"
+    corrector_relax_coef: float = 0.0
+
+    def replace(self, **changes) -> "Step":
+        return dataclasses.replace(self, **changes)
+
+
+_STEP_FIELDS = {f.name for f in dataclasses.fields(Step)}
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+class Schedule:
+    """A complete solver schedule.
+
+    Args:
+        timesteps: N+1 strictly decreasing times in the noise schedule's time variable
+            (t for VP, σ for EDM); timesteps[0] is where sampling starts.
+        steps: N `Step`s (or dicts of Step fields); default: N first-order data-prediction steps.
+        afs: analytical first step.
+        denoise_to_zero: return x̂0 at the last point.
+        name: free text shown in summaries.
+        meta: free JSON-serialisable dict (e.g. the noise schedule the schedule was built for).
+    """
+
+    def __init__(self, timesteps: Sequence[float], steps: Iterable[Step | dict] | None = None, *,
+                 afs: bool = False, denoise_to_zero: bool = False, name: str | None = None,
+                 meta: dict | None = None):
+        ts = _check_timesteps(timesteps)
+        n_steps = len(ts) - 1
+        if steps is None:
+            steps = [Step() for _ in range(n_steps)]
+        steps = list(steps)
+        if len(steps) != n_steps:
+            raise ValueError(f"steps: got {len(steps)} steps for {len(ts)} timesteps; need exactly "
+                             f"len(timesteps) - 1 = {n_steps}")
+        if not isinstance(afs, bool):
+            raise ValueError(f"afs={afs!r}: must be True or False")
+        if not isinstance(denoise_to_zero, bool):
+            raise ValueError(f"denoise_to_zero={denoise_to_zero!r}: must be True or False")
+        self.timesteps: tuple[float, ...] = ts
+        self.steps: tuple[Step, ...] = tuple(_resolve_step(s, i + 1) for i, s in enumerate(steps))
+        self.afs = afs
+        self.denoise_to_zero = denoise_to_zero
+        self.name = name
+        self.meta = dict(meta or {})
+
+    # ---- derived facts -------------------------------------------------------------------
+    @property
+    def num_steps(self) -> int:
+        return len(self.steps)
+
+    @property
+    def nfe(self) -> int:
+        """Model evaluations `sample` makes, exactly."""
+        n = len(self.steps)
+        last = self.steps[-1].corrector
+        count = (0 if self.afs else 1) + (n - 1)            # points 0..N−1
+        count += 1 if last != "none" else 0                 # M_N for the last step's corrector
+        count += sum(s.corrector == "implicit" for s in self.steps)
+        count += 1 if (self.denoise_to_zero and last != "implicit") else 0
+        return count
+
+    def evaluates_last_point(self) -> bool:
+        return self.steps[-1].corrector != "none"
+
+    # ---- comparison / copies -------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "format": SCHEDULE_FORMAT,
+            "version": SCHEDULE_VERSION,
+            "name": self.name,
+            "timesteps": list(self.timesteps),
+            "afs": self.afs,
+            "denoise_to_zero": self.denoise_to_zero,
+            "steps": [_step_to_dict(s) for s in self.steps],
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Schedule":
+        if not isinstance(d, dict):
+            raise ValueError(f"schedule JSON: top level must be an object, got {type(d).__name__}")
+        if d.get("format") != SCHEDULE_FORMAT:
+            raise ValueError(f"schedule JSON: format={d.get('format')!r}, expected {SCHEDULE_FORMAT!r}")
+        if d.get("version") != SCHEDULE_VERSION:
+            raise ValueError(f"schedule JSON: version={d.get('version')!r} is not supported "
+                             f"(this usf_fast reads version {SCHEDULE_VERSION})")
+        unknown = set(d) - {"format", "version", "name", "timesteps", "afs", "denoise_to_zero", "steps", "meta"}
+        if unknown:
+            raise ValueError(f"schedule JSON: unknown field(s) {sorted(unknown)}")
+        for key in ("timesteps", "steps"):
+            if key not in d:
+                raise ValueError(f"schedule JSON: missing field {key!r}")
+        if not isinstance(d["steps"], list):
+            raise ValueError("schedule JSON: steps must be a list of objects")
+        return cls(d["timesteps"], d["steps"], afs=d.get("afs", False),
+                   denoise_to_zero=d.get("denoise_to_zero", False), name=d.get("name"),
+                   meta=d.get("meta") or {})
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        """Write the schedule to `path` (atomically) and return the JSON text."""
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(text + "\n")
+            os.replace(tmp, path)
+        return text
+
+    @classmethod
+    def from_json(cls, path_or_text: str | os.PathLike) -> "Schedule":
+        """Read a schedule from a file path (or from JSON text starting with '{')."""
+        s = os.fspath(path_or_text)
+        if s.lstrip().startswith("{"):
+            text = s
+        else:
+            with open(s) as f:
+                text = f.read()
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"schedule JSON: malformed ({e})") from None
+        return cls.from_dict(d)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Schedule) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
+    def replace(self, **changes) -> "Schedule":
+        kw = dict(timesteps=self.timesteps, steps=self.steps, afs=self.afs,
+                  denoise_to_zero=self.denoise_to_zero, name=self.name, meta=self.meta)
+        kw.update(changes)
+        return Schedule(kw.pop("timesteps"), kw.pop("steps"), **kw)
+
+    def with_step(self, index: int, **changes) -> "Schedule":
+        """Copy with `steps[index]` (0-based) changed."""
+        steps = list(self.steps)
+        steps[index] = steps[index].replace(**changes)
+        return self.replace(steps=steps)
+
+    # ---- display -------------------------------------------------------------------------
+    def summary(self, time_name: str = "t") -> str:
+        """One line per step."""
+        head = (f"Schedule {self.name or ''}".rstrip() + f": {len(self.steps)} steps, NFE {self.nfe}"
+                + (", AFS" if self.afs else "") + (", denoise-to-zero" if self.denoise_to_zero else ""))
+        lines = [head, f"  point 0: {time_name}={self.timesteps[0]:.6g}"
+                 + ("  (analytical first step)" if self.afs else "")]
+        for i, s in enumerate(self.steps, 1):
+            relax = s.relax if s.relax != "linear" else f"linear({s.relax_coef:+.3g})"
+            extra = f" d2x{s.d2_scale:g}" if s.d2_scale != 1.0 else ""
+            corr = s.corrector
+            if s.corrector != "none" and s.corrector_relax != "taylor":
+                cr = s.corrector_relax if s.corrector_relax != "linear" else f"linear({s.corrector_relax_coef:+.3g})"
+                corr += f"/{cr}"
+            pts = ",".join(map(str, s.points)) or "-"
+            lines.append(f"  step {i:2d}: {time_name} {self.timesteps[s.start]:.6g} -> {self.timesteps[i]:.6g}"
+                         f"  {s.prediction:5s} order {s.order}  start {s.start}  points [{pts}]"
+                         f"  relax {relax}{extra}  corrector {corr}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<Schedule {self.name or ''} steps={len(self.steps)} nfe={self.nfe}>"
+
+
+def _check_timesteps(timesteps) -> tuple[float, ...]:
+    try:
+        ts = [float(t) for t in timesteps]
+    except (TypeError, ValueError):
+        raise ValueError("timesteps: must be a sequence of numbers") from None
+    if len(ts) < 2:
+        raise ValueError(f"timesteps: need at least 2 values (start and end), got {len(ts)}")
+    for i, t in enumerate(ts):
+        if not math.isfinite(t):
+            raise ValueError(f"timesteps[{i}]={t}: must be finite")
+        if t <= 0:
+            raise ValueError(f"timesteps[{i}]={t}: must be > 0")
+        if i and not t < ts[i - 1]:
+            raise ValueError(f"timesteps[{i}]={t!r} >= timesteps[{i - 1}]={ts[i - 1]!r}: "
+                             "timesteps must be strictly decreasing")
+    return tuple(ts)
+
+
+def _step_to_dict(s: Step) -> dict:
+    d = dataclasses.asdict(s)
+    d["points"] = list(s.points)
+    return d
+
+
+def _resolve_step(s: Step | dict, i: int) -> Step:
+    """Validate step i (1-based point index of its target) and fill in start/points."""
+    where = f"steps[{i - 1}]"
+    if isinstance(s, dict):
+        unknown = set(s) - _STEP_FIELDS
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_STEP_FIELDS)}")
+        s = dict(s)
+        if isinstance(s.get("points"), list):
+            s["points"] = tuple(s["points"])
+        s = Step(**s)
+    elif not isinstance(s, Step):
+        raise ValueError(f"{where}: must be a Step or a dict, got {type(s).__name__}")
+    if s.prediction not in PREDICTIONS:
+        raise ValueError(f"{where}.prediction={s.prediction!r}: must be one of {', '.join(PREDICTIONS)}")
+    if not isinstance(s.order, int) or isinstance(s.order, bool) or not 1 <= s.order <= MAX_ORDER:
+        raise ValueError(f"{where}.order={s.order!r}: expansion order must be an integer 1..{MAX_ORDER}")
+    start = i - 1 if s.start is None else s.start
+    if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= i - 1:
+        raise ValueError(f"{where}.start={s.start!r}: must be a point index 0..{i - 1}")
+    if s.points is None:
+        points = tuple(j for j in range(i - 1, -1, -1) if j != start)[: s.order - 1]
+        if len(points) < s.order - 1:
+            raise ValueError(f"{where}.order={s.order}: needs {s.order - 1} earlier model outputs besides "
+                             f"the start point, only {len(points)} available at this step "
+                             f"(use a lower order here, e.g. a warm-up)")
+    else:
+        try:
+            points = tuple(s.points)
+        except TypeError:
+            raise ValueError(f"{where}.points={s.points!r}: must be a list of point indices") from None
+        for j in points:
+            if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j <= i - 1:
+                raise ValueError(f"{where}.points: {j!r} is not a point index 0..{i - 1}")
+            if j == start:
+                raise ValueError(f"{where}.points: {j} is the start point; active points must differ from it")
+        if len(set(points)) != len(points):
+            raise ValueError(f"{where}.points={list(points)}: indices must be distinct")
+        if len(points) < s.order - 1:
+            raise ValueError(f"{where}.order={s.order}: needs at least {s.order - 1} active points, "
+                             f"points={list(points)} has {len(points)}")
+    for name in ("relax", "corrector_relax"):
+        if getattr(s, name) not in RELAX_KINDS:
+            raise ValueError(f"{where}.{name}={getattr(s, name)!r}: must be one of {', '.join(RELAX_KINDS)}")
+    for name, kind in (("relax_coef", s.relax), ("corrector_relax_coef", s.corrector_relax)):
+        v = getattr(s, name)
+        if not _finite(v):
+            raise ValueError(f"{where}.{name}={v!r}: must be a finite number")
+        if kind != "linear" and v != 0:
+            raise ValueError(f"{where}.{name}={v!r}: only used with relax 'linear'; set it to 0 or the kind to 'linear'")
+    if not _finite(s.d2_scale):
+        raise ValueError(f"{where}.d2_scale={s.d2_scale!r}: must be a finite number")
+    if s.corrector not in CORRECTORS:
+        raise ValueError(f"{where}.corrector={s.corrector!r}: must be one of {', '.join(CORRECTORS)}")
+    return s.replace(start=start, points=points, relax_coef=float(s.relax_coef), d2_scale=float(s.d2_scale),
+                     corrector_relax_coef=float(s.corrector_relax_coef))

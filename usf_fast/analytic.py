@@ -48,43 +48,60 @@ class GaussianMixture(torch.nn.Module):
         self.register_buffer("means", means)
         self.register_buffer("factors", factors)
         self.register_buffer("log_weights", torch.log(w / w.sum()))
-        self.register_buffer("gram", factors.transpose(1, 2) @ factors)  # (K, r, r) = UᵀU
+        # Uᵀ U = Q Λ Qᵀ: with W = U Q every r×r solve of the Woodbury identity becomes a division.
+        lam, q = torch.linalg.eigh(factors.transpose(1, 2) @ factors)
+        self.register_buffer("proj", factors @ q)     # (K, d, r) = W
+        self.register_buffer("eig", lam.clamp_min(0))  # (K, r) = Λ
         self.iso_var = float(iso_std) ** 2
         self.dim = d
         self.rank = factors.shape[2]
 
     # ---- the exact model ------------------------------------------------------------------
     def _terms(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
-        """C_k⁻¹(x − α μ_k) (B, K, d) and log(π_k N(x; α μ_k, C_k)) + d/2·log 2π (B, K), in x's dtype."""
+        """Per-component pieces of the Woodbury solve, without any (B, K, d) intermediate.
+
+        With v_k = x − α μ_k, C_k = c I + α² W_k Λ_k W_kᵀ (c = α² s² + σ²):
+            C_k⁻¹ v_k = (v_k − α² W_k sol_k) / c,   sol_k = W_kᵀ v_k / (c + α² Λ_k)
+        Returns (logw (B, K) = log π_k N(x; α μ_k, C_k) + d/2 log 2π, sol (B, K, r), c (B, 1)).
+        """
         dt = x.dtype
         b = x.shape[0]
-        xf = x.reshape(b, 1, -1)
-        a = alpha.to(dt).reshape(b, 1, 1)
-        c = (alpha.to(dt) ** 2 * self.iso_var + sigma.to(dt) ** 2).reshape(b, 1, 1)  # (B,1,1)
+        xf = x.reshape(b, -1)
+        a = alpha.to(dt).reshape(b, 1)
+        a2 = a * a
+        c = a2 * self.iso_var + (sigma.to(dt) ** 2).reshape(b, 1)            # (B, 1)
         mu = self.means.to(dt)
-        u = self.factors.to(dt)
-        v = xf - a * mu                                                      # (B, K, d)
-        eye = torch.eye(self.rank, dtype=dt, device=x.device)
-        m = c.unsqueeze(-1) * eye + (a ** 2).unsqueeze(-1) * self.gram.to(dt)  # (B, K, r, r)
-        utv = torch.einsum("kdr,bkd->bkr", u, v)                             # (B, K, r)
-        sol = torch.linalg.solve(m, utv.unsqueeze(-1)).squeeze(-1)           # (B, K, r)
-        cinv_v = (v - (a ** 2) * torch.einsum("kdr,bkr->bkd", u, sol)) / c   # (B, K, d)
-        quad = (v * cinv_v).sum(-1)                                          # (B, K)
-        logdet = (self.dim - self.rank) * torch.log(c.reshape(b, 1)) + torch.linalg.slogdet(m)[1]
-        return cinv_v, self.log_weights.to(dt) - 0.5 * quad - 0.5 * logdet
+        w = self.proj.to(dt)
+        diag = c.unsqueeze(-1) + a2.unsqueeze(-1) * self.eig.to(dt)          # (B, K, r)
+        wtv = torch.einsum("kdr,bd->bkr", w, xf) - a.unsqueeze(-1) * torch.einsum("kdr,kd->kr", w, mu)
+        sol = wtv / diag
+        vv = (xf * xf).sum(-1, keepdim=True) - 2 * a * (xf @ mu.T) + a2 * (mu * mu).sum(-1)   # |v_k|²
+        quad = (vv - a2 * (wtv * sol).sum(-1)) / c                                          # v·C⁻¹v
+        logdet = (self.dim - self.rank) * torch.log(c) + torch.log(diag).sum(-1)
+        return self.log_weights.to(dt) - 0.5 * quad - 0.5 * logdet, sol, c
 
     def eps(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """Exact ε̂ = −σ ∇ log p_t(x) for per-sample α, σ of shape (B,)."""
-        cinv_v, logw = self._terms(x, alpha, sigma)
-        post = torch.softmax(logw, dim=-1)
-        e = sigma.to(x.dtype).reshape(-1, 1) * (post.unsqueeze(-1) * cinv_v).sum(1)
-        return e.reshape(x.shape)
+        """Exact ε̂ = −σ ∇ log p_t(x) = σ Σ_k w_k C_k⁻¹ v_k for per-sample α, σ of shape (B,).
+
+        Computed in float64 whatever x's dtype (|v|² expands with cancellation), returned in x's dtype.
+        """
+        out_dtype = x.dtype
+        x, alpha, sigma = x.double(), alpha.double(), sigma.double()
+        dt = x.dtype
+        b = x.shape[0]
+        logw, sol, c = self._terms(x, alpha, sigma)
+        post = torch.softmax(logw, dim=-1)                                   # (B, K)
+        a = alpha.to(dt).reshape(b, 1)
+        mix = x.reshape(b, -1) - a * (post @ self.means.to(dt)) \
+            - a * a * torch.einsum("kdr,bkr->bd", self.proj.to(dt), post.unsqueeze(-1) * sol)
+        return (sigma.reshape(b, 1) * mix / c).reshape(x.shape).to(out_dtype)
 
     def log_prob(self, x0: torch.Tensor) -> torch.Tensor:
         """Exact log-density of the data distribution at x0 (B,)."""
+        x0 = x0.double()
         b = x0.shape[0]
         one = torch.ones(b, dtype=x0.dtype, device=x0.device)
-        _, logw = self._terms(x0, one, 0 * one)
+        logw, _, _ = self._terms(x0, one, 0 * one)
         return torch.logsumexp(logw, dim=-1) - 0.5 * self.dim * math.log(2 * math.pi)
 
     # ---- the data distribution ------------------------------------------------------------

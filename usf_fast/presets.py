@@ -24,7 +24,7 @@ from .noise_schedules import NoiseSchedule
 from .schedule import Schedule, Step
 
 __all__ = ["SPACINGS", "timesteps", "ddim", "dpm_solver", "dpm_solver_pp", "unipc", "PRESETS",
-           "get", "describe"]
+           "get", "describe", "standard_variants"]
 
 SPACINGS = ("logSNR", "time_uniform", "time_quadratic", "karras")
 
@@ -148,11 +148,14 @@ def _dpm_step(prediction, solver_type):
 
 
 def _singlestep(ns, name, nfe, order, prediction, solver_type, *, spacing, t_start, t_end, rho, afs,
-                denoise_to_zero, options):
-    """DPM-Solver's singlestep pattern: K outer steps of orders summing to the step budget; inside
+                denoise_to_zero, lower_order_final, options):
+    """DPM-Solver's singlestep pattern: K outer steps of orders summing to the step budget (lower
+    orders last, as DPM-Solver; with lower_order_final=False the remainder comes first); inside
     an outer step of order 2 (3) the intermediate points sit at λ-fractions 1/2 (1/3, 2/3)."""
     total = _num_steps(nfe, afs, denoise_to_zero, name)
-    if order == 3:
+    if not lower_order_final:  # full-order outer steps at the end; the remainder goes first
+        orders = ([total % order] if total % order else []) + [order] * (total // order)
+    elif order == 3:
         k = total // 3 + 1
         orders = ([3] * (k - 2) + [2, 1] if total % 3 == 0 else
                   [3] * (k - 1) + [1] if total % 3 == 1 else [3] * (k - 1) + [2])
@@ -222,13 +225,13 @@ def _dpm_family(name, prediction, ns, nfe, order, method, solver_type, spacing, 
     _check_choice(name, "order", order, (1, 2, 3))
     _check_choice(name, "method", method, ("singlestep", "multistep"))
     st = _solver_type(name, solver_type)
-    options = {"order": order, "method": method, "solver_type": solver_type}
+    options = {"order": order, "method": method, "solver_type": solver_type, "lower_order_final": lower_order_final}
     if method == "singlestep":
         if timesteps_ is not None:
             raise ValueError(f"{name}: timesteps= is supported with method='multistep' only")
         return _singlestep(ns, name, nfe, order, prediction, st, spacing=spacing, t_start=t_start,
-                           t_end=t_end, rho=rho, afs=afs, denoise_to_zero=denoise_to_zero, options=options)
-    options["lower_order_final"] = lower_order_final
+                           t_end=t_end, rho=rho, afs=afs, denoise_to_zero=denoise_to_zero,
+                           lower_order_final=lower_order_final, options=options)
     return _multistep(ns, name, nfe, _dpm_multistep_orders(order, lower_order_final), _dpm_step(prediction, st),
                       spacing=spacing, timesteps_=timesteps_, t_start=t_start, t_end=t_end, rho=rho, afs=afs,
                       denoise_to_zero=denoise_to_zero, options=options)
@@ -272,6 +275,22 @@ PRESETS: dict[str, Callable[..., Schedule]] = {
     "dpm_solver_pp": dpm_solver_pp,
     "unipc": unipc,
 }
+
+
+def standard_variants() -> list[tuple[str, dict]]:
+    """The hand-designed solvers a comparison should include: (preset name, options)."""
+    return [
+        ("ddim", {}),
+        ("dpm_solver", {"order": 2}),
+        ("dpm_solver", {"order": 3}),
+        ("dpm_solver_pp", {"order": 2}),
+        ("dpm_solver_pp", {"order": 3}),
+        ("dpm_solver_pp", {"order": 2, "method": "singlestep"}),
+        ("unipc", {"order": 2, "variant": "bh1"}),
+        ("unipc", {"order": 2, "variant": "bh2"}),
+        ("unipc", {"order": 3, "variant": "bh1"}),
+        ("unipc", {"order": 3, "variant": "bh2"}),
+    ]
 
 
 def get(name: str, noise_schedule: NoiseSchedule, nfe: int, **options) -> Schedule:

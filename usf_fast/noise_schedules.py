@@ -134,14 +134,16 @@ class NoiseScheduleVP(NoiseSchedule):
                 b = np.asarray(_to_numpy(betas), dtype=np.float64)
                 if b.ndim != 1 or len(b) < 2 or not np.all((b > 0) & (b < 1)):
                     raise ValueError("betas: must be a 1-D sequence of at least 2 values in (0, 1)")
-                log_alphas = 0.5 * np.cumsum(np.log1p(-b))
+                a = np.exp(np.cumsum(np.log1p(-b)))
             else:
                 a = np.asarray(_to_numpy(alphas_cumprod), dtype=np.float64)
                 if a.ndim != 1 or len(a) < 2 or not np.all((a > 0) & (a < 1)):
                     raise ValueError("alphas_cumprod: must be a 1-D sequence of at least 2 values in (0, 1)")
                 if np.any(np.diff(a) >= 0):
                     raise ValueError("alphas_cumprod: must be strictly decreasing")
-                log_alphas = 0.5 * np.log(a)
+            # keep ᾱ itself so to_dict/from_dict round-trip bit-exactly
+            self._alphas_cumprod = a
+            log_alphas = 0.5 * np.log(a)
             self.total_N = len(log_alphas)
             self._t_array = np.linspace(0.0, 1.0, self.total_N + 1)[1:]
             self._log_alpha_array = log_alphas
@@ -201,7 +203,7 @@ class NoiseScheduleVP(NoiseSchedule):
         elif self.schedule == "cosine":
             d.update(cosine_s=self.cosine_s)
         else:
-            d.update(alphas_cumprod=np.exp(2.0 * self._log_alpha_array).tolist())
+            d.update(alphas_cumprod=self._alphas_cumprod.tolist())
         return d
 
 

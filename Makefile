@@ -1,0 +1,34 @@
+# Two commands do everything on a fresh machine:
+#   make run    set up .venv on first use, then sample with the embedded model and compare presets
+#   make test   set up .venv on first use, then run the test suite
+# `make bench` runs the benchmarks (pytest-benchmark).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTHON ?= python3
+
+.PHONY: run test bench setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: a CUDA build that also runs on CPU-only machines (wheel cache here)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	mkdir -p out
+	$(VENV)/bin/usf-fast sample --preset unipc --nfe 5 --out out/samples.pt --plot out/samples.png
+	$(VENV)/bin/usf-fast compare --nfe 4,5,6,8
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+bench: $(STAMP)
+	$(PY) -m pytest bench --benchmark-only
+
+clean:
+	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis .benchmarks

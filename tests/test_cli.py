@@ -1,0 +1,65 @@
+"""The `usf-fast` command line."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import usf_fast
+from usf_fast.cli import main
+
+
+def test_presets_lists_every_preset(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in usf_fast.presets.PRESETS:
+        assert name in out
+
+
+def test_sample_prints_nfe_and_metrics_and_writes_files(tmp_path, capsys):
+    out, sched, png = tmp_path / "s.pt", tmp_path / "s.json", tmp_path / "s.png"
+    assert main(["sample", "--model", "gmm-2d", "--num-samples", "200", "--nfe", "4", "--out", str(out),
+                 "--save-schedule", str(sched), "--plot", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "NFE 4" in text and "ref_rmse" in text and "frechet" in text
+    saved = torch.load(out)
+    assert saved["samples"].shape == (200, 2) and saved["nfe"] == 4
+    assert usf_fast.Schedule.from_json(sched).nfe == 4
+    assert png.stat().st_size > 1000
+
+
+def test_sample_from_schedule_file_and_show(tmp_path, capsys):
+    path = tmp_path / "s.json"
+    usf_fast.presets.dpm_solver_pp(usf_fast.NoiseScheduleVP("linear"), 6, order=3).to_json(path)
+    assert main(["sample", "--schedule", str(path), "--num-samples", "20", "--no-reference"]) == 0
+    assert "NFE 6" in capsys.readouterr().out
+    assert main(["show", str(path)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2 + 6
+
+
+def test_sample_with_preset_options(capsys):
+    assert main(["sample", "--model", "gmm-2d", "--preset", "dpm_solver_pp", "--order", "3", "--spacing", "karras",
+                 "--option", "afs=true", "--nfe", "5", "--num-samples", "50", "--no-reference"]) == 0
+    assert "AFS" in capsys.readouterr().out
+
+
+def test_compare_prints_a_table(capsys):
+    assert main(["compare", "--model", "gmm-2d", "--nfe", "4,6", "--spacings", "logSNR", "--num-samples", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "best at NFE 4" in out and "unipc order=3 variant=bh2" in out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["sample", "--preset", "unipc", "--option", "ordr=2", "--no-reference"], "unknown option"),
+    (["sample", "--schedule", "/nonexistent.json"], "No such file"),
+    (["sample", "--nfe", "0", "--no-reference"], "nfe=0 is too small"),
+])
+def test_bad_cli_input_is_one_clear_line(capsys, argv, match):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+
+
+def test_console_script_is_installed():
+    r = subprocess.run([sys.executable, "-m", "usf_fast.cli", "presets"], capture_output=True, text=True)
+    assert r.returncode == 0 and "unipc" in r.stdout

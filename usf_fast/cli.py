@@ -148,20 +148,20 @@ def cmd_compare(args) -> int:
         label = name + "".join(f" {k}={v}" for k, v in opts.items())
         results.setdefault(label, {}).setdefault(n, []).append((err, sp))
     print(f"model {args.model} ({args.noise_schedule}), {args.num_samples} samples; "
-          f"RMS distance to the high-accuracy ODE solution (best spacing in brackets)")
+          f"RMS distance to the high-accuracy ODE solution, best spacing next to it")
     width = max(len(k) for k in results)
-    print(" " * width + "".join(f"  NFE {n:<17d}" for n in nfes))
+    print(" " * width + "".join(f"  {'NFE ' + str(n):<24s}" for n in nfes))
     best = {n: (math.inf, "") for n in nfes}
     for label, per_n in results.items():
         cells = []
         for n in nfes:
             if n not in per_n:
-                cells.append(f"  {'-':22s}")
+                cells.append(f"  {'-':24s}")
                 continue
             err, sp = min(per_n[n])
             if err < best[n][0]:
                 best[n] = (err, f"{label} [{sp}]")
-            cells.append(f"  {err:9.3e} [{sp[:10]:10s}]")
+            cells.append(f"  {err:9.3e} {sp:14s}")
         rows.append(f"{label:{width}s}" + "".join(cells))
     print("\n".join(rows))
     for n in nfes:

@@ -11,12 +11,13 @@ PYTHON ?= python3
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: a CUDA build that also runs on CPU-only machines (wheel cache here)
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 setuptools wheel ninja pybind11
+	# no build isolation: the C++/CUDA backends compile against this venv's torch
+	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} $(PY) -m pip install -q --no-build-isolation -e '.[dev]'
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -8,10 +8,11 @@
 from . import presets
 from .model import DiffusionModel
 from .noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleVP
-from .sampler import sample
+from .api import sample
+from .sampler import reference_sample
 from .schedule import Schedule, Step
 
 __version__ = "0.1.0"
 
-__all__ = ["DiffusionModel", "NoiseSchedule", "NoiseScheduleEDM", "NoiseScheduleVP", "Schedule", "Step",
+__all__ = ["DiffusionModel", "NoiseSchedule", "NoiseScheduleEDM", "NoiseScheduleVP", "Schedule", "Step", "reference_sample",
            "presets", "sample", "__version__"]

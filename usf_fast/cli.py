@@ -14,7 +14,7 @@ from . import presets as P
 from .analytic import EMBEDDED_MODELS, embedded_model
 from .metrics import reference_distance, reference_samples
 from .noise_schedules import NoiseScheduleEDM, NoiseScheduleVP
-from .sampler import sample
+from .api import sample
 from .schedule import Schedule
 
 NOISE_SCHEDULES = ("linear", "cosine", "edm")

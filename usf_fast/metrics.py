@@ -9,7 +9,7 @@ import torch
 
 from .model import DiffusionModel
 from .presets import unipc
-from .sampler import sample
+from .sampler import reference_sample
 
 __all__ = ["reference_samples", "reference_distance"]
 
@@ -22,7 +22,7 @@ def reference_samples(model: DiffusionModel, noise: torch.Tensor, t_start: float
     schedule = unipc(model.noise_schedule, nfe, order=3, t_start=t_start, t_end=t_end, lower_order_final=False)
     chunks = noise.split(batch_size or noise.shape[0])
     with torch.no_grad():
-        out = [sample(model, schedule, noise=c.double()) for c in chunks]
+        out = [reference_sample(model, schedule, noise=c.double()) for c in chunks]
     return torch.cat(out).to(noise.dtype)
 
 

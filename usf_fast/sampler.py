@@ -18,7 +18,7 @@ from .model import DiffusionModel
 from .noise_schedules import NoiseSchedule
 from .schedule import Schedule, Step
 
-__all__ = ["sample", "step_weights", "StepWeights", "check_schedule_range", "initial_state"]
+__all__ = ["reference_sample", "step_weights", "StepWeights", "check_schedule_range", "initial_state"]
 
 
 @dataclass(frozen=True)
@@ -94,11 +94,11 @@ def initial_state(ns: NoiseSchedule, schedule: Schedule, noise=None, shape=None,
     return noise * ns.prior_std(schedule.timesteps[0])
 
 
-def sample(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor | None = None,
-           shape=None, generator: torch.Generator | None = None, *, dtype: torch.dtype | None = None,
-           device=None, callback: Callable | None = None, progress: bool = False,
-           check_finite: bool = True) -> torch.Tensor:
-    """Sample x_0 with `schedule`.
+def reference_sample(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor | None = None,
+                     shape=None, generator: torch.Generator | None = None, *, dtype: torch.dtype | None = None,
+                     device=None, callback: Callable | None = None, progress: bool = False,
+                     check_finite: bool = True) -> torch.Tensor:
+    """Sample x_0 with `schedule`, step by step (the oracle; `usf_fast.sample(backend="reference")`).
 
     Args:
         model: a `DiffusionModel`.
@@ -112,12 +112,8 @@ def sample(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor | None
     Returns:
         x_0 estimate, same shape/dtype/device as the noise.
     """
-    if not isinstance(model, DiffusionModel):
-        raise ValueError(f"model: must be a usf_fast.DiffusionModel, got {type(model).__name__}")
-    if not isinstance(schedule, Schedule):
-        raise ValueError(f"schedule: must be a usf_fast.Schedule, got {type(schedule).__name__}")
+    check_inputs(model, schedule)
     ns = model.noise_schedule
-    check_schedule_range(schedule, ns)
     weights = step_weights(schedule, ns)
     ts = schedule.timesteps
     n = len(schedule.steps)
@@ -159,8 +155,22 @@ def sample(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor | None
         if callback is not None:
             callback(i, ts[i], xi)
     result = x0[n] if schedule.denoise_to_zero else states[n]
-    if check_finite and not bool(torch.isfinite(result).all()):
+    if check_finite:
+        warn_if_not_finite(result, schedule)
+    return result
+
+
+def check_inputs(model, schedule) -> None:
+    if not isinstance(model, DiffusionModel):
+        raise ValueError(f"model: must be a usf_fast.DiffusionModel, got {type(model).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule: must be a usf_fast.Schedule, got {type(schedule).__name__}")
+    check_schedule_range(schedule, model.noise_schedule)
+
+
+def warn_if_not_finite(result: torch.Tensor, schedule: Schedule) -> None:
+    """One host read, after the loop."""
+    if not bool(torch.isfinite(result).all()):
         bad = int((~torch.isfinite(result)).sum())
         warnings.warn(f"sample: {bad} of {result.numel()} output values are NaN/inf "
-                      f"(schedule {schedule.name or ''} NFE {schedule.nfe})", RuntimeWarning, stacklevel=2)
-    return result
+                      f"(schedule {schedule.name or ''} NFE {schedule.nfe})", RuntimeWarning, stacklevel=3)

@@ -1,0 +1,1 @@
+"""Triton kernels of usf_fast (installed as `usf_fast.kernels`)."""

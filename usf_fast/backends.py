@@ -1,0 +1,177 @@
+"""Combination backends: one contract, several implementations.
+
+    combine(inputs, coefs, out, coefs2=None, out2=None)
+        out[b, ...]  = Σ_k coefs[k] · inputs[k][b, ...]       coefs: (K,) or per-sample (B, K)
+        out2[b, ...] = Σ_k coefs2[k] · inputs[k][b, ...]      (optional second output)
+
+inputs, out and out2 share shape, dtype (float32 / float16 / bfloat16; the torch backend also
+takes float64) and device; accumulation is float32 (float64 for float64 storage). `out` may be
+one of the inputs (the update is elementwise). Coefficients live in tensors on the device so no
+backend reads them on the host.
+
+    torch   eager PyTorch, any device and dtype (the reference for the others)
+    cpu     C++ / OpenMP extension usf_fast._C_cpu (csrc/combine_cpu.cpp)
+    triton  Triton kernel (kernels/combine.py, installed as usf_fast.kernels)
+    cuda    CUDA C++ extension usf_fast._C_cuda (csrc/combine_cuda.cu)
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+__all__ = ["BACKENDS", "available_backends", "backend_status", "get_combine", "combine_torch", "resolve_backend"]
+
+BACKENDS = ("torch", "cpu", "triton", "cuda")
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_combine_args(inputs, coefs, out, coefs2=None, out2=None, dtypes=None) -> None:
+    """ValueError naming the argument for anything a backend cannot take."""
+    if not isinstance(inputs, (list, tuple)) or not inputs:
+        raise ValueError("inputs: need a non-empty list of tensors")
+    if not isinstance(out, torch.Tensor) or out.dim() < 1:
+        raise ValueError("out: must be a tensor with a batch dimension")
+    if dtypes is not None and out.dtype not in dtypes:
+        raise ValueError(f"out: dtype {out.dtype} not supported; allowed: {', '.join(map(str, dtypes))}")
+    for k, t in enumerate(inputs):
+        if not isinstance(t, torch.Tensor) or t.shape != out.shape or t.dtype != out.dtype or t.device != out.device:
+            raise ValueError(f"inputs[{k}]: must match out (shape {tuple(out.shape)}, {out.dtype}, {out.device})")
+        if not t.is_contiguous():
+            raise ValueError(f"inputs[{k}]: must be contiguous")
+    if not out.is_contiguous():
+        raise ValueError("out: must be contiguous")
+    k_in, b = len(inputs), out.shape[0]
+    for name, c in (("coefs", coefs), ("coefs2", coefs2)):
+        if c is None:
+            continue
+        if not isinstance(c, torch.Tensor) or c.device != out.device or not c.is_contiguous():
+            raise ValueError(f"{name}: must be a contiguous tensor on {out.device}")
+        if tuple(c.shape) not in ((k_in,), (b, k_in)):
+            raise ValueError(f"{name}: shape {tuple(c.shape)} must be (K,)=({k_in},) or (B, K)=({b}, {k_in})")
+        if dtypes is not None and c.dtype != torch.float32:
+            raise ValueError(f"{name}: must be float32, got {c.dtype}")
+    if (coefs2 is None) != (out2 is None):
+        raise ValueError("coefs2 and out2 go together")
+    if out2 is not None and (out2.shape != out.shape or out2.dtype != out.dtype or out2.device != out.device
+                             or not out2.is_contiguous()):
+        raise ValueError("out2: must match out (shape, dtype, device, contiguous)")
+
+
+def _per_sample(c: torch.Tensor, k: int, ref: torch.Tensor) -> torch.Tensor:
+    if c.dim() == 1:
+        return c[k]
+    return c[:, k].reshape((-1,) + (1,) * (ref.dim() - 1))
+
+
+def combine_torch(inputs, coefs, out, coefs2=None, out2=None):
+    check_combine_args(inputs, coefs, out, coefs2, out2)
+    acc_dtype = torch.float64 if out.dtype == torch.float64 else torch.float32
+    c1 = coefs.to(acc_dtype)
+    acc = _per_sample(c1, 0, out) * inputs[0].to(acc_dtype)
+    for k in range(1, len(inputs)):
+        acc = acc + _per_sample(c1, k, out) * inputs[k].to(acc_dtype)
+    if out2 is not None:
+        c2 = coefs2.to(acc_dtype)
+        acc2 = _per_sample(c2, 0, out2) * inputs[0].to(acc_dtype)
+        for k in range(1, len(inputs)):
+            acc2 = acc2 + _per_sample(c2, k, out2) * inputs[k].to(acc_dtype)
+        out2.copy_(acc2)
+    out.copy_(acc)
+    return out
+
+
+def _checked(ext_combine):
+    def combine(inputs, coefs, out, coefs2=None, out2=None):
+        check_combine_args(inputs, coefs, out, coefs2, out2, dtypes=KERNEL_DTYPES)
+        if len(inputs) > 16 and ext_combine.__module__.endswith("_C_cuda"):
+            raise ValueError(f"inputs: the cuda backend takes at most 16 inputs, got {len(inputs)}")
+        return ext_combine(list(inputs), coefs, out, coefs2, out2)
+    return combine
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str):
+    """(combine function or None, reason it is unavailable)."""
+    if name == "torch":
+        return combine_torch, ""
+    if name == "cpu":
+        try:
+            from . import _C_cpu
+        except ImportError as e:
+            return None, f"C++ extension usf_fast._C_cpu not built ({e}); reinstall with `pip install -e .`"
+        return _checked(_C_cpu.combine), ""
+    if name == "cuda":
+        try:
+            from . import _C_cuda
+        except ImportError as e:
+            return None, f"CUDA extension usf_fast._C_cuda not built ({e}); needs nvcc and a CUDA build of torch at install"
+        return _checked(_C_cuda.combine), ""
+    if name == "triton":
+        try:
+            from .kernels.combine import combine_triton
+        except ImportError as e:
+            return None, f"triton not importable ({e})"
+        return combine_triton, ""
+    raise ValueError(f"backend={name!r}: must be one of auto, reference, {', '.join(BACKENDS)}")
+
+
+def _runs_on(name: str, device: torch.device) -> tuple[bool, str]:
+    if name == "torch":
+        return True, ""
+    if name == "cpu":
+        return (device.type == "cpu", "the cpu backend runs on CPU tensors only")
+    if name == "cuda":
+        return (device.type == "cuda", "the cuda backend needs CUDA tensors")
+    if name == "triton":
+        if device.type == "cuda":
+            return True, ""
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+            return True, ""
+        return False, "triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors, slow: for tests)"
+    return False, ""
+
+
+def backend_status(device: torch.device | str = "cpu") -> dict[str, tuple[bool, str]]:
+    """name → (usable on `device`, why not)."""
+    device = torch.device(device)
+    out = {}
+    for name in BACKENDS:
+        fn, why = _load(name)
+        if fn is None:
+            out[name] = (False, why)
+        else:
+            ok, why = _runs_on(name, device)
+            out[name] = (ok, why)
+    return out
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    return [k for k, (ok, _) in backend_status(device).items() if ok]
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """Pick `auto`'s backend, or check an explicit one; clear errors for unusable choices."""
+    if backend == "auto":
+        if dtype not in KERNEL_DTYPES:
+            return "torch"
+        order = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpu", "torch")
+        status = backend_status(device)
+        return next(b for b in order if status[b][0])
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: must be one of auto, reference, {', '.join(BACKENDS)}")
+    ok, why = backend_status(device)[backend]
+    if not ok:
+        raise ValueError(f"backend={backend!r} is not usable for {device.type} tensors here: {why}")
+    if backend != "torch" and dtype not in KERNEL_DTYPES:
+        raise ValueError(f"backend={backend!r}: dtype {dtype} not supported; kernels store float32, float16 "
+                         "or bfloat16 (use backend='torch' or 'reference' for float64)")
+    return backend
+
+
+def get_combine(name: str):
+    fn, why = _load(name)
+    if fn is None:
+        raise ValueError(f"backend={name!r} unavailable: {why}")
+    return fn

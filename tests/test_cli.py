@@ -63,3 +63,16 @@ def test_bad_cli_input_is_one_clear_line(capsys, argv, match):
 def test_console_script_is_installed():
     r = subprocess.run([sys.executable, "-m", "usf_fast.cli", "presets"], capture_output=True, text=True)
     assert r.returncode == 0 and "unipc" in r.stdout
+
+
+def test_info_lists_backends(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in ("torch", "cpu", "triton", "cuda"):
+        assert name in out
+    assert "auto picks" in out
+
+
+def test_sample_with_explicit_backend(capsys):
+    assert main(["sample", "--model", "gmm-2d", "--num-samples", "20", "--backend", "torch", "--no-reference"]) == 0
+    assert "backend torch" in capsys.readouterr().out

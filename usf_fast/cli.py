@@ -73,14 +73,15 @@ def cmd_sample(args) -> int:
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     t0 = time.perf_counter()
     with torch.no_grad():
-        x = sample(model, schedule, noise=noise.to(dtype))
+        x = sample(model, schedule, noise=noise.to(dtype), backend=args.backend)
     dt = time.perf_counter() - t0
     ref = None
     if not args.no_reference:
         ref = reference_samples(model, noise, schedule.timesteps[0], schedule.timesteps[-1])
     m = _metrics(gmm, x, ref)
     print(schedule.summary(ns.time_name))
-    print(f"model {args.model} ({args.noise_schedule}), {args.num_samples} samples, {args.dtype}, {dt:.2f} s")
+    print(f"model {args.model} ({args.noise_schedule}), {args.num_samples} samples, {args.dtype}, "
+          f"backend {args.backend}, {dt:.2f} s")
     print(f"NFE {schedule.nfe}")
     print(f"ref_rmse {m['ref_rmse']:.6g}   (RMS distance to a high-accuracy ODE solution from the same noise)")
     print(f"frechet  {m['frechet']:.6g}   (Fréchet distance of the samples to the exact data moments)")
@@ -176,6 +177,25 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_info(args) -> int:
+    from .backends import BACKENDS, backend_status
+    print(f"usf_fast {__import__('usf_fast').__version__}, torch {torch.__version__} "
+          f"(CUDA build: {torch.version.cuda or 'no'}), threads {torch.get_num_threads()}")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if torch.cuda.is_available():
+        print(f"GPU: {torch.cuda.get_device_name()}")
+    for dev in devices:
+        status = backend_status(dev)
+        print(f"{dev} tensors:")
+        for name in BACKENDS:
+            ok, why = status[name]
+            print(f"  {name:7s} {'usable' if ok else 'not usable'}" + ("" if ok else f"  ({why})"))
+    from .backends import resolve_backend
+    print("auto picks: " + ", ".join(f"{d}/float32 -> {resolve_backend('auto', torch.device(d), torch.float32)}"
+                                     for d in devices))
+    return 0
+
+
 def cmd_presets(args) -> int:
     for name, doc in P.describe():
         print(f"{name:14s} {doc}")
@@ -204,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--option", action="append", metavar="KEY=VALUE", help="extra preset option (repeatable)")
     q.add_argument("--schedule", help="schedule JSON file (instead of --preset)")
     q.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    q.add_argument("--backend", default="auto", choices=("auto", "reference", "torch", "cpu", "triton", "cuda"))
     q.add_argument("--out", help="write samples, schedule and metrics (torch.save) here")
     q.add_argument("--save-schedule", help="write the schedule JSON here")
     q.add_argument("--plot", help="write a PNG of the samples here")
@@ -220,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("show", help="print a schedule file one line per step")
     q.add_argument("schedule")
     q.set_defaults(func=cmd_show)
+
+    q = sub.add_parser("info", help="which backends are built and usable here")
+    q.set_defaults(func=cmd_info)
 
     q = sub.add_parser("presets", help="list presets, spacings and embedded models")
     q.set_defaults(func=cmd_presets)

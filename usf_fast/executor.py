@@ -31,8 +31,13 @@ def coefficient_tables(plan: Plan, dtype: torch.dtype, device) -> list:
     return out
 
 
-def execute(plan: Plan, model: DiffusionModel, x_t: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """Run `plan` from the start state x_t (already scaled by the prior std)."""
+def execute(plan: Plan, model: DiffusionModel, x_t: torch.Tensor, backend: str = "auto",
+            poison: bool = False) -> torch.Tensor:
+    """Run `plan` from the start state x_t (already scaled by the prior std).
+
+    poison: fill every buffer the executor allocates with NaN first (tests: an element a
+    backend forgets to write shows up as NaN in the result).
+    """
     name = resolve_backend(backend, x_t.device, x_t.dtype)
     combine = get_combine(name)
     coef_dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
@@ -51,8 +56,8 @@ def execute(plan: Plan, model: DiffusionModel, x_t: torch.Tensor, backend: str =
         else:
             c1, c2 = next(tables)
             inputs = [slots[s] for s in op.inputs]
-            dst = _buffer(owned, slots, op.out, x_t, op.inputs)
-            dst2 = _buffer(owned, slots, op.out2, x_t, op.inputs) if op.out2 is not None else None
+            dst = _buffer(owned, slots, op.out, x_t, op.inputs, poison)
+            dst2 = _buffer(owned, slots, op.out2, x_t, op.inputs, poison) if op.out2 is not None else None
             combine(inputs, c1, dst, c2, dst2)
             slots[op.out] = dst
             if dst2 is not None:
@@ -60,10 +65,12 @@ def execute(plan: Plan, model: DiffusionModel, x_t: torch.Tensor, backend: str =
     return slots[plan.output_slot]
 
 
-def _buffer(owned, slots, slot, like, input_slots) -> torch.Tensor:
+def _buffer(owned, slots, slot, like, input_slots, poison) -> torch.Tensor:
     buf = owned.get(slot)
     if buf is None or (slot in input_slots and slots[slot] is not buf):
         # never write into a tensor we do not own (the noise, a model output)
-        buf = torch.empty_like(like)
+        buf = torch.full_like(like, float("nan")) if poison else torch.empty_like(like)
         owned[slot] = buf
+    elif poison and slot not in input_slots:
+        buf.fill_(float("nan"))
     return buf

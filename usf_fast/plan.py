@@ -148,7 +148,10 @@ def compile_plan(schedule: Schedule, model: DiffusionModel) -> Plan:
         _add(expr, state[sw.start], sw.a)
         for j, w in zip(sw.points, sw.w):
             _add(expr, model_output(j, sw.prediction), w)
-        return expr
+        # terms that cancel to round-off (e.g. a·x_s against the x_s part of w·x̂0_s) cost a read
+        # and carry nothing
+        big = max((abs(c) for c in expr.values()), default=0.0)
+        return {b: c for b, c in expr.items() if abs(c) > 1e-14 * big}
 
     def materialise(expr: dict, step: int, phase: str) -> int:
         """Buffer holding `expr`. A symbolic (pseudo-corrected) state that later ops still read
@@ -210,7 +213,7 @@ def compile_plan(schedule: Schedule, model: DiffusionModel) -> Plan:
             state[i] = pred
 
     final = model_output(n, "data") if schedule.denoise_to_zero else state[n]
-    result = next(iter(final)) if _is_buffer(final) else materialise(final, n + 1, "final")
+    result = next(iter(final)) if _is_buffer(final) else materialise(final, n + int(schedule.denoise_to_zero), "final")
 
     return _assign_slots(ops, n_buffers[0], x_t, result, schedule)
 

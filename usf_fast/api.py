@@ -7,7 +7,7 @@ import torch
 
 from .executor import execute
 from .model import DiffusionModel
-from .plan import compile_plan
+from .plan import cached_plan
 from .sampler import check_inputs, initial_state, reference_sample, warn_if_not_finite
 from .schedule import Schedule
 
@@ -40,7 +40,7 @@ def sample(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor | None
                                 callback=callback, progress=progress, check_finite=check_finite)
     check_inputs(model, schedule)
     x = initial_state(model.noise_schedule, schedule, noise, shape, generator, dtype, device)
-    plan = compile_plan(schedule, model)
+    plan = cached_plan(schedule, model)
     result = execute(plan, model, x, backend)
     if check_finite:
         warn_if_not_finite(result, schedule)

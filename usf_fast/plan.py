@@ -17,6 +17,8 @@ All coefficients are float64 on the host; executors cast them once per plan.
 """
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -26,7 +28,7 @@ from .model import DiffusionModel
 from .sampler import step_weights, check_schedule_range
 from .schedule import Schedule
 
-__all__ = ["Eval", "Combine", "Const", "Plan", "compile_plan"]
+__all__ = ["Eval", "Combine", "Const", "Plan", "compile_plan", "cached_plan"]
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,27 @@ def compile_plan(schedule: Schedule, model: DiffusionModel) -> Plan:
     result = next(iter(final)) if _is_buffer(final) else materialise(final, n + int(schedule.denoise_to_zero), "final")
 
     return _assign_slots(ops, n_buffers[0], x_t, result, schedule)
+
+
+_CACHE: "OrderedDict[tuple, Plan]" = OrderedDict()
+_CACHE_SIZE = 256
+
+
+def cached_plan(schedule: Schedule, model: DiffusionModel) -> Plan:
+    """`compile_plan` memoised on what the plan depends on: the schedule, the noise schedule,
+    the parameterisation and whether the data mean is zero (a sampling loop compiles once)."""
+    ns = model.noise_schedule
+    key = (json.dumps(schedule.to_dict(), sort_keys=True), json.dumps(ns.fingerprint(), sort_keys=True),
+           model.prediction, _is_zero(model.data_mean))
+    plan = _CACHE.get(key)
+    if plan is None:
+        plan = compile_plan(schedule, model)
+        _CACHE[key] = plan
+        if len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    else:
+        _CACHE.move_to_end(key)
+    return plan
 
 
 def _is_buffer(expr: dict) -> bool:

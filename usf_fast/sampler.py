@@ -32,30 +32,30 @@ class StepWeights:
     w: tuple[float, ...]
 
 
-def _weights(ns: NoiseSchedule, ts, target: int, step: Step, corrector: bool) -> StepWeights:
+def _weights(tables, target: int, step: Step, corrector: bool) -> StepWeights:
+    lam, alpha, sigma = tables
     s = step.start
     pts = tuple(step.points) + ((target,) if corrector else ())
     order = step.order + (1 if corrector else 0)
     relax, coef = ((step.corrector_relax, step.corrector_relax_coef) if corrector
                    else (step.relax, step.relax_coef))
-    t = np.asarray(ts, dtype=np.float64)
-    lam = ns.marginal_lambda(t)
-    alpha = ns.marginal_alpha(t)
-    sigma = ns.marginal_std(t)
     a, w_s, w_p = update_weights(
-        float(lam[s]), float(lam[target]), [float(lam[j]) for j in pts],
-        alpha_s=float(alpha[s]), sigma_s=float(sigma[s]), alpha_t=float(alpha[target]),
-        sigma_t=float(sigma[target]), prediction=step.prediction, order=order, relax=relax,
-        relax_coef=coef, d2_scale=1.0 if corrector else step.d2_scale)
+        lam[s], lam[target], [lam[j] for j in pts],
+        alpha_s=alpha[s], sigma_s=sigma[s], alpha_t=alpha[target], sigma_t=sigma[target],
+        prediction=step.prediction, order=order, relax=relax, relax_coef=coef,
+        d2_scale=1.0 if corrector else step.d2_scale)
     return StepWeights(step.prediction, s, a, (s,) + pts, (w_s,) + tuple(float(v) for v in w_p))
 
 
 def step_weights(schedule: Schedule, noise_schedule: NoiseSchedule):
     """Per step: (predictor weights, corrector weights or None), host float64."""
+    t = np.asarray(schedule.timesteps, dtype=np.float64)
+    tables = tuple([float(v) for v in f(t)] for f in (noise_schedule.marginal_lambda, noise_schedule.marginal_alpha,
+                                                       noise_schedule.marginal_std))
     out = []
     for i, st in enumerate(schedule.steps, 1):
-        pred = _weights(noise_schedule, schedule.timesteps, i, st, corrector=False)
-        corr = _weights(noise_schedule, schedule.timesteps, i, st, corrector=True) if st.corrector != "none" else None
+        pred = _weights(tables, i, st, corrector=False)
+        corr = _weights(tables, i, st, corrector=True) if st.corrector != "none" else None
         out.append((pred, corr))
     return out
 

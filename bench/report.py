@@ -1,0 +1,34 @@
+"""Ratio table from a pytest-benchmark JSON: each implementation's median against the copy floor
+and diffusers' step of the same group.
+
+    pytest bench/ --benchmark-only --benchmark-json out/bench.json && python bench/report.py out/bench.json
+"""
+import json
+import sys
+from collections import defaultdict
+
+
+def main(path: str) -> None:
+    data = json.load(open(path))
+    groups = defaultdict(dict)
+    for b in data["benchmarks"]:
+        impl = b["params"].get("impl") if b.get("params") else None
+        if impl is None:
+            continue
+        groups[b["group"]][impl] = (b["stats"]["median"], b.get("extra_info", {}))
+    machine = data.get("machine_info", {})
+    print(f"machine: {machine.get('cpu', {}).get('brand_raw', '?')}, {machine.get('cpu', {}).get('count', '?')} logical CPUs")
+    print("| group | K | impl | median µs | × copy floor | diffusers ÷ this |")
+    print("|---|---|---|---|---|---|")
+    for g in sorted(groups):
+        impls = groups[g]
+        floor = impls.get("copy-floor", (None,))[0]
+        diff = impls.get("diffusers", (None,))[0]
+        for name, (med, info) in sorted(impls.items(), key=lambda kv: kv[1][0]):
+            r_floor = f"{med / floor:.2f}" if floor else "-"
+            r_diff = f"{diff / med:.1f}" if diff else "-"
+            print(f"| {g} | {info.get('K', '')} | {name} | {med * 1e6:.1f} | {r_floor} | {r_diff} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -190,3 +190,26 @@ def test_unusable_backend_is_a_clear_error():
         usf_fast.sample(MODEL, PRESET_CASES["ddim"], noise=NOISE.to(DEVICE), backend=KERNELS[0])
     with pytest.raises(ValueError, match="backend='metal': must be one of"):
         usf_fast.sample(MODEL, PRESET_CASES["ddim"], noise=NOISE, backend="metal")
+
+
+@settings(max_examples=25, deadline=None)
+@given(schedules())
+def test_kernels_on_random_schedule_plans(s):
+    """Random schedules give arbitrary K and coefficient patterns; every kernel matches float64."""
+    plan = compile_plan(s, MODEL)
+    g = torch.Generator().manual_seed(5)
+    for op in plan.combines:
+        if max(abs(c) for c in op.coefs) > 1e6:
+            continue  # numerically meaningless schedules
+        inputs = [torch.randn(2, 3, 5, generator=g).to(DEVICE) for _ in op.inputs]
+        c1 = torch.tensor(op.coefs, dtype=torch.float32, device=DEVICE)
+        c2 = torch.tensor(op.coefs2, dtype=torch.float32, device=DEVICE) if op.coefs2 else None
+        ref = sum(float(c) * x.cpu().double() for c, x in zip(op.coefs, inputs))
+        for backend in KERNELS:
+            out = torch.full_like(inputs[0], float("nan"))
+            out2 = torch.full_like(inputs[0], float("nan")) if c2 is not None else None
+            get_combine(backend)(inputs, c1, out, c2, out2)
+            scale = sum(abs(float(c)) * x.abs().max().item() for c, x in zip(op.coefs, inputs))
+            assert float((out.cpu().double() - ref).abs().max()) <= 1e-6 * scale, backend
+            if out2 is not None:
+                assert torch.isfinite(out2).all()

@@ -11,7 +11,7 @@ CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_L
   $PY -m pip install -q --no-build-isolation -e '.[dev]'
 $PY -m usf_fast.cli info
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv || true
-$PY -m pytest tests/test_backends.py tests/test_build.py -q
+$PY -m pytest tests/test_backends.py tests/test_build.py tests/test_graph.py -q
 mkdir -p out
 $PY -m pytest bench --benchmark-only -q --benchmark-json out/gpu_bench.json
 $PY bench/report.py out/gpu_bench.json

@@ -18,16 +18,18 @@ def main(path: str) -> None:
         groups[b["group"]][impl] = (b["stats"]["median"], b.get("extra_info", {}))
     machine = data.get("machine_info", {})
     print(f"machine: {machine.get('cpu', {}).get('brand_raw', '?')}, {machine.get('cpu', {}).get('count', '?')} logical CPUs")
-    print("| group | K | impl | median µs | × copy floor | diffusers ÷ this |")
-    print("|---|---|---|---|---|---|")
+    print("| group | K | impl | median µs | × copy floor | diffusers ÷ this | overhead vs model-only |")
+    print("|---|---|---|---|---|---|---|")
     for g in sorted(groups):
         impls = groups[g]
         floor = impls.get("copy-floor", (None,))[0]
         diff = impls.get("diffusers", (None,))[0]
+        model_only = impls.get("model-only", (None,))[0]
         for name, (med, info) in sorted(impls.items(), key=lambda kv: kv[1][0]):
             r_floor = f"{med / floor:.2f}" if floor else "-"
             r_diff = f"{diff / med:.1f}" if diff else "-"
-            print(f"| {g} | {info.get('K', '')} | {name} | {med * 1e6:.1f} | {r_floor} | {r_diff} |")
+            r_over = f"{(med - model_only) / model_only:+.1%}" if model_only and name != "model-only" else "-"
+            print(f"| {g} | {info.get('K', '')} | {name} | {med * 1e6:.1f} | {r_floor} | {r_diff} | {r_over} |")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@
 
 namespace {
 
-constexpr int kMaxInputs = 16;
+constexpr int kMaxInputs = 32;
 
 template <typename T>
 struct Inputs {

@@ -9,10 +9,11 @@ from . import presets
 from .model import DiffusionModel
 from .noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleVP
 from .api import sample
+from .graph import GraphSampler
 from .sampler import reference_sample
 from .schedule import Schedule, Step
 
 __version__ = "0.1.0"
 
-__all__ = ["DiffusionModel", "NoiseSchedule", "NoiseScheduleEDM", "NoiseScheduleVP", "Schedule", "Step", "reference_sample",
+__all__ = ["GraphSampler", "DiffusionModel", "NoiseSchedule", "NoiseScheduleEDM", "NoiseScheduleVP", "Schedule", "Step", "reference_sample",
            "presets", "sample", "__version__"]

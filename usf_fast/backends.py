@@ -25,7 +25,7 @@ __all__ = ["BACKENDS", "available_backends", "backend_status", "get_combine", "c
 
 BACKENDS = ("torch", "cpu", "triton", "cuda")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-CUDA_MAX_INPUTS = 16  # csrc/combine_cuda.cu kMaxInputs
+CUDA_MAX_INPUTS = 32  # csrc/combine_cuda.cu kMaxInputs
 
 
 def check_combine_args(inputs, coefs, out, coefs2=None, out2=None, dtypes=None) -> None:
@@ -87,7 +87,7 @@ def _checked(ext_combine):
     def combine(inputs, coefs, out, coefs2=None, out2=None):
         check_combine_args(inputs, coefs, out, coefs2, out2, dtypes=KERNEL_DTYPES)
         if len(inputs) > CUDA_MAX_INPUTS and out.is_cuda:
-            # the kernel's pointer table holds 16; wider combinations (rare: order 4 with many
+            # the kernel's pointer table holds 32; wider combinations (rare: order 4 with many
             # active points) take the eager path rather than failing
             return combine_torch(inputs, coefs, out, coefs2, out2)
         return ext_combine(list(inputs), coefs, out, coefs2, out2)

@@ -1,0 +1,84 @@
+"""Append-only JSON-lines log of a search: a header line, then one line per real evaluation.
+
+Lines are written with flush + fsync, so a killed search loses at most the line being written;
+on resume a truncated last line is dropped (and cut from the file) and every complete line is
+reused, so no evaluation is lost or repeated.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+
+__all__ = ["SearchLog"]
+
+
+class SearchLog:
+    def __init__(self, path: str | os.PathLike | None, header: dict, resume: bool = False, writer: bool = True):
+        self.path = None if path is None else os.fspath(path)
+        self.header = header
+        self.writer = writer
+        self.records: list[dict] = []
+        if self.path is None:
+            return
+        exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        if resume:
+            if not exists:
+                raise ValueError(f"resume: log {self.path} is missing or empty; nothing to resume "
+                                 "(run without --resume to start a new search)")
+            self._read()
+        elif exists:
+            raise ValueError(f"log {self.path} already exists; pass --resume to continue that search "
+                             "or choose another --out")
+        elif writer:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._append(dict(header, type="header"))
+
+    def _read(self):
+        with open(self.path, "rb") as f:
+            raw = f.read()
+        lines = raw.split(b"\n")
+        complete = lines[:-1]          # the text after the last newline is an unfinished write
+        tail = lines[-1]
+        good_bytes = len(raw) - len(tail)
+        if tail.strip():
+            warnings.warn(f"log {self.path}: dropping an unfinished last line (the search was killed while "
+                          "writing it); that evaluation will be redone", RuntimeWarning, stacklevel=3)
+        parsed = []
+        for n, line in enumerate(complete, 1):
+            if not line.strip():
+                continue
+            try:
+                parsed.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"log {self.path}: line {n} is corrupt ({e.msg}); fix or remove that line to resume") from None
+        if not parsed or parsed[0].get("type") != "header":
+            raise ValueError(f"log {self.path}: no header line; not a usf_fast search log")
+        head = {k: v for k, v in parsed[0].items() if k != "type"}
+        for key in ("nfe", "seed", "metric", "space"):
+            if head.get(key) != self.header.get(key):
+                raise ValueError(f"log {self.path}: written by a search with {key}={head.get(key)!r}, this one has "
+                                 f"{key}={self.header.get(key)!r}; resume with the same settings")
+        self.records = [r for r in parsed[1:] if r.get("type") == "eval"]
+        if tail.strip() and self.writer:
+            with open(self.path, "r+b") as f:
+                f.truncate(good_bytes)
+
+    def _append(self, record: dict):
+        if self.path is None or not self.writer:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, allow_nan=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def add(self, key: str, schedule: dict, fidelity: str, metric: float, seconds: float, stage: str):
+        rec = {"type": "eval", "key": key, "schedule": schedule, "fidelity": fidelity,
+               "metric": metric if math.isfinite(metric) else None, "seconds": round(seconds, 6), "stage": stage}
+        self.records.append(rec)
+        self._append(rec)
+
+    def cached(self) -> dict[tuple[str, str], float]:
+        return {(r["key"], r["fidelity"]): (math.inf if r["metric"] is None else float(r["metric"]))
+                for r in self.records}

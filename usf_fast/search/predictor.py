@@ -1,0 +1,75 @@
+"""The S³ performance predictor: a small MLP from schedule encodings to (log) metric, trained with
+a ranking-aware loss (what matters is which candidate is better, not the exact value)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau
+
+__all__ = ["Predictor"]
+
+
+class Predictor:
+    def __init__(self, in_dim: int, hidden: int = 64, epochs: int = 300, lr: float = 3e-3, seed: int = 0,
+                 rank_weight: float = 1.0):
+        self.in_dim, self.hidden, self.epochs, self.lr, self.seed = in_dim, hidden, epochs, lr, seed
+        self.rank_weight = rank_weight
+        self.net = None
+        self.tau: float | None = None  # Kendall τ on the held-out split of the last fit
+
+    def _build(self):
+        torch.manual_seed(self.seed)
+        return torch.nn.Sequential(torch.nn.Linear(self.in_dim, self.hidden), torch.nn.SiLU(),
+                                   torch.nn.Linear(self.hidden, self.hidden), torch.nn.SiLU(),
+                                   torch.nn.Linear(self.hidden, 1))
+
+    @staticmethod
+    def _target(y):
+        y = np.asarray(y, dtype=np.float64)
+        finite = np.isfinite(y)
+        worst = np.max(y[finite]) * 4 if finite.any() else 1.0
+        return np.log(np.where(finite, y, worst))
+
+    def _train(self, x: np.ndarray, y: np.ndarray):
+        net = self._build()
+        xt = torch.as_tensor(x, dtype=torch.float32)
+        yt = torch.as_tensor(y, dtype=torch.float32)
+        yt = (yt - yt.mean()) / (yt.std() + 1e-8)
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=1e-4)
+        g = torch.Generator().manual_seed(self.seed)
+        n = len(yt)
+        for _ in range(self.epochs):
+            pred = net(xt).squeeze(-1)
+            loss = torch.nn.functional.mse_loss(pred, yt)
+            if self.rank_weight and n > 1:  # pairwise hinge on random pairs: order matters most
+                i = torch.randint(0, n, (4 * n,), generator=g)
+                j = torch.randint(0, n, (4 * n,), generator=g)
+                sign = torch.sign(yt[i] - yt[j])
+                loss = loss + self.rank_weight * torch.relu(0.1 - sign * (pred[i] - pred[j])).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return net
+
+    def fit(self, x, y) -> "Predictor":
+        """Train on encodings x (n, d) and metric values y (n,); τ measured on a 20% held-out split,
+        then the model is refit on everything."""
+        x = np.asarray(x, dtype=np.float64)
+        t = self._target(y)
+        n = len(t)
+        if n >= 10:
+            perm = np.random.default_rng(self.seed).permutation(n)
+            k = max(2, n // 5)
+            net = self._train(x[perm[k:]], t[perm[k:]])
+            with torch.no_grad():
+                p = net(torch.as_tensor(x[perm[:k]], dtype=torch.float32)).squeeze(-1).numpy()
+            tau = kendalltau(p, t[perm[:k]]).statistic
+            self.tau = float(tau) if np.isfinite(tau) else 0.0
+        self.net = self._train(x, t)
+        return self
+
+    def predict(self, x) -> np.ndarray:
+        if self.net is None:
+            raise RuntimeError("Predictor.predict before fit")
+        with torch.no_grad():
+            return self.net(torch.as_tensor(np.asarray(x), dtype=torch.float32)).squeeze(-1).numpy()

@@ -1,0 +1,246 @@
+"""The S³ search space: multistep USF schedules of an exact NFE, their encoding, and the
+evolutionary operators that keep them valid.
+
+A candidate *is* a `Schedule` restricted to multistep steps (start = i−1, the latest order−1
+active points): per step the target time (continuous, as a fraction of the λ range), prediction
+type, expansion order, first-derivative relaxation (kind and coefficient), second-derivative
+scale and pseudo-corrector with its own relaxation; globally the analytical first step. The NFE
+is exact: N = nfe + afs steps, no corrector on the last step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import presets as P
+from ..noise_schedules import NoiseSchedule
+from ..schedule import Schedule, Step
+
+__all__ = ["SearchSpace"]
+
+RELAX_ONEHOT = ("taylor", "linear", "midpoint", "bh1")  # bh2 == midpoint
+
+
+@dataclass
+class SearchSpace:
+    """Args:
+        noise_schedule: the model's noise schedule (the times live in its range).
+        nfe: exact evaluation budget of every candidate (≥ 1).
+        orders: allowed expansion orders.
+        predictions: allowed prediction types.
+        correctors: allow the pseudo-corrector.
+        afs: allow the analytical first step.
+        relax_range: bound of the linear relaxation coefficient c (ρ = 1 + c·h).
+        t_start, t_end: time range (default: the noise schedule's).
+    """
+
+    noise_schedule: NoiseSchedule
+    nfe: int
+    orders: tuple = (1, 2, 3, 4)
+    predictions: tuple = ("data", "noise")
+    correctors: bool = True
+    afs: bool = True
+    relax_range: float = 2.0
+    t_start: float | None = None
+    t_end: float | None = None
+    _lam: tuple = field(init=False, repr=False)
+
+    def __post_init__(self):
+        if not isinstance(self.nfe, int) or isinstance(self.nfe, bool) or self.nfe < 1:
+            raise ValueError(f"nfe={self.nfe!r}: must be an integer >= 1")
+        bad = [o for o in self.orders if o not in (1, 2, 3, 4)]
+        if bad or not self.orders:
+            raise ValueError(f"orders={self.orders!r}: must be a non-empty subset of 1..4")
+        bad = [p for p in self.predictions if p not in ("data", "noise")]
+        if bad or not self.predictions:
+            raise ValueError(f"predictions={self.predictions!r}: must be a non-empty subset of ('data', 'noise')")
+        ns = self.noise_schedule
+        self.t_start = ns.t_max if self.t_start is None else float(self.t_start)
+        self.t_end = ns.t_min if self.t_end is None else float(self.t_end)
+        self._lam = (float(ns.marginal_lambda(self.t_start)), float(ns.marginal_lambda(self.t_end)))
+
+    # ---- times <-> λ fractions --------------------------------------------------------------
+    def times_from_fractions(self, u) -> np.ndarray | None:
+        l0, l1 = self._lam
+        u = np.sort(np.asarray(u, dtype=np.float64))
+        ts = np.asarray(self.noise_schedule.inverse_lambda(l0 + np.concatenate([[0.0], u, [1.0]]) * (l1 - l0)),
+                        dtype=np.float64)
+        ts[0], ts[-1] = self.t_start, self.t_end
+        if np.any(np.diff(ts) >= 0) or not np.all(np.isfinite(ts)):
+            return None
+        return ts
+
+    def fractions(self, schedule: Schedule) -> np.ndarray:
+        l0, l1 = self._lam
+        lam = np.asarray(self.noise_schedule.marginal_lambda(np.asarray(schedule.timesteps)), dtype=np.float64)
+        return (lam - l0) / (l1 - l0)
+
+    # ---- validity ---------------------------------------------------------------------------
+    def make(self, u, steps, afs: bool) -> Schedule | None:
+        """Schedule from interior λ-fractions u (N−1), N steps and afs; repaired to the space's
+        rules (order ≤ available history, no corrector on the last step, multistep)."""
+        n = self.nfe + int(afs)
+        if len(steps) != n or len(u) != n - 1:
+            return None
+        ts = self.times_from_fractions(np.clip(u, 1e-4, 1 - 1e-4))
+        if ts is None:
+            return None
+        fixed = []
+        for i, st in enumerate(steps, 1):
+            order = max(1, min(st.order, i, max(self.orders)))
+            corr = st.corrector if (self.correctors and i < n) else "none"
+            relax, coef = st.relax, st.relax_coef
+            if relax == "linear":
+                coef = float(np.clip(coef, -self.relax_range, self.relax_range))
+            cr, ccoef = st.corrector_relax, st.corrector_relax_coef
+            if cr == "linear":
+                ccoef = float(np.clip(ccoef, -self.relax_range, self.relax_range))
+            fixed.append(Step(prediction=st.prediction, order=order, relax=relax, relax_coef=coef,
+                              d2_scale=st.d2_scale, corrector="pseudo" if corr != "none" else "none",
+                              corrector_relax=cr, corrector_relax_coef=ccoef))
+        try:
+            return Schedule(ts, fixed, afs=afs, meta={"search": True})
+        except ValueError:
+            return None
+
+    def contains(self, s: Schedule) -> bool:
+        return (not s.denoise_to_zero and s.nfe == self.nfe and s.timesteps[0] == self.t_start
+                and s.timesteps[-1] == self.t_end
+                and all(st.start == i - 1 and st.points == tuple(range(i - 2, i - 1 - st.order, -1))
+                        and st.corrector != "implicit" for i, st in enumerate(s.steps, 1)))
+
+    # ---- seeds ------------------------------------------------------------------------------
+    def seeds(self) -> list[Schedule]:
+        """Multistep presets (DDIM, DPM-Solver++ 2M/3M, UniPC bh1/bh2, data and noise prediction)
+        over every spacing, with and without AFS — the hand-designed starting population."""
+        out = []
+        variants = [("ddim", {}), ("dpm_solver_pp", {"order": 2}), ("dpm_solver_pp", {"order": 3}),
+                    ("dpm_solver_pp", {"order": 2, "solver_type": "taylor"}),
+                    ("unipc", {"order": 2, "variant": "bh1"}), ("unipc", {"order": 3, "variant": "bh1"}),
+                    ("unipc", {"order": 2, "variant": "bh2"}), ("unipc", {"order": 3, "variant": "bh2"}),
+                    ("unipc", {"order": 3, "variant": "bh2", "prediction": "noise"})]
+        for name, opts in variants:
+            for sp in P.SPACINGS:
+                for afs in ((False, True) if self.afs else (False,)):
+                    try:
+                        s = P.get(name, self.noise_schedule, self.nfe, spacing=sp, afs=afs,
+                                  t_start=self.t_start, t_end=self.t_end, **opts)
+                    except ValueError:
+                        continue
+                    if self.contains(s) and all(st.order in self.orders for st in s.steps) \
+                            and all(st.prediction in self.predictions for st in s.steps) \
+                            and (self.correctors or all(st.corrector == "none" for st in s.steps)):
+                        out.append(s)
+        return out
+
+    # ---- encoding ---------------------------------------------------------------------------
+    @property
+    def encoding_size(self) -> int:
+        return 1 + (self.nfe + 1) * 13
+
+    def encode(self, s: Schedule) -> np.ndarray:
+        """Fixed-length vector: afs, then per step slot (N ≤ nfe + 1, zero-padded): target λ-fraction,
+        step size, noise?, order/4, corrector?, relax one-hot(4), relax coef, corrector-relax
+        linear?/bh?, coef, d2_scale − 1."""
+        v = np.zeros(self.encoding_size)
+        v[0] = float(s.afs)
+        fr = self.fractions(s)
+        for i, st in enumerate(s.steps):
+            o = 1 + 13 * i
+            kind = "midpoint" if st.relax == "bh2" else st.relax
+            ck = "midpoint" if st.corrector_relax == "bh2" else st.corrector_relax
+            v[o:o + 13] = [fr[i + 1], fr[i + 1] - fr[i], st.prediction == "noise", st.order / 4,
+                           st.corrector != "none", *(kind == k for k in RELAX_ONEHOT),
+                           st.relax_coef / self.relax_range, ck == "linear", ck in ("midpoint", "bh1"),
+                           st.corrector_relax_coef / self.relax_range]
+            v[o + 12] = st.d2_scale - 1.0 if st.order >= 3 else 0.0
+        return v
+
+    # ---- evolution ----------------------------------------------------------------------------
+    def random(self, rng: np.random.Generator) -> Schedule:
+        for _ in range(100):
+            afs = bool(self.afs and rng.random() < 0.5)
+            n = self.nfe + int(afs)
+            u = np.sort(rng.random(n - 1))
+            steps = [self._random_step(rng, i) for i in range(1, n + 1)]
+            s = self.make(u, steps, afs)
+            if s is not None:
+                return s
+        raise RuntimeError("SearchSpace.random: could not draw a valid schedule")
+
+    def _random_step(self, rng, i) -> Step:
+        relax = rng.choice(["taylor", "linear", "midpoint", "bh1"])
+        cr = rng.choice(["taylor", "linear", "midpoint", "bh1"])
+        return Step(prediction=str(rng.choice(self.predictions)), order=int(rng.choice(self.orders)),
+                    relax=str(relax), relax_coef=float(rng.normal(0, 0.5)) if relax == "linear" else 0.0,
+                    corrector="pseudo" if (self.correctors and rng.random() < 0.5) else "none",
+                    corrector_relax=str(cr), corrector_relax_coef=float(rng.normal(0, 0.5)) if cr == "linear" else 0.0)
+
+    def mutate(self, s: Schedule, rng: np.random.Generator) -> Schedule:
+        """One to three random edits; returns a valid schedule (the parent if every try fails)."""
+        for _ in range(20):
+            u = list(self.fractions(s)[1:-1])
+            steps = list(s.steps)
+            afs = s.afs
+            for _ in range(int(rng.integers(1, 4))):
+                op = rng.integers(0, 9)
+                i = int(rng.integers(0, len(steps)))
+                st = steps[i]
+                if op == 0 and u:                                   # move one time
+                    j = int(rng.integers(0, len(u)))
+                    u[j] = float(np.clip(u[j] + rng.normal(0, 0.08), 1e-3, 1 - 1e-3))
+                elif op == 1 and u:                                 # move all times a little
+                    u = list(np.clip(np.asarray(u) + rng.normal(0, 0.02, len(u)), 1e-3, 1 - 1e-3))
+                elif op == 2 and len(self.predictions) > 1:
+                    steps[i] = st.replace(prediction="noise" if st.prediction == "data" else "data")
+                elif op == 3:
+                    steps[i] = st.replace(order=int(np.clip(st.order + rng.choice([-1, 1]), min(self.orders), max(self.orders))))
+                elif op == 4 and self.correctors:
+                    steps[i] = st.replace(corrector="none" if st.corrector != "none" else "pseudo")
+                elif op == 5:
+                    if st.relax == "linear" and rng.random() < 0.7:
+                        steps[i] = st.replace(relax_coef=float(st.relax_coef + rng.normal(0, 0.3)))
+                    else:
+                        kind = str(rng.choice(["taylor", "linear", "midpoint", "bh1"]))
+                        steps[i] = st.replace(relax=kind, relax_coef=float(rng.normal(0, 0.3)) if kind == "linear" else 0.0)
+                elif op == 6:
+                    if st.corrector_relax == "linear" and rng.random() < 0.7:
+                        steps[i] = st.replace(corrector_relax_coef=float(st.corrector_relax_coef + rng.normal(0, 0.3)))
+                    else:
+                        kind = str(rng.choice(["taylor", "linear", "midpoint", "bh1"]))
+                        steps[i] = st.replace(corrector_relax=kind,
+                                              corrector_relax_coef=float(rng.normal(0, 0.3)) if kind == "linear" else 0.0)
+                elif op == 7 and st.order >= 3:
+                    steps[i] = st.replace(d2_scale=float(np.clip(st.d2_scale + rng.normal(0, 0.25), 0.0, 2.0)))
+                elif op == 8 and self.afs:                          # toggle AFS: one step more / fewer
+                    if afs and len(steps) > 1:
+                        steps, u, afs = steps[1:], u[1:], False
+                    elif not afs:
+                        first = float(u[0]) if u else 1.0
+                        steps, u, afs = [steps[0]] + steps, [first * float(rng.uniform(0.2, 0.8))] + u, True
+            out = self.make(u, steps, afs)
+            if out is not None and out != s:
+                return out
+        return s
+
+    def crossover(self, a: Schedule, b: Schedule, rng: np.random.Generator) -> Schedule:
+        """Uniform per-step crossover (same AFS), times blended; falls back to mutating `a`."""
+        if a.afs != b.afs:
+            return self.mutate(a, rng)
+        ua, ub = self.fractions(a)[1:-1], self.fractions(b)[1:-1]
+        w = rng.random()
+        u = w * ua + (1 - w) * ub
+        steps = [sa if rng.random() < 0.5 else sb for sa, sb in zip(a.steps, b.steps)]
+        out = self.make(u, steps, a.afs)
+        return out if out is not None else self.mutate(a, rng)
+
+
+def schedule_key(s: Schedule) -> str:
+    """Stable identity for logs and caches (exact: the JSON of the schedule without its name)."""
+    import json
+    d = s.to_dict()
+    d.pop("name", None)
+    d.pop("meta", None)
+    return json.dumps(d, sort_keys=True)

@@ -170,6 +170,74 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def load_model(spec: str, noise_schedule: str = "linear"):
+    """An embedded model name, or 'package.module:factory' (a callable returning a DiffusionModel)."""
+    from .model import DiffusionModel
+    if spec in EMBEDDED_MODELS:
+        return embedded_model(spec, _noise_schedule(noise_schedule))
+    if ":" not in spec:
+        raise ValueError(f"--model {spec!r}: use an embedded model ({', '.join(EMBEDDED_MODELS)}) "
+                         "or package.module:factory")
+    import importlib
+    mod_name, fn_name = spec.split(":", 1)
+    try:
+        factory = getattr(importlib.import_module(mod_name), fn_name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"--model {spec!r}: cannot load ({e})") from None
+    model = factory()
+    if not isinstance(model, DiffusionModel):
+        raise ValueError(f"--model {spec!r}: the factory returned {type(model).__name__}, not a usf_fast.DiffusionModel")
+    return model
+
+
+def cmd_search(args) -> int:
+    from .search import s3_search
+    from .search.report import plot_metric_vs_nfe, plot_schedule
+    rank = 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank = dist.get_rank()
+    model = load_model(args.model, args.noise_schedule)
+    shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else None
+    nfes = [int(v) for v in str(args.nfe).split(",")]
+    for n in nfes:
+        if n < 1:
+            raise ValueError(f"--nfe {n}: must be >= 1")
+    metric_options = {"stats": args.fid_stats, "weights": args.fid_weights} if args.metric == "fid" else None
+    os.makedirs(args.out, exist_ok=True)
+    results = {}
+    t0 = time.time()
+    for n in nfes:
+        remaining = None if args.max_minutes is None else max(0.0, args.max_minutes - (time.time() - t0) / 60)
+        log_path = os.path.join(args.out, f"log_nfe{n}.jsonl")
+        res = s3_search(model, n, metric=args.metric, metric_options=metric_options, seed=args.seed,
+                        budget=args.budget, samples=(args.samples, args.samples2), heldout=args.heldout,
+                        use_predictor=not args.no_predictor, shape=shape, log_path=log_path, resume=args.resume,
+                        max_minutes=remaining, progress=rank == 0)
+        results[n] = res
+        if rank == 0:
+            res.best.to_json(os.path.join(args.out, f"best_nfe{n}.json"))
+            print(res.summary() + "\n")
+    if rank != 0:
+        return 0
+    last = results[nfes[-1]]
+    last.best.to_json(os.path.join(args.out, "best.json"))
+    lines = [f"{'NFE':>4s}  {'search':>10s}  {'best preset':>11s}  {'improvement':>11s}  best preset", ]
+    for n, r in results.items():
+        lines.append(f"{n:4d}  {r.best_metric:10.5g}  {r.best_preset[1]:11.5g}  {r.improvement:+11.1%}  {r.best_preset[0]}")
+    table = "\n".join(lines)
+    print(f"held-out {args.metric} metric, lower is better:\n{table}")
+    with open(os.path.join(args.out, "summary.txt"), "w") as f:
+        f.write(table + "\n\n" + "\n\n".join(r.summary() for r in results.values()) + "\n")
+    plot_metric_vs_nfe(results, os.path.join(args.out, "metric_vs_nfe.png"), args.metric)
+    plot_schedule(last.best, model.noise_schedule, os.path.join(args.out, "schedule.png"))
+    print(f"wrote {args.out}/best.json, summary.txt, metric_vs_nfe.png, schedule.png, log_nfe*.jsonl "
+          f"({time.time() - t0:.0f} s)")
+    return 0
+
+
 def cmd_show(args) -> int:
     s = Schedule.from_json(args.schedule)
     time_name = "sigma" if (s.meta.get("noise_schedule") or {}).get("type") == "edm" else "t"
@@ -237,6 +305,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--spacings", default=",".join(P.SPACINGS))
     q.add_argument("--progress", action="store_true")
     q.set_defaults(func=cmd_compare)
+
+    q = sub.add_parser("search", help="S3 search for the best schedule at an NFE budget")
+    q.add_argument("--model", default="gmm-image",
+                   help=f"embedded model ({', '.join(sorted(EMBEDDED_MODELS))}) or package.module:factory")
+    q.add_argument("--noise-schedule", default="linear", choices=NOISE_SCHEDULES, help="for embedded models")
+    q.add_argument("--nfe", default="5", help="NFE budget, or a comma-separated list (one search each)")
+    q.add_argument("--shape", help="per-sample shape D1,D2,... (optional for embedded models)")
+    q.add_argument("--out", required=True, help="output folder (logs, best.json, summary, plots)")
+    q.add_argument("--max-minutes", type=float, help="wall-clock limit; the log keeps everything for --resume")
+    q.add_argument("--metric", default="ref", choices=("ref", "exact", "fid"))
+    q.add_argument("--fid-stats", help="metric fid: .npz with mu and sigma of the data's Inception features")
+    q.add_argument("--fid-weights", help="metric fid: local pytorch-fid Inception weights (.pth)")
+    q.add_argument("--budget", type=int, default=600, help="real evaluations per NFE (default 600)")
+    q.add_argument("--samples", type=int, default=64, help="noise samples per stage-1 evaluation")
+    q.add_argument("--samples2", type=int, default=256, help="noise samples per stage-2 evaluation")
+    q.add_argument("--heldout", type=int, default=1024, help="held-out noise samples for the final numbers")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--no-predictor", action="store_true", help="plain evolution (ablation)")
+    q.add_argument("--resume", action="store_true", help="continue the search whose logs are in --out")
+    q.set_defaults(func=cmd_search)
 
     q = sub.add_parser("show", help="print a schedule file one line per step")
     q.add_argument("schedule")

@@ -37,7 +37,14 @@ class NoiseSet:
 
     def reference(self, model: DiffusionModel, t_start: float, t_end: float) -> torch.Tensor:
         if self._ref is None:
-            self._ref = reference_samples(model, self.noise, t_start, t_end, batch_size=512)
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ref = reference_samples(model, self.noise, t_start, t_end, batch_size=512)
+            if not bool(torch.isfinite(ref).all()):
+                raise ValueError(f"the high-accuracy reference solution ({self.name} noise) has NaN/inf: the model "
+                                 f"returns NaN/inf somewhere in t ∈ [{t_end}, {t_start}]; metric 'ref' needs a finite model")
+            self._ref = ref
         return self._ref
 
 

@@ -23,6 +23,8 @@ class SearchLog:
         if self.path is None:
             return
         exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        if not resume and not writer:
+            return  # other processes of a torchrun job: rank 0 creates and checks the log
         if resume:
             if not exists:
                 raise ValueError(f"resume: log {self.path} is missing or empty; nothing to resume "

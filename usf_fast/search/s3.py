@@ -232,6 +232,9 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
     # stage 1: presets, then evolution on few samples
     seeds = space.seeds()
     pool1 = list(zip(seeds, evaluate(seeds, "s1", "seed")))
+    if not any(math.isfinite(m) for _, m in pool1):
+        raise ValueError(f"every preset schedule at NFE {nfe} produced NaN/inf samples (or metric values): the model "
+                         "returns NaN/inf, or the metric fails; the evaluations are in the log")
     curve.append((counters["requested"], min(m for _, m in pool1)))
     budget1 = max(int(budget * stage_split), len(seeds))
     evolve(pool1, "s1", "stage1", budget1)

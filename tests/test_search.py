@@ -1,0 +1,261 @@
+"""S³ search: space and operators, batched evaluation, predictor, search quality, persistence,
+resume after a kill, distributed equality, bad input."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import usf_fast
+from usf_fast.analytic import embedded_model, gmm_2d
+from usf_fast.search import SearchSpace, evaluate_schedules, make_metric, s3_search
+from usf_fast.search.evaluate import FID, NoiseSet, ReferenceDistance
+from usf_fast.search.predictor import Predictor
+from usf_fast.search.space import schedule_key
+
+NS = usf_fast.NoiseScheduleVP("linear")
+MODEL2D = gmm_2d().as_model(NS)
+SMALL = dict(budget=60, samples=(32, 64), heldout=128, per_generation=8, proposals=64, population=8, progress=False)
+
+
+def test_seeds_are_valid_presets_of_exact_nfe():
+    space = SearchSpace(NS, 5)
+    seeds = space.seeds()
+    assert len(seeds) >= 30
+    assert all(s.nfe == 5 and space.contains(s) for s in seeds)
+
+
+@pytest.mark.parametrize("nfe", [1, 3, 6])
+def test_mutation_and_crossover_keep_schedules_valid(nfe):
+    space = SearchSpace(NS, nfe)
+    rng = np.random.default_rng(0)
+    pop = space.seeds() or [space.random(rng)]
+    for _ in range(300):
+        a = pop[int(rng.integers(0, len(pop)))]
+        b = pop[int(rng.integers(0, len(pop)))]
+        child = space.crossover(a, b, rng) if rng.random() < 0.3 else space.mutate(a, rng)
+        assert child.nfe == nfe and space.contains(child)
+        assert space.encode(child).shape == (space.encoding_size,)
+        pop.append(child)
+    assert len({schedule_key(s) for s in pop}) > 100  # the operators explore
+
+
+def test_batched_evaluation_equals_one_at_a_time_and_the_direct_metric():
+    space = SearchSpace(NS, 4)
+    scheds = space.seeds()[:10]
+    ns_ = NoiseSet((2,), 16, 0, "t")
+    metric = ReferenceDistance()
+    batched = evaluate_schedules(MODEL2D, scheds, ns_, metric, (NS.t_max, NS.t_min), chunk=4, dtype=torch.float64)
+    single = [evaluate_schedules(MODEL2D, [s], ns_, metric, (NS.t_max, NS.t_min), chunk=1, dtype=torch.float64)[0]
+              for s in scheds]
+    ref = ns_.reference(MODEL2D, NS.t_max, NS.t_min)
+    direct = [metric(usf_fast.reference_sample(MODEL2D, s, noise=ns_.noise), ref) for s in scheds]
+    np.testing.assert_allclose(batched, single, rtol=1e-12)
+    np.testing.assert_allclose(batched, direct, rtol=1e-9)
+
+
+def test_predictor_learns_a_ranking():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6))
+    y = np.exp(x[:, 0] - 0.5 * x[:, 1])
+    p = Predictor(6, seed=0).fit(x, y)
+    assert p.tau > 0.6
+    xt = rng.normal(size=(50, 6))
+    from scipy.stats import kendalltau
+    assert kendalltau(p.predict(xt), xt[:, 0] - 0.5 * xt[:, 1]).statistic > 0.6
+
+
+def test_search_is_never_worse_than_the_best_preset_and_reports_held_out_numbers():
+    r = s3_search(MODEL2D, 4, seed=0, **SMALL)
+    assert r.best.nfe == 4
+    assert r.best_metric <= r.best_preset[1]
+    labels = [lbl for lbl, _ in r.table]
+    assert any(lbl.startswith("searched") for lbl in labels) and any("unipc" in lbl for lbl in labels)
+    # the reported number is the held-out one
+    ns_ = NoiseSet((2,), 128, 3, "heldout")
+    again = evaluate_schedules(MODEL2D, [r.best], ns_, ReferenceDistance(), (NS.t_max, NS.t_min))[0]
+    assert again == pytest.approx(r.best_metric, rel=1e-5)
+
+
+def test_search_is_deterministic_for_a_seed():
+    a = s3_search(MODEL2D, 3, seed=1, **SMALL)
+    b = s3_search(MODEL2D, 3, seed=1, **SMALL)
+    assert a.best == b.best and a.best_metric == b.best_metric
+
+
+def test_resume_from_a_complete_log_runs_nothing_new(tmp_path):
+    log = tmp_path / "log.jsonl"
+    a = s3_search(MODEL2D, 3, seed=2, log_path=log, **SMALL)
+    b = s3_search(MODEL2D, 3, seed=2, log_path=log, resume=True, **SMALL)
+    assert b.new_evaluations == 0 and a.best == b.best
+
+
+@pytest.mark.parametrize("content,match", [
+    ("", "missing or empty; nothing to resume"),
+    ('{"type": "header", "nfe": 3, "seed": 0, "metric": "ref", "space": "x"}\n{broken\n{"type": "eval"}\n', "line 2 is corrupt"),
+    ('{"type": "eval"}\n', "no header line"),
+])
+def test_bad_logs_on_resume(tmp_path, content, match):
+    log = tmp_path / "log.jsonl"
+    log.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        s3_search(MODEL2D, 3, log_path=log, resume=True, **SMALL)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    log = tmp_path / "log.jsonl"
+    s3_search(MODEL2D, 3, seed=0, log_path=log, **SMALL)
+    with pytest.raises(ValueError, match="written by a search with seed=0, this one has seed=5"):
+        s3_search(MODEL2D, 3, seed=5, log_path=log, resume=True, **SMALL)
+    with pytest.raises(ValueError, match="already exists; pass --resume"):
+        s3_search(MODEL2D, 3, seed=0, log_path=log, **SMALL)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"metric": "lpips"}, "metric='lpips': must be one of ref, exact, fid"),
+    ({"nfe": 0}, "nfe=0: must be an integer >= 1"),
+    ({"budget": 0}, "budget=0"),
+    ({"metric": "fid"}, "needs fid_stats="),
+])
+def test_bad_search_arguments(kwargs, match):
+    kw = dict(SMALL)
+    nfe = kwargs.pop("nfe", 3)
+    kw.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        s3_search(MODEL2D, nfe, **kw)
+
+
+def test_nan_model_is_a_clear_error_with_the_evaluations_logged(tmp_path):
+    model = usf_fast.DiffusionModel(lambda x, t: x * float("nan"), NS)
+    log = tmp_path / "log.jsonl"
+    with pytest.raises(ValueError, match="produced NaN/inf"):
+        s3_search(model, 3, shape=(2,), log_path=log, metric=lambda s: float(s.mean()), **SMALL)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(lines) > 10 and all(r["metric"] is None for r in lines[1:])
+
+
+def test_candidates_that_blow_up_score_inf_and_do_not_stop_the_search():
+    # NaN only in a band of times between two of the reference solver's steps: the reference stays
+    # finite, candidates that step into the band fail
+    ref_ts = usf_fast.presets.unipc(NS, 200, order=3, lower_order_final=False).timesteps
+    lo, hi = ref_ts[21], ref_ts[20]
+    band = (lo + 0.25 * (hi - lo), hi - 0.25 * (hi - lo))
+
+    def net(x, t):
+        bad = ((t > band[0]) & (t < band[1])).reshape(-1, 1)
+        return torch.where(bad, torch.full_like(x, float("nan")), MODEL2D.net(x, t))
+    model = usf_fast.DiffusionModel(net, NS, data_mean=MODEL2D.data_mean)
+    hit = usf_fast.Schedule([1.0, sum(band) / 2, 0.3, 1e-3], [usf_fast.Step(), usf_fast.Step(), usf_fast.Step()])
+    miss = usf_fast.presets.ddim(NS, 3)
+    vals = evaluate_schedules(model, [hit, miss], NoiseSet((2,), 16, 0, "t"), ReferenceDistance(), (NS.t_max, NS.t_min))
+    assert vals[0] == math.inf and math.isfinite(vals[1])
+    r = s3_search(model, 3, shape=(2,), **SMALL)
+    assert math.isfinite(r.best_metric)
+
+
+def test_nan_reference_is_a_clear_error():
+    model = usf_fast.DiffusionModel(lambda x, t: torch.where(t.reshape(-1, 1) < 0.5, x * float("nan"), x), NS)
+    with pytest.raises(ValueError, match="reference solution .* has NaN/inf"):
+        s3_search(model, 3, shape=(2,), **SMALL)
+
+
+def test_exact_metric_and_callable_metric():
+    m = make_metric("exact", MODEL2D)
+    x = MODEL2D.net.gmm.sample_data(4000, torch.Generator().manual_seed(0))
+    assert m(x) < 0.02
+    f = make_metric(lambda s: float(s.abs().mean()))
+    assert f(torch.ones(3, 2)) == 1.0
+    with pytest.raises(ValueError, match="only the embedded analytic models"):
+        make_metric("exact", usf_fast.DiffusionModel(lambda x, t: x, NS))
+
+
+def test_fid_metric_with_local_weights(tmp_path):
+    """pytorch-fid's Inception with weights from a local file (random ones here: no downloads)."""
+    import pytorch_fid.inception as inc
+    original = inc.load_state_dict_from_url
+    torch.manual_seed(0)  # the FID Inception architecture with random weights, saved as a local file
+    inception = inc._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+    inception.Mixed_5b = inc.FIDInceptionA(192, pool_features=32)
+    inception.Mixed_5c = inc.FIDInceptionA(256, pool_features=64)
+    inception.Mixed_5d = inc.FIDInceptionA(288, pool_features=64)
+    inception.Mixed_6b = inc.FIDInceptionC(768, channels_7x7=128)
+    inception.Mixed_6c = inc.FIDInceptionC(768, channels_7x7=160)
+    inception.Mixed_6d = inc.FIDInceptionC(768, channels_7x7=160)
+    inception.Mixed_6e = inc.FIDInceptionC(768, channels_7x7=192)
+    inception.Mixed_7b = inc.FIDInceptionE_1(1280)
+    inception.Mixed_7c = inc.FIDInceptionE_2(2048)
+    weights = tmp_path / "inception.pth"
+    torch.save(inception.state_dict(), weights)
+    assert inc.load_state_dict_from_url is original
+    imgs = torch.rand(6, 3, 16, 16) * 2 - 1
+    stats = tmp_path / "stats.npz"
+    np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048))
+    fid = FID(str(stats), weights=str(weights))
+    feats = fid.features(imgs)
+    np.savez(stats, mu=feats.mean(0), sigma=np.cov(feats, rowvar=False))
+    fid2 = FID(str(stats), weights=str(weights))
+    assert feats.shape == (6, 2048)
+    sd = torch.load(weights)
+    assert torch.equal(fid2.net.blocks[0][0].conv.weight.cpu(), sd["Conv2d_1a_3x3.conv.weight"])  # loaded from the file
+    assert abs(fid2(imgs)) < 1e-3                     # against its own statistics
+    np.savez(stats, mu=feats.mean(0) + 1.0, sigma=np.cov(feats, rowvar=False))
+    assert FID(str(stats), weights=str(weights))(imgs) == pytest.approx(2048.0, rel=1e-3)  # ‖Δμ‖² = 2048
+    with pytest.raises(ValueError, match="file not found"):
+        FID(str(stats), weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="need an .npz with 'mu' and 'sigma'"):
+        FID(str(tmp_path / "nope.npz"), weights=str(weights))
+
+
+# ---- processes: kill + resume, torchrun ----------------------------------------------------
+
+CLI = [sys.executable, "-m", "usf_fast.cli", "search", "--model", "gmm-2d", "--nfe", "3", "--budget", "120",
+       "--samples", "32", "--samples2", "64", "--heldout", "128", "--seed", "3"]
+
+
+def _evals(path):
+    lines = [json.loads(l) for l in open(path).read().splitlines() if l.strip()]
+    return [(r["key"], r["fidelity"]) for r in lines if r.get("type") == "eval"]
+
+
+def test_killed_search_resumes_without_losing_or_repeating_evaluations(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(CLI + ["--out", str(full)], check=True, capture_output=True, env=_env())
+    proc = subprocess.Popen(CLI + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    log = killed / "log_nfe3.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if log.exists() and len(_evals(log)) >= 40:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = len(_evals(log))
+    assert 40 <= n_before < len(_evals(full / "log_nfe3.jsonl")), "the kill came too late to test anything"
+    r = subprocess.run(CLI + ["--out", str(killed), "--resume"], capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stderr
+    ev = _evals(log)
+    assert len(ev) == len(set(ev))                      # nothing evaluated twice
+    assert set(ev) == set(_evals(full / "log_nfe3.jsonl"))  # nothing lost: same evaluations as uninterrupted
+    assert json.load(open(killed / "best.json")) == json.load(open(full / "best.json"))
+
+
+def test_torchrun_two_processes_equal_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(CLI + ["--out", str(one)], check=True, capture_output=True, env=_env())
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "usf_fast.cli"] + CLI[3:] + ["--out", str(two)], capture_output=True, text=True, env=_env())
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.load(open(two / "best.json")) == json.load(open(one / "best.json"))
+    assert sorted(_evals(two / "log_nfe3.jsonl")) == sorted(_evals(one / "log_nfe3.jsonl"))
+
+
+def _env():
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    return env

@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make run    set up .venv on first use, then sample with the embedded model and compare presets
+#   make run    set up .venv on first use, then search the best NFE-4/5/6 schedules of the embedded model
 #   make test   set up .venv on first use, then run the test suite
 # `make bench` runs the benchmarks (pytest-benchmark).
 VENV   ?= .venv
@@ -21,9 +21,8 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
 	touch $(STAMP)
 
 run: $(STAMP)
-	mkdir -p out
-	$(VENV)/bin/usf-fast sample --preset unipc --nfe 5 --out out/samples.pt --plot out/samples.png
-	$(VENV)/bin/usf-fast compare --nfe 4,5,6,8
+	rm -rf out/search
+	$(VENV)/bin/usf-fast search --model gmm-image --nfe 4,5,6 --out out/search
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -76,3 +76,29 @@ def test_info_lists_backends(capsys):
 def test_sample_with_explicit_backend(capsys):
     assert main(["sample", "--model", "gmm-2d", "--num-samples", "20", "--backend", "torch", "--no-reference"]) == 0
     assert "backend torch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["search", "--nfe", "0", "--out", "OUT"], "--nfe 0: must be >= 1"),
+    (["search", "--model", "nosuchpkg.mod:make", "--out", "OUT"], "cannot load"),
+    (["search", "--model", "cifar10", "--out", "OUT"], "use an embedded model"),
+    (["search", "--metric", "fid", "--out", "OUT", "--budget", "5"], "needs fid_stats="),
+])
+def test_bad_search_input_is_one_clear_line(tmp_path, capsys, argv, match):
+    argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+
+
+def test_search_with_a_factory_model_writes_best_json(tmp_path, capsys, monkeypatch):
+    mod = tmp_path / "my_models.py"
+    mod.write_text("import usf_fast\nfrom usf_fast.analytic import gmm_2d\n"
+                   "def make():\n    return gmm_2d().as_model(usf_fast.NoiseScheduleVP('linear'))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "run"
+    assert main(["search", "--model", "my_models:make", "--shape", "2", "--nfe", "3", "--budget", "60",
+                 "--samples", "16", "--samples2", "32", "--heldout", "64", "--out", str(out)]) == 0
+    assert usf_fast.Schedule.from_json(out / "best.json").nfe == 3
+    assert (out / "metric_vs_nfe.png").exists() and (out / "schedule.png").exists()
+    assert "improvement" in capsys.readouterr().out

@@ -150,8 +150,8 @@ def make_metric(metric, model: DiffusionModel | None = None, **options):
             raise ValueError("metric='exact': only the embedded analytic models have exact moments")
         return ExactFrechet(gmm)
     if metric == "fid":
-        if "stats" not in options:
-            raise ValueError("metric='fid': needs fid_stats= (an .npz with mu and sigma of the dataset's Inception features)")
+        if not options.get("stats"):
+            raise ValueError("metric='fid': needs fid_stats= (--fid-stats: an .npz with mu and sigma of the dataset's Inception features)")
         return FID(options["stats"], options.get("weights"), options.get("device", "cpu"))
     raise ValueError(f"metric={metric!r}: must be one of {', '.join(METRICS)} or a callable f(samples) -> float")
 

@@ -88,8 +88,8 @@ def preset_candidates(ns, nfe: int, t_start=None, t_end=None) -> list[tuple[str,
 
 def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: dict | None = None,
               seed: int = 0, budget: int = 600, samples: tuple = (64, 256), heldout: int = 1024,
-              stage_split: float = 0.75, population: int = 16, proposals: int = 256, per_generation: int = 16,
-              use_predictor: bool = True, space: SearchSpace | None = None, shape=None,
+              stage_split: float = 0.75, population: int = 16, proposals: int = 512, per_generation: int = 16,
+              use_predictor: bool = True, screen: int = 4, space: SearchSpace | None = None, shape=None,
               log_path=None, resume: bool = False, max_minutes: float | None = None, progress: bool = True,
               chunk: int = 8, dtype: torch.dtype = torch.float32, backend: str = "auto", device="cpu") -> SearchResult:
     """Search the best schedule of exactly `nfe` evaluations for `model`.
@@ -101,6 +101,8 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
             comparison of finalists and presets comes on top.
         samples: noise samples per evaluation in stage 1 and stage 2; heldout: final comparison.
         use_predictor: False = plain evolution (the ablation baseline).
+        screen: with the predictor, each generation's real evaluations are drawn from the best
+            1/screen of the proposals as the predictor ranks them.
         shape: per-sample shape (default: the embedded model's).
         log_path / resume / max_minutes: persistence and a wall-clock stop (the log keeps
             everything; resuming continues).
@@ -216,11 +218,12 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
                 predictor.fit(np.stack([space.encode(s) for s, _ in pool]), [m for _, m in pool])
                 taus.append(predictor.tau)
                 scores = predictor.predict(np.stack([space.encode(s) for s in props]))
-                order = list(np.argsort(scores))
-                n_explore = max(1, n_pick // 4)
-                picks = [props[i] for i in order[: n_pick - n_explore]]
-                rest = order[n_pick - n_explore:]
-                picks += [props[i] for i in rng.choice(rest, min(n_explore, len(rest)), replace=False)]
+                # screen, don't chase: draw from the predicted best quarter. Taking the argmin
+                # follows the predictor's extrapolation errors (out-of-distribution proposals);
+                # sampling the top quarter keeps the gain (bad mutations are dropped) and diversity.
+                order = np.argsort(scores)
+                top = order[: max(n_pick, len(order) // screen)]
+                picks = [props[i] for i in rng.choice(top, n_pick, replace=False)]
             else:
                 picks = [props[i] for i in rng.choice(len(props), n_pick, replace=False)]
             vals = evaluate(picks, fid, stage)

@@ -70,11 +70,7 @@ def dense_program(schedule: Schedule, model: DiffusionModel) -> DenseProgram:
         return unit[2 + 2 * e].copy()
 
     def combine(sw):
-        m = eps if sw.prediction == "noise" else x0
-        out = sw.a * states[sw.start]
-        for j, w in zip(sw.points, sw.w):
-            out = out + w * m[j]
-        return out
+        return sw.apply(states, eps, x0)
 
     if schedule.afs:
         a0, s0 = float(ns.marginal_alpha(ts[0])), float(ns.marginal_std(ts[0]))

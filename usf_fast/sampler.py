@@ -31,6 +31,15 @@ class StepWeights:
     points: tuple[int, ...]   # start first, then the active points
     w: tuple[float, ...]
 
+    def apply(self, states: dict, eps: dict, x0: dict):
+        """a·states[start] + Σ w_j·M_j over whatever the dicts hold (tensors, or the dense
+        program's basis vectors)."""
+        m = eps if self.prediction == "noise" else x0
+        out = self.a * states[self.start]
+        for j, w in zip(self.points, self.w):
+            out = out + w * m[j]
+        return out
+
 
 def _weights(tables, target: int, step: Step, corrector: bool) -> StepWeights:
     lam, alpha, sigma = tables
@@ -98,14 +107,9 @@ def reference_sample(model: DiffusionModel, schedule: Schedule, noise: torch.Ten
                      shape=None, generator: torch.Generator | None = None, *, dtype: torch.dtype | None = None,
                      device=None, callback: Callable | None = None, progress: bool = False,
                      check_finite: bool = True) -> torch.Tensor:
-    """Sample x_0 with `schedule`, step by step (the oracle; `usf_fast.sample(backend="reference")`).
+    """Sample x_0 with `schedule`, step by step: the oracle behind `usf_fast.sample(backend="reference")`;
+    arguments as in `usf_fast.sample`.
 
-    Args:
-        model: a `DiffusionModel`.
-        schedule: a `Schedule` (preset or searched); its timesteps must lie in the model's
-            noise-schedule range.
-        noise: standard-normal ε of shape (B, ...); the start state is ε·prior_std (1 for VP,
-            timesteps[0] for EDM). Or give `shape` (+ `generator`, `dtype`, `device`).
         callback: called as callback(i, t, x) after step i (1-based) with the state at time t.
         progress: show a tqdm bar over steps.
         check_finite: warn if the result has NaN/inf.
@@ -126,11 +130,7 @@ def reference_sample(model: DiffusionModel, schedule: Schedule, noise: torch.Ten
         eps[j], x0[j] = model.predict(xj, ts[j])
 
     def combine(sw: StepWeights):
-        m = eps if sw.prediction == "noise" else x0
-        out = sw.a * states[sw.start]
-        for j, w in zip(sw.points, sw.w):
-            out = out + w * m[j]
-        return out
+        return sw.apply(states, eps, x0)
 
     if schedule.afs:
         eps[0], x0[0] = model.analytic_first(x, ts[0])

@@ -8,6 +8,8 @@ from scipy.stats import kendalltau
 
 __all__ = ["Predictor"]
 
+CAP_Q = 0.75  # targets are capped at this quantile of the metric
+
 
 class Predictor:
     def __init__(self, in_dim: int, hidden: int = 64, epochs: int = 200, lr: float = 3e-3, seed: int = 0,
@@ -30,7 +32,7 @@ class Predictor:
         candidates; how bad a failure is does not matter (and would dominate a regression)."""
         y = np.asarray(y, dtype=np.float64)
         finite = np.isfinite(y)
-        cap = np.quantile(y[finite], 0.75) if finite.any() else 1.0
+        cap = np.quantile(y[finite], CAP_Q) if finite.any() else 1.0
         return np.log(np.minimum(np.where(finite, y, cap), cap))
 
     def _train(self, x: np.ndarray, y: np.ndarray):

@@ -11,7 +11,7 @@ import sys
 
 from setuptools import setup
 
-PACKAGES = ["usf_fast", "usf_fast.kernels", "usf_fast.search"]
+PACKAGES = ["usf_fast", "usf_fast.kernels", "usf_fast.search", "usf_fast.adapters"]
 PACKAGE_DIR = {"usf_fast.kernels": "kernels"}
 
 

@@ -1,0 +1,118 @@
+"""USFScheduler in diffusers pipelines equals usf_fast.sample on the wrapped model."""
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+import usf_fast
+from usf_fast.adapters.diffusers import USFScheduler, noise_schedule_from_diffusers_config, wrap_unet
+
+
+def _unet():
+    torch.manual_seed(0)
+    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=8).eval()
+
+
+UNET = _unet()
+# explicit values: diffusers drops config keys that were left at their defaults (_use_default_values)
+CONFIG = DDPMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, prediction_type="epsilon").config
+NS = noise_schedule_from_diffusers_config(CONFIG)
+
+
+def _usf_reference(schedule, noise, prediction="eps"):
+    ptype = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}[prediction]
+    model = wrap_unet(UNET, DDPMScheduler(beta_schedule="linear", prediction_type=ptype).config)
+    assert model.prediction == prediction and model.noise_schedule == NS
+    with torch.no_grad():
+        return usf_fast.sample(model, schedule, noise=noise, backend="torch")
+
+
+def _manual_loop(sched, noise):
+    x = noise * sched.init_noise_sigma
+    with torch.no_grad():
+        for t in sched.timesteps:
+            out = UNET(sched.scale_model_input(x, t), t).sample
+            x = sched.step(out, t, x).prev_sample
+    return x
+
+
+SCHEDULES = {
+    "unipc": usf_fast.presets.unipc(NS, 5),
+    "dpmpp3m-afs": usf_fast.presets.dpm_solver_pp(NS, 5, order=3, afs=True),
+    "searched-like": usf_fast.Schedule([1.0, 0.61, 0.33, 0.12, 0.02, 0.001],
+                                       [usf_fast.Step(order=1, corrector="pseudo"), usf_fast.Step(order=2, prediction="noise"),
+                                        usf_fast.Step(order=3, corrector="pseudo", relax="linear", relax_coef=0.3),
+                                        usf_fast.Step(order=2), usf_fast.Step(order=1)], afs=True),
+}
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_scheduler_loop_equals_usf_sample(name):
+    s = SCHEDULES[name]
+    sched = USFScheduler.from_config(CONFIG, schedule=s)
+    sched.set_timesteps(s.nfe)
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    out = _manual_loop(sched, noise)
+    ref = _usf_reference(s, noise)
+    assert float((out - ref).norm() / ref.norm()) <= 1e-5
+
+
+@pytest.mark.parametrize("prediction_type,prediction", [("epsilon", "eps"), ("sample", "x0"), ("v_prediction", "v")])
+def test_prediction_types(prediction_type, prediction):
+    cfg = DDPMScheduler(beta_schedule="linear", prediction_type=prediction_type).config
+    sched = USFScheduler.from_config(cfg, preset="dpm_solver_pp", preset_options={"order": 2})
+    sched.set_timesteps(5)
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    out = _manual_loop(sched, noise)
+    ref = _usf_reference(usf_fast.presets.dpm_solver_pp(NS, 5, order=2), noise, prediction)
+    assert float((out - ref).norm() / ref.norm()) <= 1e-5
+
+
+def test_inside_a_ddpm_pipeline():
+    s = SCHEDULES["unipc"]
+    pipe = DDPMPipeline(unet=UNET, scheduler=USFScheduler.from_config(CONFIG, schedule=s))
+    pipe.set_progress_bar_config(disable=True)
+    img = pipe(batch_size=2, generator=torch.Generator().manual_seed(3), num_inference_steps=s.nfe, output_type="np").images
+    from diffusers.utils.torch_utils import randn_tensor
+    noise = randn_tensor((2, 3, 8, 8), generator=torch.Generator().manual_seed(3))
+    ref = (_usf_reference(s, noise) / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(img, ref, atol=1e-5)
+
+
+def test_config_round_trip(tmp_path):
+    s = SCHEDULES["searched-like"]
+    sched = USFScheduler.from_config(CONFIG, schedule=s)
+    sched.save_config(tmp_path)
+    back = USFScheduler.from_pretrained(tmp_path)
+    assert back.schedule == s
+
+
+def test_step_makes_no_host_reads():
+    from test_sampler import HostReadDetector
+    sched = USFScheduler.from_config(CONFIG, schedule=SCHEDULES["unipc"])
+    sched.set_timesteps(5)
+    x = torch.randn(1, 3, 8, 8)
+    with HostReadDetector() as det:
+        for t in sched.timesteps:
+            x = sched.step(x * 0.5, t, x).prev_sample
+    assert det.reads == []
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: USFScheduler.from_config(DDPMScheduler(beta_schedule="sigmoid").config), "beta_schedule='sigmoid'"),
+    (lambda: USFScheduler(prediction_type="flow"), "prediction_type='flow'"),
+    (lambda: USFScheduler.from_config(CONFIG, schedule=usf_fast.presets.unipc(usf_fast.NoiseScheduleVP("linear"), 5)),
+     "schedule was made for noise schedule"),
+    (lambda: USFScheduler.from_config(CONFIG, preset="heun"), "preset='heun'"),
+])
+def test_bad_configs(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_wrong_step_count_is_clear():
+    sched = USFScheduler.from_config(CONFIG, schedule=SCHEDULES["unipc"])
+    with pytest.raises(ValueError, match="num_inference_steps=7 but the configured schedule has NFE 5"):
+        sched.set_timesteps(7)

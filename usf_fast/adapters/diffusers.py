@@ -1,0 +1,188 @@
+"""diffusers drop-in scheduler: run any usf_fast `Schedule` inside an existing pipeline.
+
+    from usf_fast.adapters.diffusers import USFScheduler
+    pipe.scheduler = USFScheduler.from_config(pipe.scheduler.config, schedule=my_schedule)   # or preset="unipc"
+    images = pipe(num_inference_steps=my_schedule.nfe).images
+
+The schedule runs as its dense program (`usf_fast.dense`): `timesteps` are the schedule's
+evaluation times (in the DDPM index space, float: searched schedules need not land on integers),
+each `step` appends the model input and the (guided) raw output to the basis and returns the next
+model input — after the last evaluation, the result. All coefficients are host floats computed in
+`set_timesteps`; `step` does no device-to-host reads.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+
+from .. import presets as P
+from ..dense import dense_program
+from ..model import DiffusionModel
+from ..noise_schedules import NoiseScheduleVP
+from ..schedule import Schedule
+
+__all__ = ["USFScheduler", "noise_schedule_from_diffusers_config", "wrap_unet"]
+
+PREDICTION = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+
+
+def _betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas):
+    n = num_train_timesteps
+    if trained_betas is not None:
+        return torch.tensor(trained_betas, dtype=torch.float32)
+    if beta_schedule == "linear":
+        return torch.linspace(beta_start, beta_end, n, dtype=torch.float32)
+    if beta_schedule == "scaled_linear":
+        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, n, dtype=torch.float32) ** 2
+    if beta_schedule == "squaredcos_cap_v2":
+        f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+        return torch.tensor([min(1 - f((i + 1) / n) / f(i / n), 0.999) for i in range(n)], dtype=torch.float32)
+    raise ValueError(f"beta_schedule={beta_schedule!r}: USFScheduler supports VP schedules 'linear', "
+                     "'scaled_linear', 'squaredcos_cap_v2' or trained_betas")
+
+
+def noise_schedule_from_diffusers_config(config) -> NoiseScheduleVP:
+    """The discrete VP noise schedule of a diffusers scheduler config (same float32 betas)."""
+    cfg = dict(config)
+    for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
+        if cfg.get(key):
+            raise ValueError(f"scheduler config has {key}=True; USFScheduler runs its own timesteps on the VP "
+                             "schedule (drop that option, or pass a usf_fast karras-spaced schedule)")
+    if "sigma_data" in cfg or "sigma_max" in cfg and "beta_schedule" not in cfg:
+        raise ValueError("scheduler config is an EDM/VE (sigma) config; USFScheduler supports VP (beta) configs")
+    betas = _betas(cfg.get("num_train_timesteps", 1000), cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02),
+                   cfg.get("beta_schedule", "linear"), cfg.get("trained_betas"))
+    alphas_cumprod = torch.cumprod(1.0 - betas, 0).double()
+    return NoiseScheduleVP("discrete", alphas_cumprod=alphas_cumprod)
+
+
+class USFScheduler(SchedulerMixin, ConfigMixin):
+    """A diffusers scheduler that runs a usf_fast `Schedule` (preset or searched).
+
+    Args (config): the VP fields of diffusers schedulers (num_train_timesteps, beta_start,
+    beta_end, beta_schedule, trained_betas, prediction_type), plus `schedule` (a `Schedule` or
+    its dict) or `preset` + `preset_options` (built in `set_timesteps` for the requested steps).
+    """
+
+    config_name = "scheduler_config.json"
+    order = 1
+    _compatibles = []
+
+    @register_to_config
+    def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                 beta_schedule: str = "linear", trained_betas=None, prediction_type: str = "epsilon",
+                 schedule=None, preset: str = "unipc", preset_options: dict | None = None):
+        if prediction_type not in PREDICTION:
+            raise ValueError(f"prediction_type={prediction_type!r}: must be one of {', '.join(PREDICTION)}")
+        self.noise_schedule = noise_schedule_from_diffusers_config(self.config)
+        if isinstance(schedule, Schedule):  # keep the config JSON-serialisable
+            self.register_to_config(schedule=schedule.to_dict())
+            schedule = schedule.to_dict()
+        self._schedule = Schedule.from_dict(schedule) if schedule is not None else None
+        if self._schedule is not None:
+            self._check_schedule(self._schedule)
+        elif preset not in P.PRESETS:
+            raise ValueError(f"preset={preset!r}: must be one of {', '.join(P.PRESETS)}")
+        # conversions only: the pipeline calls the network itself
+        self._model = DiffusionModel(lambda x, t: x, self.noise_schedule, PREDICTION[prediction_type], "discrete")
+        self.init_noise_sigma = 1.0
+        self.timesteps = None
+        self.num_inference_steps = None
+        self._step_index = None
+
+    def _check_schedule(self, s: Schedule):
+        mine = self.noise_schedule.fingerprint()
+        theirs = (s.meta or {}).get("noise_schedule")
+        if theirs is not None and theirs != mine:
+            raise ValueError(f"schedule was made for noise schedule {theirs}, this pipeline's is {mine}; rebuild it "
+                             "for this model (e.g. usf_fast.presets.<name>(noise_schedule_from_diffusers_config(cfg), nfe))")
+        ns = self.noise_schedule
+        bad = [t for t in s.timesteps if not (ns.t_min - 1e-12 <= t <= ns.t_max + 1e-12)]
+        if bad:
+            raise ValueError(f"schedule timesteps {bad[:3]} are outside this pipeline's range [{ns.t_min}, {ns.t_max}]")
+
+    @property
+    def schedule(self) -> Schedule | None:
+        return self._schedule
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, **kwargs):
+        s = self._schedule
+        if s is None:
+            if num_inference_steps is None:
+                raise ValueError("set_timesteps: give num_inference_steps (the NFE) when no schedule is configured")
+            s = P.get(self.config.preset, self.noise_schedule, int(num_inference_steps),
+                      **(self.config.preset_options or {}))
+            self._active = s
+        else:
+            if num_inference_steps is not None and int(num_inference_steps) != s.nfe:
+                raise ValueError(f"set_timesteps: num_inference_steps={num_inference_steps} but the configured "
+                                 f"schedule has NFE {s.nfe}; call the pipeline with num_inference_steps={s.nfe}")
+            self._active = s
+        prog = dense_program(self._active, self._model)
+        n_train = self.noise_schedule.total_N
+        self._A = [prog.A[e, : 2 + 2 * e].tolist() for e in range(prog.nfe)]
+        self._F = prog.F.tolist()
+        self.timesteps = torch.tensor((prog.times - 1.0 / n_train) * n_train, dtype=torch.float32, device=device)
+        self.num_inference_steps = prog.nfe
+        self._step_index = 0
+        self._basis = None
+
+    @staticmethod
+    def _combine(coefs, basis):
+        out = None
+        for c, b in zip(coefs, basis):
+            if c != 0.0 and b is not None:
+                out = c * b if out is None else out + c * b
+        return out
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        """Identity except before the first evaluation of an AFS schedule, whose first model input
+        is already a step away from the noise."""
+        if self._step_index == 0 and self._A and self._A[0] != [1.0, 0.0]:
+            return self._combine(self._A[0], [sample, None])
+        return sample
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
+             **kwargs) -> SchedulerOutput | tuple:
+        if self._step_index is None:
+            raise ValueError("step: call set_timesteps first")
+        e = self._step_index
+        if e >= self.num_inference_steps:
+            raise ValueError(f"step: all {self.num_inference_steps} evaluations of the schedule are done")
+        if e == 0:
+            self._basis = [sample / self.init_noise_sigma, None]  # ε; the data mean is 0 for pipelines
+            x_e = self._combine(self._A[0], self._basis)
+        else:
+            x_e = sample
+        self._basis += [x_e, model_output.to(x_e.dtype)]
+        self._step_index += 1
+        if e + 1 < self.num_inference_steps:
+            nxt = self._combine(self._A[e + 1], self._basis)
+        else:
+            nxt = self._combine(self._F, self._basis)
+        if not return_dict:
+            return (nxt,)
+        return SchedulerOutput(prev_sample=nxt)
+
+    def __len__(self):
+        return self.config.num_train_timesteps
+
+
+def wrap_unet(unet, scheduler_config, *, cond=None, uncond=None, guidance_scale: float | None = None) -> DiffusionModel:
+    """A diffusers UNet plus its scheduler config as a `DiffusionModel` for `usf_fast.sample` and
+    the search. With `cond` (text embeddings) the UNet gets `encoder_hidden_states`; with
+    `guidance_scale`, `uncond` too (classifier-free guidance in one batched call)."""
+    cfg = dict(scheduler_config)
+    ns = noise_schedule_from_diffusers_config(cfg)
+    ptype = cfg.get("prediction_type", "epsilon")
+    if ptype not in PREDICTION:
+        raise ValueError(f"prediction_type={ptype!r}: must be one of {', '.join(PREDICTION)}")
+    if cond is None:
+        net = lambda x, t: unet(x, t).sample  # noqa: E731
+    else:
+        net = lambda x, t, c: unet(x, t, encoder_hidden_states=c).sample  # noqa: E731
+    return DiffusionModel(net, ns, PREDICTION[ptype], "discrete", guidance_scale=guidance_scale, cond=cond, uncond=uncond)

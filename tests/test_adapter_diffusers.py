@@ -116,3 +116,26 @@ def test_wrong_step_count_is_clear():
     sched = USFScheduler.from_config(CONFIG, schedule=SCHEDULES["unipc"])
     with pytest.raises(ValueError, match="num_inference_steps=7 but the configured schedule has NFE 5"):
         sched.set_timesteps(7)
+
+
+@pytest.mark.parametrize("which", ["dpmsolver", "unipc"])
+def test_preset_through_our_scheduler_matches_diffusers_own_in_the_pipeline(which):
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+    from oracle import usf_times
+    if which == "dpmsolver":
+        theirs = DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, solver_order=2,
+                                             final_sigmas_type="sigma_min")
+    else:
+        theirs = UniPCMultistepScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, solver_order=2,
+                                         final_sigmas_type="sigma_min")
+    theirs.set_timesteps(6)
+    ts = usf_times([int(t) for t in theirs.timesteps])
+    preset = (usf_fast.presets.dpm_solver_pp(NS, 6, order=2, timesteps=ts) if which == "dpmsolver"
+              else usf_fast.presets.unipc(NS, 6, order=2, timesteps=ts))
+    ours = USFScheduler.from_config(CONFIG, schedule=preset)
+    ours.set_timesteps(6)
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    # the standard denoising loop of diffusers pipelines (DDPMPipeline passes generator= to step,
+    # which UniPCMultistepScheduler.step does not accept, so the loop is written out)
+    a, b = _manual_loop(theirs, noise), _manual_loop(ours, noise)
+    assert float((b - a).norm() / a.norm()) <= 1e-5

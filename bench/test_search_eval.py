@@ -6,9 +6,7 @@ noise, same run.
 """
 import numpy as np
 import pytest
-import torch
 
-import usf_fast
 from usf_fast.analytic import embedded_model
 from usf_fast.search import SearchSpace, evaluate_schedules
 from usf_fast.search.evaluate import NoiseSet, ReferenceDistance

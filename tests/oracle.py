@@ -1,7 +1,6 @@
 """Shared set-up for tests that compare with diffusers' schedulers (the independent oracle)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 import usf_fast

@@ -4,7 +4,6 @@ reference sampler. Outputs are poisoned (NaN) before each run to catch unwritten
 On a CPU machine this runs torch, cpu (C++/OpenMP) and triton (TRITON_INTERPRET=1); with a GPU it
 runs torch, cuda and triton on the GPU.
 """
-import math
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ import usf_fast
 from usf_fast.analytic import gmm_image
 from usf_fast.backends import available_backends, get_combine
 from usf_fast.executor import execute
-from usf_fast.plan import Combine, compile_plan
+from usf_fast.plan import compile_plan
 from usf_fast.sampler import initial_state, reference_sample
 from test_schedule import schedules
 

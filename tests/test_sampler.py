@@ -1,5 +1,4 @@
 """The reference sampler: every decision is live, NFE is exact, dtypes, inputs, no host reads."""
-import math
 import warnings
 
 import pytest

@@ -1,6 +1,4 @@
 """Schedule construction, validation, NFE accounting and the JSON format."""
-import json
-import math
 
 import pytest
 from hypothesis import given, settings
@@ -8,7 +6,6 @@ from hypothesis import strategies as st
 
 import usf_fast
 from usf_fast import Schedule, Step
-from usf_fast.schedule import SCHEDULE_VERSION
 
 TS = [1.0, 0.6, 0.3, 0.1, 0.01]
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import usf_fast
-from usf_fast.analytic import embedded_model, gmm_2d
+from usf_fast.analytic import gmm_2d
 from usf_fast.search import SearchSpace, evaluate_schedules, make_metric, s3_search
 from usf_fast.search.evaluate import FID, NoiseSet, ReferenceDistance
 from usf_fast.search.predictor import Predictor

@@ -5,7 +5,7 @@ import torch
 
 from .backends import get_combine, resolve_backend
 from .model import DiffusionModel
-from .plan import Combine, Const, Eval, Plan
+from .plan import Const, Eval, Plan
 
 __all__ = ["execute", "coefficient_tables"]
 

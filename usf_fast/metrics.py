@@ -17,8 +17,8 @@ __all__ = ["reference_samples", "reference_distance"]
 def reference_samples(model: DiffusionModel, noise: torch.Tensor, t_start: float, t_end: float,
                       nfe: int = 200, batch_size: int | None = None) -> torch.Tensor:
     """High-accuracy ODE solution from the same noise: float64 UniPC-3 with `nfe` steps, logSNR
-    spacing. At 200 NFE it agrees with an adaptive DOP853 solve to ~1e-8 RMS on the embedded
-    models (tests/test_metrics.py checks it), at a fraction of the cost."""
+    spacing. At 200 NFE it agrees with an adaptive DOP853 solve to < 1e-6 RMS on the embedded
+    models (tests/test_analytic.py checks it), at a fraction of the cost."""
     schedule = unipc(model.noise_schedule, nfe, order=3, t_start=t_start, t_end=t_end, lower_order_final=False)
     chunks = noise.split(batch_size or noise.shape[0])
     with torch.no_grad():

@@ -22,7 +22,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Union
 
-import numpy as np
 
 from .model import DiffusionModel
 from .sampler import step_weights, check_schedule_range

@@ -9,7 +9,6 @@ is exact: N = nfe + afs steps, no corrector on the last step.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np

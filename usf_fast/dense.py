@@ -136,7 +136,7 @@ def run_dense(model: DiffusionModel, x_t: torch.Tensor, times: torch.Tensor, A: 
     name = resolve_backend(backend, x_t.device, x_t.dtype)
     combine = get_combine(name)
     if mean is None:
-        mean = torch.zeros_like(x_t) + torch.as_tensor(model.data_mean).to(x_t)
+        mean = model.mean_like(x_t)
     slots = [x_t, mean]
     for e, a_e in enumerate(A):
         x_e = inputs[e] if inputs is not None else torch.empty_like(x_t)

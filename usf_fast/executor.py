@@ -52,7 +52,7 @@ def execute(plan: Plan, model: DiffusionModel, x_t: torch.Tensor, backend: str =
                 out = out.clone()  # the net returned one of our buffers: keep ours private
             slots[op.out] = out
         elif isinstance(op, Const):
-            slots[op.out] = torch.zeros_like(x_t) + torch.as_tensor(model.data_mean).to(x_t)
+            slots[op.out] = model.mean_like(x_t)
         else:
             c1, c2 = next(tables)
             inputs = [slots[s] for s in op.inputs]

@@ -58,14 +58,13 @@ class GraphSampler:
         z = lambda *s: torch.zeros(*s, dtype=dtype, device=self.device)  # noqa: E731
         cdt = torch.float64 if dtype == torch.float64 else torch.float32
         self._noise = z(*shape)
-        self._mean = torch.zeros(shape, dtype=dtype, device=self.device) + torch.as_tensor(model.data_mean).to(dtype).to(self.device)
+        self._mean = model.mean_like(self._noise)
         self._times = z(b, nfe)
         self._A = [torch.zeros(b, 2 + 2 * e, dtype=cdt, device=self.device) for e in range(nfe)]
         self._F = torch.zeros(b, 2 * nfe + 2, dtype=cdt, device=self.device)
         self._inputs = [z(*shape) for _ in range(nfe)]
         self._out = z(*shape)
         self._graph = None
-        self._runs = 0
         self.captured = False
         self.fallback_reason: str | None = None
 
@@ -141,5 +140,4 @@ class GraphSampler:
             self._graph.replay()
         else:
             self._eager()
-        self._runs += 1
         return self._out.clone()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import numpy as np
 import torch
 
 from .noise_schedules import NoiseSchedule
@@ -130,11 +129,17 @@ class DiffusionModel:
         ns = self.noise_schedule
         a = float(ns.marginal_alpha(t))
         s = float(ns.marginal_std(t))
-        mean = self.data_mean
-        if isinstance(mean, np.ndarray):
-            mean = torch.as_tensor(mean)
-        x0 = torch.zeros_like(x) + (mean.to(x) if isinstance(mean, torch.Tensor) else float(mean))
+        x0 = self.mean_like(x)
         return (x - a * x0) / s, x0
+
+    def mean_like(self, x: torch.Tensor) -> torch.Tensor:
+        """The data mean broadcast to x's shape, dtype and device (a new tensor)."""
+        return torch.zeros_like(x) + torch.as_tensor(self.data_mean).to(x)
+
+    @property
+    def has_zero_mean(self) -> bool:
+        """True when the data mean is the scalar 0 (the analytical first step then needs no buffer)."""
+        return isinstance(self.data_mean, (int, float)) and float(self.data_mean) == 0.0
 
     def __call__(self, x, t):
         return self.raw(x, t)

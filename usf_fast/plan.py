@@ -185,8 +185,7 @@ def compile_plan(schedule: Schedule, model: DiffusionModel) -> Plan:
     if schedule.afs:
         a0, s0 = float(ns.marginal_alpha(ts[0])), float(ns.marginal_std(ts[0]))
         eval_state[0] = x_t
-        mean = model.data_mean
-        if _is_zero(mean):
+        if model.has_zero_mean:
             out_buf[0] = None
         else:
             out_buf[0] = new_buffer()
@@ -228,7 +227,7 @@ def cached_plan(schedule: Schedule, model: DiffusionModel) -> Plan:
     the parameterisation and whether the data mean is zero (a sampling loop compiles once)."""
     ns = model.noise_schedule
     key = (json.dumps(schedule.to_dict(), sort_keys=True), json.dumps(ns.fingerprint(), sort_keys=True),
-           model.prediction, _is_zero(model.data_mean))
+           model.prediction, model.has_zero_mean)
     plan = _CACHE.get(key)
     if plan is None:
         plan = compile_plan(schedule, model)
@@ -242,16 +241,6 @@ def cached_plan(schedule: Schedule, model: DiffusionModel) -> Plan:
 
 def _is_buffer(expr: dict) -> bool:
     return len(expr) == 1 and next(iter(expr.values())) == 1.0
-
-
-def _is_zero(mean) -> bool:
-    try:
-        import torch
-        if isinstance(mean, torch.Tensor):
-            return False
-    except ImportError:  # pragma: no cover
-        pass
-    return isinstance(mean, (int, float)) and float(mean) == 0.0
 
 
 def _assign_slots(raw_ops, n_buffers, x_t, result, schedule) -> Plan:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..dense import dense_program, device_tables, run_dense, stack_programs
-from ..metrics import reference_samples
+from ..metrics import reference_distance, reference_samples
 from ..model import DiffusionModel
 from ..schedule import Schedule
 
@@ -55,7 +55,7 @@ class ReferenceDistance:
     needs_reference = True
 
     def __call__(self, samples: torch.Tensor, reference: torch.Tensor) -> float:
-        return float((samples.double() - reference.double()).pow(2).mean().sqrt())
+        return reference_distance(samples, reference)
 
 
 class ExactFrechet:

@@ -24,7 +24,7 @@ from .noise_schedules import NoiseSchedule
 from .schedule import Schedule, Step
 
 __all__ = ["SPACINGS", "timesteps", "ddim", "dpm_solver", "dpm_solver_pp", "unipc", "PRESETS",
-           "get", "describe", "standard_variants"]
+           "get", "describe", "standard_variants", "standard_schedules"]
 
 SPACINGS = ("logSNR", "time_uniform", "time_quadratic", "karras")
 
@@ -291,6 +291,20 @@ def standard_variants() -> list[tuple[str, dict]]:
         ("unipc", {"order": 3, "variant": "bh1"}),
         ("unipc", {"order": 3, "variant": "bh2"}),
     ]
+
+
+def standard_schedules(noise_schedule: NoiseSchedule, nfe: int, spacings=SPACINGS, **options) -> list[tuple[str, str, Schedule]]:
+    """(variant label, spacing, schedule) for every `standard_variants` entry over `spacings`;
+    combinations a preset cannot build at this NFE (e.g. a singlestep order) are skipped."""
+    out = []
+    for name, opts in standard_variants():
+        label = name + "".join(f" {k}={v}" for k, v in opts.items())
+        for sp in spacings:
+            try:
+                out.append((label, sp, get(name, noise_schedule, nfe, spacing=sp, **opts, **options)))
+            except ValueError:
+                continue
+    return out
 
 
 def get(name: str, noise_schedule: NoiseSchedule, nfe: int, **options) -> Schedule:

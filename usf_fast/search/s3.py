@@ -75,15 +75,7 @@ def _dist():
 
 def preset_candidates(ns, nfe: int, t_start=None, t_end=None) -> list[tuple[str, Schedule]]:
     """Every standard preset variant over every spacing (the baseline the search must beat)."""
-    out = []
-    for name, opts in P.standard_variants():
-        for sp in P.SPACINGS:
-            try:
-                s = P.get(name, ns, nfe, spacing=sp, t_start=t_start, t_end=t_end, **opts)
-            except ValueError:
-                continue
-            out.append((f"{name}{''.join(f' {k}={v}' for k, v in opts.items())} [{sp}]", s))
-    return out
+    return [(f"{label} [{sp}]", s) for label, sp, s in P.standard_schedules(ns, nfe, t_start=t_start, t_end=t_end)]
 
 
 def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: dict | None = None,

@@ -89,4 +89,5 @@ def _cuda_library_headers(ce):
 
 
 ext_modules, cmdclass = _extensions()
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR, ext_modules=ext_modules, cmdclass=cmdclass)
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, package_data={"usf_fast": ["weights/*.pt"]},
+      ext_modules=ext_modules, cmdclass=cmdclass)

@@ -151,9 +151,13 @@ def test_plan_compiler_on_random_schedules(s):
     """The compiled program computes exactly what the step-by-step oracle computes."""
     model = gmm_image(shape=(1, 2, 2), components=2, rank=1).as_model(NS)
     noise = torch.randn(3, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    ref = reference_sample(model, s, noise=noise, check_finite=False)
-    if not torch.isfinite(ref).all() or ref.abs().max() > 1e6:
-        return  # random schedules can be wildly unstable; nothing to compare
+    peak = []
+    ref = reference_sample(model, s, noise=noise, check_finite=False,
+                           callback=lambda i, t, x: peak.append(float(x.abs().max())))
+    if not torch.isfinite(ref).all() or max(peak) > 1e6:
+        # random schedules can be wildly unstable: a state of 1e15 that cancels back to 50 leaves
+        # only rounding noise to compare (the peak over the whole trajectory decides, not the end)
+        return
     plan = compile_plan(s, model)
     assert sum(type(op).__name__ == "Eval" for op in plan.ops) == s.nfe
     out = execute(plan, model, initial_state(NS, s, noise), backend="torch", poison=True)

@@ -118,7 +118,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"metric": "lpips"}, "metric='lpips': must be one of ref, exact, fid"),
+    ({"metric": "lpips"}, "metric='lpips': must be one of ref, exact, fd, fid"),
     ({"nfe": 0}, "nfe=0: must be an integer >= 1"),
     ({"budget": 0}, "budget=0"),
     ({"metric": "fid"}, "needs fid_stats="),

@@ -159,7 +159,7 @@ class GaussianMixture(torch.nn.Module):
 
         net.gmm = gmm
         return DiffusionModel(net, ns, prediction=prediction, time_input="continuous",
-                              data_mean=self.data_mean)
+                              data_mean=self.data_mean, sample_shape=self.shape)
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
@@ -213,9 +213,17 @@ def gmm_2d(seed: int = 0, components: int = 8, radius: float = 1.5, std: float =
     return GaussianMixture(means, factors, std, weights=weights, shape=(2,))
 
 
+def _digits(noise_schedule, prediction):
+    from .digits import digits_model
+    if prediction != "eps":
+        raise ValueError(f"prediction={prediction!r}: the digits model is an ε-prediction network")
+    return digits_model(noise_schedule)
+
+
 EMBEDDED_MODELS = {
-    "gmm-image": (gmm_image, "Gaussian mixture, 3x16x16 images, 6 components (exact ε̂)"),
-    "gmm-2d": (gmm_2d, "Gaussian mixture on a 2-D ring, 8 components (exact ε̂)"),
+    "gmm-image": (lambda ns, p: gmm_image().as_model(ns, p), "Gaussian mixture, 3x16x16 images, 6 components (exact ε̂)"),
+    "gmm-2d": (lambda ns, p: gmm_2d().as_model(ns, p), "Gaussian mixture on a 2-D ring, 8 components (exact ε̂)"),
+    "digits": (_digits, "trained UNet on scikit-learn digits, 1x8x8, VP linear only (usf_fast.digits)"),
 }
 
 
@@ -224,8 +232,7 @@ def embedded_model(name: str = "gmm-image", noise_schedule: NoiseSchedule | None
     """An embedded model by name (see EMBEDDED_MODELS); default noise schedule VP linear."""
     if name not in EMBEDDED_MODELS:
         raise ValueError(f"model={name!r}: embedded models are {', '.join(EMBEDDED_MODELS)}")
-    gmm = EMBEDDED_MODELS[name][0]()
-    return gmm.as_model(noise_schedule or NoiseScheduleVP("linear"), prediction=prediction)
+    return EMBEDDED_MODELS[name][0](noise_schedule or NoiseScheduleVP("linear"), prediction)
 
 
 def reference_solution(model: DiffusionModel, noise: torch.Tensor, t_start: float, t_end: float,

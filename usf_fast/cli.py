@@ -54,21 +54,24 @@ def _build_schedule(args, ns) -> Schedule:
 def _model_and_noise(args):
     ns = _noise_schedule(args.noise_schedule)
     model = embedded_model(args.model, ns)
-    gmm = model.net.gmm
     g = torch.Generator().manual_seed(args.seed)
-    noise = torch.randn(args.num_samples, *gmm.shape, generator=g, dtype=torch.float64)
-    return ns, model, gmm, noise
+    noise = torch.randn(args.num_samples, *model.sample_shape, generator=g, dtype=torch.float64)
+    return ns, model, noise
 
 
-def _metrics(gmm, x, ref) -> dict:
+def _metrics(model, x, ref) -> dict:
+    """ref_rmse; the model's Fréchet distance (exact moments, or digits features); exact NLL (mixtures)."""
+    gmm = getattr(model.net, "gmm", None)
+    frechet = getattr(model.net, "frechet_distance", None) or gmm.frechet_distance
     m = {"ref_rmse": reference_distance(x, ref) if ref is not None else float("nan"),
-         "frechet": gmm.frechet_distance(x) if x.shape[0] > 1 else float("nan"),
-         "nll": float(-gmm.log_prob(x.double()).mean()) / gmm.dim}
+         "frechet": frechet(x) if x.shape[0] > 1 else float("nan")}
+    if gmm is not None:
+        m["nll"] = float(-gmm.log_prob(x.double()).mean()) / gmm.dim
     return m
 
 
 def cmd_sample(args) -> int:
-    ns, model, gmm, noise = _model_and_noise(args)
+    ns, model, noise = _model_and_noise(args)
     schedule = _build_schedule(args, ns)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     t0 = time.perf_counter()
@@ -78,14 +81,16 @@ def cmd_sample(args) -> int:
     ref = None
     if not args.no_reference:
         ref = reference_samples(model, noise, schedule.timesteps[0], schedule.timesteps[-1])
-    m = _metrics(gmm, x, ref)
+    m = _metrics(model, x, ref)
     print(schedule.summary(ns.time_name))
     print(f"model {args.model} ({args.noise_schedule}), {args.num_samples} samples, {args.dtype}, "
           f"backend {args.backend}, {dt:.2f} s")
     print(f"NFE {schedule.nfe}")
     print(f"ref_rmse {m['ref_rmse']:.6g}   (RMS distance to a high-accuracy ODE solution from the same noise)")
-    print(f"frechet  {m['frechet']:.6g}   (Fréchet distance of the samples to the exact data moments)")
-    print(f"nll      {m['nll']:.6g}   (exact negative log-likelihood per dimension, nats)")
+    space = "the digits feature network's space" if args.model == "digits" else "the exact data moments"
+    print(f"frechet  {m['frechet']:.6g}   (Fréchet distance of the samples to the data, in {space})")
+    if "nll" in m:
+        print(f"nll      {m['nll']:.6g}   (exact negative log-likelihood per dimension, nats)")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         torch.save({"samples": x, "schedule": schedule.to_dict(), "metrics": m, "nfe": schedule.nfe}, args.out)
@@ -93,41 +98,56 @@ def cmd_sample(args) -> int:
     if args.save_schedule:
         schedule.to_json(args.save_schedule)
         print(f"wrote {args.save_schedule}")
-    if args.plot:
-        _plot_samples(gmm, x, args.plot, f"{schedule.name} NFE {schedule.nfe}")
-        print(f"wrote {args.plot}")
+    if args.grid:
+        _write_picture(model, x, args.grid, f"{schedule.name or 'schedule'}, NFE {schedule.nfe}", args.grid_size)
+        print(f"wrote {args.grid}")
     return 0
 
 
-def _plot_samples(gmm, x, path, title):
+def image_grid(x: torch.Tensor, cols: int = 8, pad: int = 1):
+    """(B, C, H, W) in [−1, 1] → one (rows·(H+pad)+pad, cols·(W+pad)+pad, C) float array in [0, 1]."""
+    import numpy as np
+    b, c, h, w = x.shape
+    rows = math.ceil(b / cols)
+    grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.float32)
+    img = x.detach().float().cpu().clamp(-1, 1).add(1).div(2).permute(0, 2, 3, 1).numpy()
+    for i in range(b):
+        r, k = divmod(i, cols)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = img[i]
+    return grid
+
+
+def _write_picture(model, x, path, title, n):
+    """A PNG: an image grid of the first n samples (image models), or a scatter over the data (2-D)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if gmm.dim == 2:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    gmm = getattr(model.net, "gmm", None)
+    if x.dim() == 2 and gmm is not None:
         data = gmm.sample_data(x.shape[0], torch.Generator().manual_seed(1))
         fig, ax = plt.subplots(figsize=(5, 5))
         ax.scatter(data[:, 0], data[:, 1], s=3, alpha=0.3, label="data")
         ax.scatter(x[:, 0].float(), x[:, 1].float(), s=3, alpha=0.6, label="samples")
         ax.set_aspect("equal")
         ax.legend(loc="upper right")
+    elif x.dim() == 4 and x.shape[1] in (1, 3):
+        n = min(n, x.shape[0])
+        cols = math.ceil(math.sqrt(n))
+        grid = image_grid(x[:n], cols)
+        fig, ax = plt.subplots(figsize=(min(8, 0.5 + 0.02 * grid.shape[1] * 4), min(8, 0.5 + 0.02 * grid.shape[0] * 4)))
+        ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.axis("off")
     else:
-        n = min(64, x.shape[0])
-        cols = 8
-        rows = math.ceil(n / cols)
-        img = x[:n].float().clamp(-1, 1).add(1).div(2)
-        fig, axes = plt.subplots(rows, cols, figsize=(cols, rows))
-        for i, ax in enumerate(axes.flat):
-            ax.axis("off")
-            if i < n:
-                ax.imshow(img[i].permute(1, 2, 0).numpy() if img.dim() == 4 else img[i].numpy())
-    fig.suptitle(title, fontsize=9)
+        raise ValueError(f"--grid: samples of shape {tuple(x.shape[1:])} are neither images (C in 1, 3) nor 2-D points")
+    ax.set_title(title, fontsize=9)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
 def cmd_compare(args) -> int:
-    ns, model, gmm, noise = _model_and_noise(args)
+    ns, model, noise = _model_and_noise(args)
     nfes = [int(v) for v in args.nfe.split(",")]
     spacings = args.spacings.split(",")
     for sp in spacings:
@@ -290,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--backend", default="auto", choices=("auto", "reference", "torch", "cpu", "triton", "cuda"))
     q.add_argument("--out", help="write samples, schedule and metrics (torch.save) here")
     q.add_argument("--save-schedule", help="write the schedule JSON here")
-    q.add_argument("--plot", help="write a PNG of the samples here")
+    q.add_argument("--grid", "--plot", dest="grid", metavar="PNG",
+                   help="write a PNG of the samples: an image grid (scatter over the data for gmm-2d)")
+    q.add_argument("--grid-size", type=int, default=64, help="images in the grid (default 64)")
     q.add_argument("--no-reference", action="store_true", help="skip the high-accuracy reference solve")
     q.set_defaults(func=cmd_sample)
 
@@ -309,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--shape", help="per-sample shape D1,D2,... (optional for embedded models)")
     q.add_argument("--out", required=True, help="output folder (logs, best.json, summary, plots)")
     q.add_argument("--max-minutes", type=float, help="wall-clock limit; the log keeps everything for --resume")
-    q.add_argument("--metric", default="ref", choices=("ref", "exact", "fid"))
+    q.add_argument("--metric", default="ref", choices=("ref", "exact", "fd", "fid"),
+                   help="ref: distance to a high-accuracy solution (default); exact: exact Fréchet (gmm-*); "
+                        "fd: the model's Fréchet distance (gmm-*, digits); fid: pytorch-fid")
     q.add_argument("--fid-stats", help="metric fid: .npz with mu and sigma of the data's Inception features")
     q.add_argument("--fid-weights", help="metric fid: local pytorch-fid Inception weights (.pth)")
     q.add_argument("--budget", type=int, default=600, help="real evaluations per NFE (default 600)")

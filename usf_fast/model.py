@@ -34,11 +34,12 @@ class DiffusionModel:
             and `uncond` (tensors with batch dimension B, concatenated so the net runs once).
         cond, uncond: conditioning passed as the net's third argument.
         data_mean: x̂0 used by the analytical first step (tensor broadcastable to x, or a float).
+        sample_shape: the per-sample shape, if known (the search and the CLI use it as default).
     """
 
     def __init__(self, net: Callable, noise_schedule: NoiseSchedule, prediction: str = "eps",
                  time_input: str | Callable = "continuous", *, guidance_scale: float | None = None,
-                 cond=None, uncond=None, data_mean=0.0):
+                 cond=None, uncond=None, data_mean=0.0, sample_shape=None):
         if not callable(net):
             raise ValueError("net: must be callable as net(x, t) or net(x, t, cond)")
         if not isinstance(noise_schedule, NoiseSchedule):
@@ -60,6 +61,7 @@ class DiffusionModel:
         self.cond = cond
         self.uncond = uncond
         self.data_mean = data_mean
+        self.sample_shape = tuple(int(v) for v in sample_shape) if sample_shape is not None else None
 
     # ---- time input ------------------------------------------------------------------------
     def net_time(self, t: torch.Tensor) -> torch.Tensor:

@@ -165,7 +165,19 @@ def check_inputs(model, schedule) -> None:
         raise ValueError(f"model: must be a usf_fast.DiffusionModel, got {type(model).__name__}")
     if not isinstance(schedule, Schedule):
         raise ValueError(f"schedule: must be a usf_fast.Schedule, got {type(schedule).__name__}")
+    check_noise_schedule(schedule, model.noise_schedule)
     check_schedule_range(schedule, model.noise_schedule)
+
+
+def check_noise_schedule(schedule: Schedule, ns: NoiseSchedule) -> None:
+    """A schedule that records the noise schedule it was made for (presets and searches do) must
+    be run on that noise schedule: its times mean something else on another one."""
+    theirs = (schedule.meta or {}).get("noise_schedule")
+    mine = ns.fingerprint()
+    if theirs is not None and theirs != mine:
+        raise ValueError(f"schedule was made for noise schedule {theirs}, but the model's is {mine} (schedule "
+                         f"{schedule.name or 'unnamed'}); rebuild it for this model (e.g. usf_fast.presets.unipc(model.noise_schedule, nfe), "
+                         "or search again)")
 
 
 def warn_if_not_finite(result: torch.Tensor, schedule: Schedule) -> None:

@@ -21,7 +21,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 from .. import presets as P
 from ..dense import dense_program
 from ..model import DiffusionModel
-from ..noise_schedules import NoiseScheduleVP
+from ..noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleVP
+from ..sampler import check_noise_schedule, check_schedule_range
 from ..schedule import Schedule
 
 __all__ = ["USFScheduler", "noise_schedule_from_diffusers_config", "wrap_unet"]
@@ -44,26 +45,56 @@ def _betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_bet
                      "'scaled_linear', 'squaredcos_cap_v2' or trained_betas")
 
 
-def noise_schedule_from_diffusers_config(config) -> NoiseScheduleVP:
-    """The discrete VP noise schedule of a diffusers scheduler config (same float32 betas)."""
+FLOW_KEYS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift")
+EDM_PREDICTION = ("epsilon", "v_prediction")  # EDM preconditioned outputs F, as diffusers' EDM schedulers
+
+
+def config_kind(config) -> str:
+    """"vp" (beta configs: DDPM, DDIM, DPM-Solver, UniPC, Euler, ...) or "edm" (sigma_data configs:
+    EDMEuler, EDMDPMSolverMultistep); anything else is a ValueError naming what it is."""
     cfg = dict(config)
     for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
         if cfg.get(key):
             raise ValueError(f"scheduler config has {key}=True; USFScheduler runs its own timesteps on the VP "
                              "schedule (drop that option, or pass a usf_fast karras-spaced schedule)")
-    if "sigma_data" in cfg or "sigma_max" in cfg and "beta_schedule" not in cfg:
-        raise ValueError("scheduler config is an EDM/VE (sigma) config; USFScheduler supports VP (beta) configs")
+    if any(k in cfg for k in FLOW_KEYS):
+        raise ValueError("scheduler config is a flow-matching config (shift / dynamic shifting): not a VP or EDM "
+                         "diffusion; USFScheduler supports VP (beta) and EDM (sigma_data) configs")
+    if cfg.get("sigma_data") is not None:
+        return "edm"
+    if "sigma_max" in cfg and "beta_schedule" not in cfg:
+        raise ValueError("scheduler config is a variance-exploding (score SDE) config without sigma_data: not VP or "
+                         "EDM; wrap such a model with usf_fast.adapters.edm.edm_model instead")
+    return "vp"
+
+
+def noise_schedule_from_diffusers_config(config) -> NoiseSchedule:
+    """The noise schedule of a diffusers scheduler config: discrete VP (the same float32 betas) or
+    EDM (sigma_min, sigma_max)."""
+    cfg = dict(config)
+    if config_kind(cfg) == "edm":
+        return NoiseScheduleEDM(cfg.get("sigma_min", 0.002), cfg.get("sigma_max", 80.0))
     betas = _betas(cfg.get("num_train_timesteps", 1000), cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02),
                    cfg.get("beta_schedule", "linear"), cfg.get("trained_betas"))
     alphas_cumprod = torch.cumprod(1.0 - betas, 0).double()
     return NoiseScheduleVP("discrete", alphas_cumprod=alphas_cumprod)
 
 
+def edm_coefficients(sigma: float, sigma_data: float, prediction_type: str):
+    """(c_skip, c_out, c_in, c_noise) of EDM preconditioning as diffusers' EDM schedulers use it."""
+    c_skip = sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)
+    c_out = sigma * sigma_data / math.sqrt(sigma ** 2 + sigma_data ** 2)
+    if prediction_type == "v_prediction":
+        c_out = -c_out
+    return c_skip, c_out, 1.0 / math.sqrt(sigma ** 2 + sigma_data ** 2), 0.25 * math.log(sigma)
+
+
 class USFScheduler(SchedulerMixin, ConfigMixin):
     """A diffusers scheduler that runs a usf_fast `Schedule` (preset or searched).
 
     Args (config): the VP fields of diffusers schedulers (num_train_timesteps, beta_start,
-    beta_end, beta_schedule, trained_betas, prediction_type), plus `schedule` (a `Schedule` or
+    beta_end, beta_schedule, trained_betas, prediction_type) or the EDM ones (sigma_min,
+    sigma_max, sigma_data; set `sigma_data` for an EDM config), plus `schedule` (a `Schedule` or
     its dict) or `preset` + `preset_options` (built in `set_timesteps` for the requested steps).
     """
 
@@ -74,10 +105,18 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
     @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas=None, prediction_type: str = "epsilon",
-                 schedule=None, preset: str = "unipc", preset_options: dict | None = None):
-        if prediction_type not in PREDICTION:
-            raise ValueError(f"prediction_type={prediction_type!r}: must be one of {', '.join(PREDICTION)}")
-        self.noise_schedule = noise_schedule_from_diffusers_config(self.config)
+                 schedule=None, preset: str = "unipc", preset_options: dict | None = None,
+                 sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float | None = None):
+        self.edm = sigma_data is not None
+        allowed = EDM_PREDICTION if self.edm else tuple(PREDICTION)
+        if prediction_type not in allowed:
+            raise ValueError(f"prediction_type={prediction_type!r}: must be one of {', '.join(allowed)}"
+                             + (" for an EDM config" if self.edm else ""))
+        if self.edm:
+            self.noise_schedule = NoiseScheduleEDM(sigma_min, sigma_max)
+        else:
+            self.noise_schedule = noise_schedule_from_diffusers_config(
+                {k: v for k, v in self.config.items() if k not in ("sigma_min", "sigma_max", "sigma_data")})
         if isinstance(schedule, Schedule):  # keep the config JSON-serialisable
             self.register_to_config(schedule=schedule.to_dict())
             schedule = schedule.to_dict()
@@ -86,23 +125,31 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             self._check_schedule(self._schedule)
         elif preset not in P.PRESETS:
             raise ValueError(f"preset={preset!r}: must be one of {', '.join(P.PRESETS)}")
-        # conversions only: the pipeline calls the network itself
-        self._model = DiffusionModel(lambda x, t: x, self.noise_schedule, PREDICTION[prediction_type], "discrete")
-        self.init_noise_sigma = 1.0
+        # conversions only: the pipeline calls the network itself. EDM: step() turns the
+        # preconditioned output F into D = c_skip x + c_out F, a data prediction.
+        if self.edm:
+            self._model = DiffusionModel(lambda x, t: x, self.noise_schedule, "x0", "sigma")
+        else:
+            self._model = DiffusionModel(lambda x, t: x, self.noise_schedule, PREDICTION[prediction_type], "discrete")
+        self.init_noise_sigma = float(self.noise_schedule.prior_std(self.noise_schedule.t_max))
         self.timesteps = None
         self.num_inference_steps = None
         self._step_index = None
 
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """As diffusers' `from_config`, but the kind of the source config (VP or EDM) is read from all
+        its keys: diffusers drops keys left at their defaults when a config moves between classes."""
+        cfg = dict(config or {})
+        if config_kind(cfg) == "edm":
+            for key, default in (("sigma_min", 0.002), ("sigma_max", 80.0), ("sigma_data", 0.5)):
+                kwargs.setdefault(key, cfg.get(key, default))
+            kwargs.setdefault("prediction_type", cfg.get("prediction_type", "epsilon"))
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
     def _check_schedule(self, s: Schedule):
-        mine = self.noise_schedule.fingerprint()
-        theirs = (s.meta or {}).get("noise_schedule")
-        if theirs is not None and theirs != mine:
-            raise ValueError(f"schedule was made for noise schedule {theirs}, this pipeline's is {mine}; rebuild it "
-                             "for this model (e.g. usf_fast.presets.<name>(noise_schedule_from_diffusers_config(cfg), nfe))")
-        ns = self.noise_schedule
-        bad = [t for t in s.timesteps if not (ns.t_min - 1e-12 <= t <= ns.t_max + 1e-12)]
-        if bad:
-            raise ValueError(f"schedule timesteps {bad[:3]} are outside this pipeline's range [{ns.t_min}, {ns.t_max}]")
+        check_noise_schedule(s, self.noise_schedule)
+        check_schedule_range(s, self.noise_schedule)
 
     @property
     def schedule(self) -> Schedule | None:
@@ -122,10 +169,15 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                                  f"schedule has NFE {s.nfe}; call the pipeline with num_inference_steps={s.nfe}")
             self._active = s
         prog = dense_program(self._active, self._model)
-        n_train = self.noise_schedule.total_N
         self._A = [prog.A[e, : 2 + 2 * e].tolist() for e in range(prog.nfe)]
         self._F = prog.F.tolist()
-        self.timesteps = torch.tensor((prog.times - 1.0 / n_train) * n_train, dtype=torch.float32, device=device)
+        self._times = prog.times.tolist()
+        self.init_noise_sigma = float(self.noise_schedule.prior_std(self._active.timesteps[0]))
+        if self.edm:  # the network's noise input c_noise = log(σ)/4, as diffusers' EDM schedulers
+            self.timesteps = torch.tensor([0.25 * math.log(t) for t in self._times], dtype=torch.float32, device=device)
+        else:
+            n_train = self.noise_schedule.total_N
+            self.timesteps = torch.tensor((prog.times - 1.0 / n_train) * n_train, dtype=torch.float32, device=device)
         self.num_inference_steps = prog.nfe
         self._step_index = 0
         self._basis = None
@@ -138,12 +190,20 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                 out = c * b if out is None else out + c * b
         return out
 
+    def _edm(self, e: int):
+        return edm_coefficients(self._times[e], self.config.sigma_data, self.config.prediction_type)
+
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        """Identity except before the first evaluation of an AFS schedule, whose first model input
-        is already a step away from the noise."""
+        """The network input: before the first evaluation of an AFS schedule the model input is already
+        a step away from the noise; EDM configs scale it by c_in(σ). Identity otherwise."""
+        if self._step_index is None:
+            raise ValueError("scale_model_input: call set_timesteps first")
+        x = sample
         if self._step_index == 0 and self._A and self._A[0] != [1.0, 0.0]:
-            return self._combine(self._A[0], [sample, None])
-        return sample
+            x = self._combine(self._A[0], [sample / self.init_noise_sigma, None])
+        if self.edm and self._step_index < self.num_inference_steps:
+            x = x * self._edm(self._step_index)[2]
+        return x
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
              **kwargs) -> SchedulerOutput | tuple:
@@ -157,7 +217,11 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             x_e = self._combine(self._A[0], self._basis)
         else:
             x_e = sample
-        self._basis += [x_e, model_output.to(x_e.dtype)]
+        out = model_output.to(x_e.dtype)
+        if self.edm:  # preconditioned output F -> denoised D, the data prediction the program expects
+            c_skip, c_out, _, _ = self._edm(e)
+            out = c_skip * x_e + c_out * out
+        self._basis += [x_e, out]
         self._step_index += 1
         if e + 1 < self.num_inference_steps:
             nxt = self._combine(self._A[e + 1], self._basis)
@@ -174,14 +238,22 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
 def wrap_unet(unet, scheduler_config, *, cond=None, uncond=None, guidance_scale: float | None = None) -> DiffusionModel:
     """A diffusers UNet plus its scheduler config as a `DiffusionModel` for `usf_fast.sample` and
     the search. With `cond` (text embeddings) the UNet gets `encoder_hidden_states`; with
-    `guidance_scale`, `uncond` too (classifier-free guidance in one batched call)."""
+    `guidance_scale`, `uncond` too (classifier-free guidance in one batched call). EDM configs
+    (sigma_data) get diffusers' EDM preconditioning around the UNet."""
     cfg = dict(scheduler_config)
     ns = noise_schedule_from_diffusers_config(cfg)
     ptype = cfg.get("prediction_type", "epsilon")
-    if ptype not in PREDICTION:
-        raise ValueError(f"prediction_type={ptype!r}: must be one of {', '.join(PREDICTION)}")
+    edm = isinstance(ns, NoiseScheduleEDM)
+    allowed = EDM_PREDICTION if edm else tuple(PREDICTION)
+    if ptype not in allowed:
+        raise ValueError(f"prediction_type={ptype!r}: must be one of {', '.join(allowed)}" + (" for an EDM config" if edm else ""))
     if cond is None:
-        net = lambda x, t: unet(x, t).sample  # noqa: E731
+        raw = lambda x, t: unet(x, t).sample  # noqa: E731
     else:
-        net = lambda x, t, c: unet(x, t, encoder_hidden_states=c).sample  # noqa: E731
-    return DiffusionModel(net, ns, PREDICTION[ptype], "discrete", guidance_scale=guidance_scale, cond=cond, uncond=uncond)
+        raw = lambda x, t, c: unet(x, t, encoder_hidden_states=c).sample  # noqa: E731
+    if not edm:
+        return DiffusionModel(raw, ns, PREDICTION[ptype], "discrete", guidance_scale=guidance_scale, cond=cond,
+                              uncond=uncond)
+    from .edm import edm_precond
+    denoiser = edm_precond(raw, float(cfg.get("sigma_data", 0.5)), v_prediction=ptype == "v_prediction")
+    return DiffusionModel(denoiser, ns, "x0", "sigma", guidance_scale=guidance_scale, cond=cond, uncond=uncond)

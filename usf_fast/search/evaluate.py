@@ -6,7 +6,8 @@ the combination kernel. Chunks always hold the same candidates whatever the numb
 so results do not depend on how the work is sharded.
 
 Metrics (lower is better), pluggable: `ReferenceDistance` (default: RMS distance to a
-high-accuracy solution from the same noise), `ExactFrechet` (analytic models), `FID`
+high-accuracy solution from the same noise), `ExactFrechet` (the embedded models' own Fréchet
+distance: exact moments for the mixtures, the feature network for digits), `FID`
 (pytorch-fid Inception features against dataset statistics), or any callable
 `f(samples) -> float`.
 """
@@ -59,16 +60,16 @@ class ReferenceDistance:
 
 
 class ExactFrechet:
-    """Fréchet distance of the samples to the exact moments of an analytic model (`gmm`)."""
+    """The model's own Fréchet distance of the samples to its data: exact moments for the analytic
+    mixtures (`gmm`), the feature-network distance for the digits model."""
 
-    name = "exact"
     needs_reference = False
 
-    def __init__(self, gmm):
-        self.gmm = gmm
+    def __init__(self, owner, name: str = "exact"):
+        self.owner, self.name = owner, name
 
     def __call__(self, samples, reference=None) -> float:
-        return self.gmm.frechet_distance(samples)
+        return self.owner.frechet_distance(samples)
 
 
 class FID:
@@ -135,20 +136,25 @@ class CallableMetric:
         return float(self.fn(samples))
 
 
-METRICS = ("ref", "exact", "fid")
+METRICS = ("ref", "exact", "fd", "fid")
 
 
 def make_metric(metric, model: DiffusionModel | None = None, **options):
-    """'ref' | 'exact' (analytic models) | 'fid' (options: stats=, weights=) | a callable | an object."""
+    """'ref' | 'exact' (analytic models) | 'fd' (embedded models: exact, or digits features) |
+    'fid' (options: stats=, weights=) | a callable | an object."""
     if callable(metric) and not isinstance(metric, str):
         return metric if hasattr(metric, "needs_reference") else CallableMetric(metric)
     if metric == "ref":
         return ReferenceDistance()
-    if metric == "exact":
-        gmm = getattr(getattr(model, "net", None), "gmm", None)
-        if gmm is None:
-            raise ValueError("metric='exact': only the embedded analytic models have exact moments")
-        return ExactFrechet(gmm)
+    if metric in ("exact", "fd"):
+        net = getattr(model, "net", None)
+        owner = getattr(net, "gmm", None)
+        if owner is None and metric == "fd" and hasattr(net, "frechet_distance"):
+            owner = net
+        if owner is None:
+            raise ValueError("metric='exact': only the embedded analytic models (gmm-*) have exact moments" if metric == "exact"
+                             else "metric='fd': only the embedded models (gmm-*, digits) carry a Fréchet distance to their data")
+        return ExactFrechet(owner, metric)
     if metric == "fid":
         if not options.get("stats"):
             raise ValueError("metric='fid': needs fid_stats= (--fid-stats: an .npz with mu and sigma of the dataset's Inception features)")

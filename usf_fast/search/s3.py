@@ -95,7 +95,7 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
         use_predictor: False = plain evolution (the ablation baseline).
         screen: with the predictor, each generation's real evaluations are drawn from the best
             1/screen of the proposals as the predictor ranks them.
-        shape: per-sample shape (default: the embedded model's).
+        shape: per-sample shape (default: `model.sample_shape`, set for the embedded models).
         log_path / resume / max_minutes: persistence and a wall-clock stop (the log keeps
             everything; resuming continues).
     """
@@ -112,10 +112,10 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
     if space.nfe != nfe:
         raise ValueError(f"space.nfe={space.nfe} differs from nfe={nfe}")
     if shape is None:
-        gmm = getattr(getattr(model, "net", None), "gmm", None)
-        if gmm is None:
-            raise ValueError("shape: give the per-sample shape (e.g. (3, 32, 32)) for models that are not embedded")
-        shape = gmm.shape
+        if model.sample_shape is None:
+            raise ValueError("shape: give the per-sample shape (e.g. (3, 32, 32)); this model does not record one "
+                             "(DiffusionModel(..., sample_shape=...))")
+        shape = model.sample_shape
     shape = tuple(int(v) for v in shape)
     rank, world = _dist()
     t_range = (space.t_start, space.t_end)

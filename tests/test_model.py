@@ -89,3 +89,20 @@ def test_wrong_output_shape_is_clear():
     model = usf_fast.DiffusionModel(lambda x, t: x[:, :1], VP)
     with pytest.raises(ValueError, match=r"net output shape \(2, 1\) differs from input shape \(2, 3\)"):
         model.raw(torch.zeros(2, 3), 0.5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
+def test_non_contiguous_net_output(backend):
+    """guided-diffusion style: a learned-variance net returns 2C channels and the wrapper keeps
+    the first C, a non-contiguous view; every backend must accept it."""
+    from usf_fast.backends import backend_status
+    if not backend_status("cpu")[backend][0]:
+        pytest.skip(f"{backend} backend not usable here")
+    ns = usf_fast.NoiseScheduleVP("discrete", betas=torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
+    full = lambda x, t: torch.cat([0.3 * x, x], 1)  # noqa: E731
+    model = usf_fast.DiffusionModel(lambda x, t: full(x, t)[:, :3], ns, "eps", "discrete")
+    dense = usf_fast.DiffusionModel(lambda x, t: 0.3 * x, ns, "eps", "discrete")
+    s = usf_fast.presets.unipc(ns, 5)
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(usf_fast.sample(model, s, noise=noise, backend=backend),
+                               usf_fast.sample(dense, s, noise=noise, backend=backend))

@@ -94,7 +94,7 @@ class DiffusionModel:
             out = out_u + self.guidance_scale * (out_c - out_u)
         if out.shape != x.shape:
             raise ValueError(f"net output shape {tuple(out.shape)} differs from input shape {tuple(x.shape)}")
-        return out
+        return out.contiguous()  # e.g. out[:, :3] of a learned-variance net; the kernels read flat memory
 
     # ---- linear conversions ----------------------------------------------------------------
     def conversion(self, t: float):

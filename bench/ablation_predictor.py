@@ -30,7 +30,6 @@ def main():
     ap.add_argument("--budget", type=int, default=600)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--model", default="gmm-image", help="embedded model (gmm-image, digits, ...)")
-    ap.add_argument("--lookahead", type=int, default=0, help="s3_search lookahead (guided arm)")
     ap.add_argument("--screen", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="out/ablation.json")
@@ -45,7 +44,7 @@ def main():
         t0 = time.time()
         # stage_split=1: the whole budget is stage 1, where the curve is measured
         guided = s3_search(model, args.nfe, seed=seed, budget=args.budget, use_predictor=True, stage_split=1.0,
-                           progress=False, lookahead=args.lookahead, screen=args.screen)
+                           progress=False, screen=args.screen)
         t_guided = time.time() - t0
         key = f"{args.model}/{args.nfe}/{args.budget}/{seed}"
         if key not in cache:

@@ -102,3 +102,17 @@ def test_search_with_a_factory_model_writes_best_json(tmp_path, capsys, monkeypa
     assert usf_fast.Schedule.from_json(out / "best.json").nfe == 3
     assert (out / "metric_vs_nfe.png").exists() and (out / "schedule.png").exists()
     assert "improvement" in capsys.readouterr().out
+
+
+def test_sample_digits_writes_an_image_grid(tmp_path, capsys):
+    png = tmp_path / "digits.png"
+    assert main(["sample", "--model", "digits", "--num-samples", "100", "--nfe", "5", "--no-reference",
+                 "--grid", str(png), "--grid-size", "16"]) == 0
+    text = capsys.readouterr().out
+    assert "NFE 5" in text and "digits feature network" in text and "nll" not in text
+    import matplotlib.image
+    img = matplotlib.image.imread(png)
+    assert img.shape[0] > 100 and img.shape[1] > 100
+    # the digits model exists on VP linear only: another noise schedule is one clear error line
+    assert main(["sample", "--model", "digits", "--noise-schedule", "cosine", "--no-reference"]) == 2
+    assert "trained on NoiseScheduleVP('linear') only" in capsys.readouterr().err

@@ -69,6 +69,13 @@ def test_predictor_learns_a_ranking():
     xt = rng.normal(size=(50, 6))
     from scipy.stats import kendalltau
     assert kendalltau(p.predict(xt), xt[:, 0] - 0.5 * xt[:, 1]).statistic > 0.6
+    # deterministic for a seed
+    np.testing.assert_array_equal(Predictor(6, seed=0).fit(x, y).predict(xt), p.predict(xt))
+
+
+def test_predictor_use_before_fit():
+    with pytest.raises(RuntimeError, match="before fit"):
+        Predictor(6).predict(np.zeros((2, 6)))
 
 
 def test_search_is_never_worse_than_the_best_preset_and_reports_held_out_numbers():

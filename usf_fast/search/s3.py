@@ -81,7 +81,7 @@ def preset_candidates(ns, nfe: int, t_start=None, t_end=None) -> list[tuple[str,
 def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: dict | None = None,
               seed: int = 0, budget: int = 600, samples: tuple = (64, 256), heldout: int = 1024,
               stage_split: float = 0.75, population: int = 16, proposals: int = 512, per_generation: int = 16,
-              use_predictor: bool = True, screen: int = 4, lookahead: int = 0, space: SearchSpace | None = None, shape=None,
+              use_predictor: bool = True, screen: int = 4, space: SearchSpace | None = None, shape=None,
               log_path=None, resume: bool = False, max_minutes: float | None = None, progress: bool = True,
               chunk: int = 8, dtype: torch.dtype = torch.float32, backend: str = "auto", device="cpu") -> SearchResult:
     """Search the best schedule of exactly `nfe` evaluations for `model`.
@@ -95,7 +95,6 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
         use_predictor: False = plain evolution (the ablation baseline).
         screen: with the predictor, each generation's real evaluations are drawn from the best
             1/screen of the proposals as the predictor ranks them.
-        lookahead: rounds of predictor-driven inner evolution per generation (0: none).
         shape: per-sample shape (default: `model.sample_shape`, set for the embedded models).
         log_path / resume / max_minutes: persistence and a wall-clock stop (the log keeps
             everything; resuming continues).
@@ -125,8 +124,7 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
             "heldout": NoiseSet(shape, heldout, 1000 * seed + 3, "heldout")}
     header = {"nfe": nfe, "seed": seed, "metric": getattr(metric_fn, "name", str(metric)),
               "space": repr((space.orders, space.predictions, space.correctors, space.afs, space.relax_range,
-                             samples, heldout, budget, use_predictor, population, proposals, per_generation)
-                          + ((lookahead,) if lookahead else ())),
+                             samples, heldout, budget, use_predictor, population, proposals, per_generation)),
               "shape": list(shape)}
     log = SearchLog(log_path, header, resume=resume, writer=(rank == 0))
     cache = log.cached()
@@ -178,28 +176,6 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
     curve: list = []
     taus: list = []
 
-    def _lookahead(props: list, parents: list, known: set, rounds: int) -> list:
-        """Predictor-driven inner evolution: the predicted best proposals become parents of more
-        proposals, `rounds` times, with no real evaluation; returns every proposal made."""
-        keys = {schedule_key(s) for s in props}
-        cands = list(props)
-        for _ in range(rounds):
-            scores = predictor.predict(np.stack([space.encode(s) for s in cands]))
-            virtual = [cands[i] for i in np.argsort(scores)[:population]]
-            pool_parents = virtual + parents
-            for _ in range(proposals):
-                if rng.random() < 0.7:
-                    child = space.mutate(virtual[int(rng.integers(0, len(virtual)))], rng)
-                else:
-                    a, b = rng.choice(len(pool_parents), 2, replace=False)
-                    child = space.crossover(pool_parents[int(a)], pool_parents[int(b)], rng)
-                k = schedule_key(child)
-                if k in known or k in keys:
-                    continue
-                cands.append(child)
-                keys.add(k)
-        return cands
-
     def evolve(pool: list, fid: str, stage: str, until: int):
         """pool: list of (schedule, metric) at fidelity fid; grows in place."""
         known = {schedule_key(s) for s, _ in pool}
@@ -233,8 +209,6 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
             if use_predictor and len(pool) >= 16:
                 predictor.fit(np.stack([space.encode(s) for s, _ in pool]), [m for _, m in pool])
                 taus.append(predictor.tau)
-                if lookahead:
-                    props = _lookahead(props, parents, known, lookahead)
                 scores = predictor.predict(np.stack([space.encode(s) for s in props]))
                 # screen, don't chase: draw from the predicted best quarter. Taking the argmin
                 # follows the predictor's extrapolation errors (out-of-distribution proposals);

@@ -31,7 +31,12 @@ def main():
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--model", default="gmm-image", help="embedded model (gmm-image, digits, ...)")
     ap.add_argument("--screen", type=int, default=4)
+    ap.add_argument("--heldout", type=int, default=1024, help="held-out samples of the final comparison "
+                                                              "(not part of the ablation's curves)")
+    ap.add_argument("--population", type=int, default=16, help="parents per generation, guided arm")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--logs", help="folder for the JSONL logs of both arms (guided_<seed>, plain_<seed>; "
+                                   "bench/predictor_study.py reads the plain ones); runs the plain arm again")
     ap.add_argument("--out", default="out/ablation.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -44,13 +49,17 @@ def main():
         t0 = time.time()
         # stage_split=1: the whole budget is stage 1, where the curve is measured
         guided = s3_search(model, args.nfe, seed=seed, budget=args.budget, use_predictor=True, stage_split=1.0,
-                           progress=False, screen=args.screen)
+                           heldout=args.heldout,
+                           progress=False, screen=args.screen, population=args.population,
+                           log_path=os.path.join(args.logs, f"guided_{seed}.jsonl") if args.logs else None)
         t_guided = time.time() - t0
-        key = f"{args.model}/{args.nfe}/{args.budget}/{seed}"
-        if key not in cache:
+        key = f"{args.model}/{args.nfe}/{args.budget}/{seed}" + (f"/h{args.heldout}" if args.heldout != 1024 else "")
+        if key not in cache or args.logs:
             t0 = time.time()
             plain = s3_search(model, args.nfe, seed=seed, budget=args.budget, use_predictor=False, stage_split=1.0,
-                              progress=False)
+                              heldout=args.heldout,
+                              progress=False,
+                              log_path=os.path.join(args.logs, f"plain_{seed}.jsonl") if args.logs else None)
             cache[key] = {"curve": plain.curve, "heldout": plain.best_metric, "seconds": time.time() - t0}
             os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
             with open(cache_path, "w") as f:

@@ -71,6 +71,8 @@ def _metrics(model, x, ref) -> dict:
 
 
 def cmd_sample(args) -> int:
+    if args.grid_size < 1:
+        raise ValueError(f"--grid-size {args.grid_size}: must be >= 1")
     ns, model, noise = _model_and_noise(args)
     schedule = _build_schedule(args, ns)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]

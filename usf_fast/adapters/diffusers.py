@@ -24,6 +24,7 @@ from ..model import DiffusionModel
 from ..noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleVP
 from ..sampler import check_noise_schedule, check_schedule_range
 from ..schedule import Schedule
+from .edm import edm_precond
 
 __all__ = ["USFScheduler", "noise_schedule_from_diffusers_config", "wrap_unet"]
 
@@ -80,6 +81,13 @@ def noise_schedule_from_diffusers_config(config) -> NoiseSchedule:
     return NoiseScheduleVP("discrete", alphas_cumprod=alphas_cumprod)
 
 
+def _check_prediction(prediction_type: str, edm: bool) -> None:
+    allowed = EDM_PREDICTION if edm else tuple(PREDICTION)
+    if prediction_type not in allowed:
+        raise ValueError(f"prediction_type={prediction_type!r}: must be one of {', '.join(allowed)}"
+                         + (" for an EDM config" if edm else ""))
+
+
 def edm_coefficients(sigma: float, sigma_data: float, prediction_type: str):
     """(c_skip, c_out, c_in, c_noise) of EDM preconditioning as diffusers' EDM schedulers use it."""
     c_skip = sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)
@@ -108,10 +116,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                  schedule=None, preset: str = "unipc", preset_options: dict | None = None,
                  sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float | None = None):
         self.edm = sigma_data is not None
-        allowed = EDM_PREDICTION if self.edm else tuple(PREDICTION)
-        if prediction_type not in allowed:
-            raise ValueError(f"prediction_type={prediction_type!r}: must be one of {', '.join(allowed)}"
-                             + (" for an EDM config" if self.edm else ""))
+        _check_prediction(prediction_type, self.edm)
         if self.edm:
             self.noise_schedule = NoiseScheduleEDM(sigma_min, sigma_max)
         else:
@@ -174,7 +179,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         self._times = prog.times.tolist()
         self.init_noise_sigma = float(self.noise_schedule.prior_std(self._active.timesteps[0]))
         if self.edm:  # the network's noise input c_noise = log(σ)/4, as diffusers' EDM schedulers
-            self.timesteps = torch.tensor([0.25 * math.log(t) for t in self._times], dtype=torch.float32, device=device)
+            self.timesteps = torch.tensor([self._edm(e)[3] for e in range(prog.nfe)], dtype=torch.float32, device=device)
         else:
             n_train = self.noise_schedule.total_N
             self.timesteps = torch.tensor((prog.times - 1.0 / n_train) * n_train, dtype=torch.float32, device=device)
@@ -244,9 +249,7 @@ def wrap_unet(unet, scheduler_config, *, cond=None, uncond=None, guidance_scale:
     ns = noise_schedule_from_diffusers_config(cfg)
     ptype = cfg.get("prediction_type", "epsilon")
     edm = isinstance(ns, NoiseScheduleEDM)
-    allowed = EDM_PREDICTION if edm else tuple(PREDICTION)
-    if ptype not in allowed:
-        raise ValueError(f"prediction_type={ptype!r}: must be one of {', '.join(allowed)}" + (" for an EDM config" if edm else ""))
+    _check_prediction(ptype, edm)
     if cond is None:
         raw = lambda x, t: unet(x, t).sample  # noqa: E731
     else:
@@ -254,6 +257,5 @@ def wrap_unet(unet, scheduler_config, *, cond=None, uncond=None, guidance_scale:
     if not edm:
         return DiffusionModel(raw, ns, PREDICTION[ptype], "discrete", guidance_scale=guidance_scale, cond=cond,
                               uncond=uncond)
-    from .edm import edm_precond
     denoiser = edm_precond(raw, float(cfg.get("sigma_data", 0.5)), v_prediction=ptype == "v_prediction")
     return DiffusionModel(denoiser, ns, "x0", "sigma", guidance_scale=guidance_scale, cond=cond, uncond=uncond)

@@ -44,9 +44,10 @@ def main():
     for ax, (title, schedule) in zip(axes[1:], panels):
         with torch.no_grad():
             x = usf_fast.sample(model, schedule, noise=noise)
+        dist = fd(x)
         ax.imshow(image_grid(x[: args.show], cols)[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"{title}\nNFE {schedule.nfe}, FD {fd(x):.2f}", fontsize=9)
-        print(f"{title}: NFE {schedule.nfe}, FD {fd(x):.3f}")
+        ax.set_title(f"{title}\nNFE {schedule.nfe}, FD {dist:.2f}", fontsize=9)
+        print(f"{title}: NFE {schedule.nfe}, FD {dist:.3f}")
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()

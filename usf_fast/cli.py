@@ -61,8 +61,9 @@ def _model_and_noise(args):
 
 def _metrics(model, x, ref) -> dict:
     """ref_rmse; the model's Fréchet distance (exact moments, or digits features); exact NLL (mixtures)."""
+    from .search.evaluate import make_metric
     gmm = getattr(model.net, "gmm", None)
-    frechet = getattr(model.net, "frechet_distance", None) or gmm.frechet_distance
+    frechet = make_metric("fd", model)
     m = {"ref_rmse": reference_distance(x, ref) if ref is not None else float("nan"),
          "frechet": frechet(x) if x.shape[0] > 1 else float("nan")}
     if gmm is not None:

@@ -24,7 +24,7 @@ from ..model import DiffusionModel
 from ..noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleVP
 from ..sampler import check_noise_schedule, check_schedule_range
 from ..schedule import Schedule
-from .edm import edm_precond
+from .edm import edm_coefficients, edm_precond
 
 __all__ = ["USFScheduler", "noise_schedule_from_diffusers_config", "wrap_unet"]
 
@@ -86,15 +86,6 @@ def _check_prediction(prediction_type: str, edm: bool) -> None:
     if prediction_type not in allowed:
         raise ValueError(f"prediction_type={prediction_type!r}: must be one of {', '.join(allowed)}"
                          + (" for an EDM config" if edm else ""))
-
-
-def edm_coefficients(sigma: float, sigma_data: float, prediction_type: str):
-    """(c_skip, c_out, c_in, c_noise) of EDM preconditioning as diffusers' EDM schedulers use it."""
-    c_skip = sigma_data ** 2 / (sigma ** 2 + sigma_data ** 2)
-    c_out = sigma * sigma_data / math.sqrt(sigma ** 2 + sigma_data ** 2)
-    if prediction_type == "v_prediction":
-        c_out = -c_out
-    return c_skip, c_out, 1.0 / math.sqrt(sigma ** 2 + sigma_data ** 2), 0.25 * math.log(sigma)
 
 
 class USFScheduler(SchedulerMixin, ConfigMixin):
@@ -196,7 +187,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         return out
 
     def _edm(self, e: int):
-        return edm_coefficients(self._times[e], self.config.sigma_data, self.config.prediction_type)
+        return edm_coefficients(self._times[e], self.config.sigma_data, self.config.prediction_type == "v_prediction")
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The network input: before the first evaluation of an AFS schedule the model input is already

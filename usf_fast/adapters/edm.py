@@ -21,7 +21,7 @@ import torch
 from ..model import DiffusionModel
 from ..noise_schedules import NoiseScheduleEDM
 
-__all__ = ["edm_model", "k_diffusion_model", "edm_precond"]
+__all__ = ["edm_model", "k_diffusion_model", "edm_precond", "edm_coefficients"]
 
 
 def edm_model(denoiser: Callable, sigma_min: float = 0.002, sigma_max: float = 80.0, *, cond=None, uncond=None,
@@ -54,22 +54,27 @@ def k_diffusion_model(model: Callable, sigma_min: float | None = None, sigma_max
     return edm_model(lambda x, sigma: model(x, sigma, **extra_args), lo, hi)
 
 
+def edm_coefficients(sigma, sigma_data: float, v_prediction: bool = False):
+    """(c_skip, c_out, c_in, c_noise) of EDM preconditioning (Karras et al. 2022, Table 1) for σ a
+    float or a tensor: c_skip = σd²/(σ²+σd²), c_out = σ σd/√(σ²+σd²) (negated for v-prediction,
+    as diffusers' EDM schedulers do), c_in = 1/√(σ²+σd²), c_noise = ln(σ)/4."""
+    norm = (sigma * sigma + sigma_data * sigma_data) ** 0.5
+    log_sigma = sigma.log() if isinstance(sigma, torch.Tensor) else math.log(sigma)
+    sign = -1.0 if v_prediction else 1.0
+    return sigma_data * sigma_data / (norm * norm), sign * sigma * sigma_data / norm, 1.0 / norm, 0.25 * log_sigma
+
+
 def edm_precond(net: Callable, sigma_data: float = 0.5, v_prediction: bool = False) -> Callable:
-    """D(x, σ, *args) = c_skip x + c_out F(c_in x, c_noise, *args) from a raw network F (EDM Table 1:
-    c_skip = σd²/(σ²+σd²), c_out = σ σd/√(σ²+σd²), c_in = 1/√(σ²+σd²), c_noise = ln(σ)/4).
-    v_prediction=True flips the sign of c_out, as diffusers' EDM schedulers do for v-prediction."""
+    """D(x, σ, *args) = c_skip x + c_out F(c_in x, c_noise, *args) from a raw network F, with the
+    coefficients of `edm_coefficients` (computed in float64)."""
     if not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data) and sigma_data > 0):
         raise ValueError(f"sigma_data={sigma_data!r}: must be a positive number")
     sd = float(sigma_data)
-    sign = -1.0 if v_prediction else 1.0
 
     def denoiser(x: torch.Tensor, sigma: torch.Tensor, *args) -> torch.Tensor:
-        s = sigma.to(torch.float64)
-        norm = (s * s + sd * sd).sqrt()
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma.to(torch.float64), sd, v_prediction)
         shp = (-1,) + (1,) * (x.dim() - 1)
-        c_skip = (sd * sd / (norm * norm)).to(x.dtype).reshape(shp)
-        c_out = (sign * s * sd / norm).to(x.dtype).reshape(shp)
-        c_in = (1.0 / norm).to(x.dtype).reshape(shp)
-        return c_skip * x + c_out * net(c_in * x, (0.25 * s.log()).to(x.dtype), *args)
+        c_skip, c_out, c_in = (c.to(x.dtype).reshape(shp) for c in (c_skip, c_out, c_in))
+        return c_skip * x + c_out * net(c_in * x, c_noise.to(x.dtype), *args)
 
     return denoiser

@@ -5,10 +5,12 @@ pool, which spans presets of very different quality and is easy to rank. What th
 to rank the next proposals: children of the best schedules, close to each other. This fits a
 predictor on the first n stage-1 evaluations of a plain-evolution log and measures, on the next
 150, Kendall τ and the overlap of the predicted-best quarter with the actual best quarter
-(0.25 = chance). Models: the search's MLP ensemble, and scikit-learn tree ensembles for contrast.
+(0.25 = chance). Models: the MLP ensemble of `Predictor` on the encoding alone and on the encoding
+plus the Gaussian-probe errors (`usf_fast.search.probe`, the search's input), and scikit-learn tree
+ensembles for contrast.
 
-    python bench/ablation_predictor.py --logs out/abl/logs          # writes plain_<seed>.jsonl
-    python bench/predictor_study.py out/abl/logs/plain_0.jsonl out/abl/logs/plain_1.jsonl
+    python bench/ablation_predictor.py                # writes out/abl/logs/plain_gmm-image_nfe5_b600_s<seed>.jsonl
+    python bench/predictor_study.py out/abl/logs/plain_gmm-image_nfe5_b600_s0.jsonl
 """
 import argparse
 import json
@@ -24,7 +26,8 @@ from usf_fast.search.space import SearchSpace
 
 
 def load(path):
-    xs, ys, space = [], [], None
+    """Encodings, encodings + Gaussian-probe errors (the search's predictor input), metrics."""
+    xs, fs, ys, space = [], [], [], None
     with open(path) as f:
         for line in f:
             r = json.loads(line)
@@ -35,8 +38,9 @@ def load(path):
                 space = SearchSpace(noise_schedule_from_dict(s.meta["noise_schedule"]) if "noise_schedule" in s.meta
                                     else __import__("usf_fast").NoiseScheduleVP("linear"), s.nfe)
             xs.append(space.encode(s))
+            fs.append(space.features(s))
             ys.append(r["metric"])
-    return np.stack(xs), np.array(ys)
+    return np.stack(xs), np.stack(fs), np.array(ys)
 
 
 def mlp(x, y, xt):
@@ -61,9 +65,10 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     for path in args.logs:
-        x, y = load(path)
+        enc, feat, y = load(path)
         print(f"{path}: {len(y)} stage-1 evaluations; cells are (Kendall τ, top-quarter overlap) on the next 150")
-        for name, fn in (("MLP ensemble (search)", mlp), ("extra trees", extra_trees), ("boosted trees", boosted_trees)):
+        for name, fn, x in (("MLP, encoding", mlp, enc), ("MLP, encoding + probe", mlp, feat),
+                            ("extra trees, encoding", extra_trees, enc), ("boosted trees, encoding", boosted_trees, enc)):
             cells = []
             for n in (int(v) for v in args.at.split(",")):
                 if n + 20 > len(y):
@@ -75,7 +80,7 @@ def main():
                 q = len(yt) // 4
                 overlap = len(set(np.argsort(s)[:q]) & set(np.argsort(np.where(fin, yt, np.inf))[:q])) / q
                 cells.append(f"n={n}: ({tau:.2f}, {overlap:.2f})")
-            print(f"  {name:22s} " + "  ".join(cells))
+            print(f"  {name:24s} " + "  ".join(cells))
 
 
 if __name__ == "__main__":

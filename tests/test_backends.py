@@ -199,7 +199,11 @@ def test_unusable_backend_is_a_clear_error():
 @given(schedules())
 def test_kernels_on_random_schedule_plans(s):
     """Random schedules give arbitrary K and coefficient patterns; every kernel matches float64."""
-    plan = compile_plan(s, MODEL)
+    try:
+        plan = compile_plan(s, MODEL)
+    except ValueError as e:   # derivative points that coincide in λ to float precision: refused, by name
+        assert "coincide" in str(e)
+        return
     g = torch.Generator().manual_seed(5)
     for op in plan.combines:
         if max(abs(c) for c in op.coefs) > 1e6:

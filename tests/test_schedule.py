@@ -154,3 +154,10 @@ def test_fuzz_arbitrary_step_dicts_either_validate_or_raise_value_error(d):
         assert "steps[2]" in str(e)
     else:
         assert Schedule.from_json(s.to_json()) == s
+
+
+def test_coincident_derivative_points_are_a_value_error_naming_them():
+    from usf_fast.coefficients import update_weights
+    with pytest.raises(ValueError, match="coincide to float precision"):
+        update_weights(-1.0, 0.0, [-2.0, -2.0], alpha_s=0.5, sigma_s=0.8, alpha_t=0.7, sigma_t=0.7,
+                       prediction="data", order=3)

@@ -73,6 +73,82 @@ def test_predictor_learns_a_ranking():
     np.testing.assert_array_equal(Predictor(6, seed=0).fit(x, y).predict(xt), p.predict(xt))
 
 
+@pytest.mark.parametrize("nfe", [2, 5])
+def test_gaussian_probe_is_the_samplers_error_on_gaussian_data(nfe):
+    """The closed-form probe = sampling Gaussian data N(0, s²) with the model-based reference sampler
+    and comparing with the high-accuracy ODE solution, on seeds and mutated schedules (AFS,
+    correctors, relaxations)."""
+    from usf_fast.analytic import GaussianMixture, reference_solution
+    from usf_fast.search.probe import gaussian_probe
+    space = SearchSpace(NS, nfe)
+    rng = np.random.default_rng(1)
+    scheds = space.seeds()[::7]
+    scheds += [space.mutate(space.mutate(scheds[int(rng.integers(0, len(scheds)))], rng), rng) for _ in range(6)]
+    scales = (0.05, 0.5, 2.0)
+    noise = torch.ones(1, 1, dtype=torch.float64)
+    for s_d in scales:
+        model = GaussianMixture(torch.zeros(1, 1), torch.zeros(1, 1, 1), s_d).as_model(NS)
+        exact = float(reference_solution(model, noise, NS.t_max, NS.t_min))
+        for sch in scheds:
+            got = gaussian_probe(sch, NS, scales=(s_d,))[0]
+            x = float(usf_fast.reference_sample(model, sch, noise=noise))
+            want = np.log10(abs(x / exact - 1) + 1e-8)
+            assert got == pytest.approx(want, abs=1e-3 if want > -5 else 0.05), (s_d, sch.name)
+    assert space.features(scheds[0]).shape == (space.feature_size,)
+
+
+def test_gaussian_probe_bounds_a_diverging_schedule():
+    from usf_fast.search.probe import gaussian_probe
+    space = SearchSpace(NS, 3)
+    s = space.seeds()[0]
+    bad = s.replace(steps=[st.replace(relax="linear", relax_coef=1e6) for st in s.steps])
+    v = gaussian_probe(bad, NS)
+    assert np.all(np.isfinite(v)) and np.all(v <= 2.0)
+
+
+def test_parents_are_diverse_and_picks_cover_every_parent():
+    from usf_fast.search.s3 import _diverse_parents, _pick_per_parent
+    space = SearchSpace(NS, 5)
+    rng = np.random.default_rng(0)
+    best = space.seeds()[3]
+    fr = space.fractions(best)[1:-1]
+    clones = [space.make(fr + 1e-4 * (i + 1), list(best.steps), best.afs) for i in range(6)]
+    others = space.seeds()[10:40]
+    ranked = [(best, 0.1)] + [(c, 0.1 + 1e-3 * i) for i, c in enumerate(clones)] + [(o, 1.0) for o in others]
+    parents = _diverse_parents(ranked, 8, space)
+    assert len(parents) == 8 and parents[0] is best
+    assert not any(c in parents for c in clones)          # near-copies of a better parent are skipped
+    # picks: one per parent first (best parent first), then a second round
+    owner = [0, 0, 0, 1, 1, 2, 3, 3]
+    assert sorted(owner[i] for i in _pick_per_parent(owner, 4, rng)) == [0, 1, 2, 3]
+    assert len(set(_pick_per_parent(owner, 8, rng))) == 8
+    scores = np.array([5.0, 1.0, 3.0, 0.0, 9.0, 1.0, 9.0, 0.5])
+    picks = _pick_per_parent(owner, 4, rng, scores, screen=4)
+    assert picks == [1, 3, 5, 7]                           # the predicted best of each parent
+
+
+def test_improvement_predictor_learns_which_children_beat_their_parents():
+    from scipy.stats import kendalltau
+    from usf_fast.search.predictor import ImprovementPredictor
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 8))
+    parent = np.exp(rng.normal(size=300))
+    child = parent * np.exp(0.3 * (x[:, 0] - 0.5 * x[:, 1]) + 0.05 * rng.normal(size=300))
+    child[:10] = np.inf                                     # failed children are just "worse"
+    p = ImprovementPredictor(8, seed=0).fit(x, child, parent)
+    assert p.tau > 0.4
+    xt = rng.normal(size=(100, 8))
+    assert kendalltau(p.predict(xt), xt[:, 0] - 0.5 * xt[:, 1]).statistic > 0.5
+
+
+@pytest.mark.parametrize("predictor", ["improve", "metric"])
+def test_both_predictors_screen_a_search(predictor):
+    kw = dict(SMALL, budget=150)
+    r = s3_search(MODEL2D, 3, seed=2, predictor=predictor, **kw)
+    assert r.taus and all(-1 <= t <= 1 for t in r.taus)   # the predictor was trained and reported
+    assert r.best_metric <= r.best_preset[1]
+
+
 def test_predictor_use_before_fit():
     with pytest.raises(RuntimeError, match="before fit"):
         Predictor(6).predict(np.zeros((2, 6)))
@@ -129,6 +205,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     ({"nfe": 0}, "nfe=0: must be an integer >= 1"),
     ({"budget": 0}, "budget=0"),
     ({"metric": "fid"}, "needs fid_stats="),
+    ({"predictor": "gp"}, "predictor='gp': must be one of improve, metric"),
 ])
 def test_bad_search_arguments(kwargs, match):
     kw = dict(SMALL)

@@ -232,7 +232,7 @@ def cmd_search(args) -> int:
         log_path = os.path.join(args.out, f"log_nfe{n}.jsonl")
         res = s3_search(model, n, metric=args.metric, metric_options=metric_options, seed=args.seed,
                         budget=args.budget, samples=(args.samples, args.samples2), heldout=args.heldout,
-                        use_predictor=not args.no_predictor, shape=shape, log_path=log_path, resume=args.resume,
+                        use_predictor=not args.no_predictor, predictor=args.predictor, shape=shape, log_path=log_path, resume=args.resume,
                         max_minutes=remaining, progress=rank == 0)
         results[n] = res
         if rank == 0:
@@ -345,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--heldout", type=int, default=1024, help="held-out noise samples for the final numbers")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--no-predictor", action="store_true", help="plain evolution (ablation)")
+    q.add_argument("--predictor", default="improve", choices=["improve", "metric"],
+                   help="improve: P(child beats its parent) (default); metric: regression on the metric")
     q.add_argument("--resume", action="store_true", help="continue the search whose logs are in --out")
     q.set_defaults(func=cmd_search)
 

@@ -104,6 +104,10 @@ def update_weights(lambda_s: float, lambda_t: float, lambda_points, *, alpha_s: 
         # Taylor sum = c · D̃[:n−1] = c · (A^{-1} ΔM)[:n−1] = (A^{-T} c_pad) · ΔM
         c_pad = np.zeros(m)
         c_pad[: n - 1] = c
-        w_p = np.linalg.solve(A.T, c_pad)
+        try:
+            w_p = np.linalg.solve(A.T, c_pad)
+        except np.linalg.LinAlgError:
+            raise ValueError(f"derivative points λ={lam_p.tolist()} (start λ={lambda_s!r}) coincide to float precision: "
+                             "the divided differences are singular; use distinct times") from None
     w_s = c0 - w_p.sum()
     return float(a), float(w_s), w_p

@@ -4,9 +4,11 @@
     result.best            # the Schedule with the lowest metric on held-out noise (searched or preset)
 
 Loop (DESIGN.md §3): seed the population with the presets; each generation proposes many
-candidates by mutation and crossover of the best ones; the MLP predictor, retrained on every real
-evaluation so far, screens them and only the most promising few are evaluated for real (batched:
-one dense-program batch per chunk of candidates). Stage 1 works on few samples; the survivors are
+candidates by mutation and crossover of the best ones (niched: near-copies of a better schedule
+are not parents) and drops proposals that are functional near-copies of an evaluated schedule
+(same Gaussian-probe errors, `search.probe`); the MLP predictor, retrained on every real
+evaluation so far on the schedules' encodings and probe errors, screens them, and one promising
+child per parent is evaluated for real (batched: one dense-program batch per chunk of candidates). Stage 1 works on few samples; the survivors are
 re-evaluated on more samples and evolution continues there. The final choice is made — and every
 reported number measured — on a held-out noise set the search never saw, against every preset over
 every spacing, so the result is never worse than the best preset.
@@ -30,10 +32,13 @@ from ..model import DiffusionModel
 from ..schedule import Schedule
 from .evaluate import NoiseSet, evaluate_schedules, make_metric
 from .log import SearchLog
-from .predictor import Predictor
+from .predictor import ImprovementPredictor, Predictor
+from .probe import gaussian_probe
 from .space import SearchSpace, schedule_key
 
-__all__ = ["s3_search", "SearchResult"]
+__all__ = ["s3_search", "SearchResult", "PREDICTORS"]
+
+PREDICTORS = ("improve", "metric")
 
 
 @dataclass
@@ -78,10 +83,66 @@ def preset_candidates(ns, nfe: int, t_start=None, t_end=None) -> list[tuple[str,
     return [(f"{label} [{sp}]", s) for label, sp, s in P.standard_schedules(ns, nfe, t_start=t_start, t_end=t_end)]
 
 
+def _structure(s: Schedule) -> tuple:
+    return (s.afs,) + tuple((st.prediction, st.order, st.corrector, st.relax, st.corrector_relax) for st in s.steps)
+
+
+def _diverse_parents(ranked: list, population: int, space: SearchSpace, per_structure: int = 4,
+                     min_distance: float = 0.1) -> list:
+    """The best `population` schedules of the ranked pool, with niching: at most `per_structure`
+    of one discrete structure (AFS, per-step prediction, order, corrector, relaxations) and none
+    within `min_distance` (encoding L2) of a better one. Without it the pool's best places fill
+    with near-copies of the incumbent and evolution stalls in one basin (predictor-guided search
+    first: its children are good, so they crowd the top); places left empty are filled in rank order."""
+    chosen, enc, count = [], [], {}
+    for s, _ in ranked:
+        if len(chosen) == population:
+            break
+        st, e = _structure(s), space.encode(s)
+        if count.get(st, 0) >= per_structure or any(np.linalg.norm(e - o) < min_distance for o in enc):
+            continue
+        chosen.append(s)
+        enc.append(e)
+        count[st] = count.get(st, 0) + 1
+    if len(chosen) < population:
+        ids = {id(s) for s in chosen}
+        chosen += [s for s, _ in ranked if id(s) not in ids][:population - len(chosen)]
+    return chosen
+
+
+def _pick_per_parent(owner: list, n_pick: int, rng: np.random.Generator, scores=None, screen: int = 4) -> list:
+    """Indices of the proposals to evaluate: one per parent in turn (best parent first, immigrants
+    last), so every parent's line keeps being explored. Without scores the parent's proposal is
+    drawn at random (plain evolution); with the predictor's scores it is drawn from the predicted
+    best 1/screen of that parent's proposals — screening, not chasing: the argmin would follow the
+    predictor's extrapolation errors, and one parent's best children would crowd out the rest."""
+    groups: dict = {}
+    for i, o in enumerate(owner):
+        groups.setdefault(o, []).append(i)
+    for o, idx in groups.items():
+        if scores is not None:
+            idx.sort(key=lambda i: scores[i])
+            top = idx[:max(1, len(idx) // screen)]
+            first = int(top[int(rng.integers(0, len(top)))])
+            rest = [i for i in idx if i != first]
+        else:
+            perm = rng.permutation(len(idx))
+            first, rest = idx[int(perm[0])], [idx[int(j)] for j in perm[1:]]
+        groups[o] = [first] + rest
+    picks, depth = [], 0
+    while len(picks) < n_pick:
+        for o in sorted(groups):
+            if len(picks) < n_pick and depth < len(groups[o]):
+                picks.append(groups[o][depth])
+        depth += 1
+    return picks
+
+
 def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: dict | None = None,
               seed: int = 0, budget: int = 600, samples: tuple = (64, 256), heldout: int = 1024,
               stage_split: float = 0.75, population: int = 16, proposals: int = 512, per_generation: int = 16,
-              use_predictor: bool = True, screen: int = 4, space: SearchSpace | None = None, shape=None,
+              use_predictor: bool = True, predictor: str = "improve", probe: bool = True, novelty: float = 0.01,
+              screen: int = 4, space: SearchSpace | None = None, shape=None,
               log_path=None, resume: bool = False, max_minutes: float | None = None, progress: bool = True,
               chunk: int = 8, dtype: torch.dtype = torch.float32, backend: str = "auto", device="cpu") -> SearchResult:
     """Search the best schedule of exactly `nfe` evaluations for `model`.
@@ -93,6 +154,13 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
             comparison of finalists and presets comes on top.
         samples: noise samples per evaluation in stage 1 and stage 2; heldout: final comparison.
         use_predictor: False = plain evolution (the ablation baseline).
+        predictor: "improve" (default: P(child beats its parent), `ImprovementPredictor`, trained on
+            the search's (parent, child) pairs) or "metric" (regression on the metric, `Predictor`).
+        probe: feed the predictor the Gaussian-probe errors of each schedule (`search.probe`) besides
+            its encoding (False = the encoding alone, as in the paper).
+        novelty: proposals whose Gaussian-probe errors all lie within this (log10) of an evaluated
+            schedule's or another proposal's are functional near-copies and never evaluated
+            (e.g. a relaxation edit on a first-order step); 0 disables.
         screen: with the predictor, each generation's real evaluations are drawn from the best
             1/screen of the proposals as the predictor ranks them.
         shape: per-sample shape (default: `model.sample_shape`, set for the embedded models).
@@ -104,6 +172,8 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
         raise ValueError(f"model: must be a usf_fast.DiffusionModel, got {type(model).__name__}")
     if not isinstance(nfe, int) or isinstance(nfe, bool) or nfe < 1:
         raise ValueError(f"nfe={nfe!r}: must be an integer >= 1")
+    if predictor not in PREDICTORS:
+        raise ValueError(f"predictor={predictor!r}: must be one of {', '.join(PREDICTORS)}")
     if not isinstance(budget, int) or budget < 1:
         raise ValueError(f"budget={budget!r}: must be a positive integer (real evaluations)")
     metric_fn = make_metric(metric, model, **(metric_options or {}))
@@ -124,7 +194,7 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
             "heldout": NoiseSet(shape, heldout, 1000 * seed + 3, "heldout")}
     header = {"nfe": nfe, "seed": seed, "metric": getattr(metric_fn, "name", str(metric)),
               "space": repr((space.orders, space.predictions, space.correctors, space.afs, space.relax_range,
-                             samples, heldout, budget, use_predictor, population, proposals, per_generation)),
+                             samples, heldout, budget, use_predictor, predictor, probe, novelty, population, proposals, per_generation)),
               "shape": list(shape)}
     log = SearchLog(log_path, header, resume=resume, writer=(rank == 0))
     cache = log.cached()
@@ -172,55 +242,87 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
         return [cache[(k, fid)] for k in keys]
 
     rng = np.random.default_rng(seed)
-    predictor = Predictor(space.encoding_size, seed=seed)
+    regressor = Predictor(space.feature_size if probe else space.encoding_size, seed=seed)
+    probes: dict = {}
+    improver = ImprovementPredictor(2 * (space.feature_size if probe else space.encoding_size), seed=seed)
+    lineage: list = []   # (parent schedule, parent metric, child schedule, child metric) at stage-1/2 fidelity
+
+    def probe_of(s: Schedule, k: str) -> np.ndarray:
+        if k not in probes:
+            probes[k] = gaussian_probe(s, ns)
+        return probes[k]
+
+    def features(schedules: list[Schedule]) -> np.ndarray:
+        if not probe:
+            return np.stack([space.encode(s) for s in schedules])
+        return np.stack([space.features(s, probe_of(s, schedule_key(s))) for s in schedules])
     curve: list = []
     taus: list = []
 
     def evolve(pool: list, fid: str, stage: str, until: int):
         """pool: list of (schedule, metric) at fidelity fid; grows in place."""
         known = {schedule_key(s) for s, _ in pool}
+        known_p = np.stack([probe_of(s, schedule_key(s)) for s, _ in pool])
         while counters["requested"] < until:
             if deadline is not None and time.perf_counter() > deadline:
                 return
             ranked = sorted((p for p in pool if math.isfinite(p[1])), key=lambda p: p[1])
             if not ranked:
                 ranked = pool
-            parents = [s for s, _ in ranked[:population]]
-            props, pkeys = [], set()
+            parents = _diverse_parents(ranked, population, space)
+            props, owner, pkeys = [], [], set()
+            props_p = np.empty((proposals, known_p.shape[1]))
             for _ in range(proposals * 3):
                 if len(props) >= proposals:
                     break
                 r = rng.random()
                 if r < 0.6 or len(parents) < 2:
-                    child = space.mutate(parents[int(rng.integers(0, len(parents)))], rng)
+                    a = int(rng.integers(0, len(parents)))
+                    child = space.mutate(parents[a], rng)
                 elif r < 0.9:
-                    a, b = rng.choice(len(parents), 2, replace=False)
-                    child = space.crossover(parents[int(a)], parents[int(b)], rng)
+                    a, b = (int(v) for v in rng.choice(len(parents), 2, replace=False))
+                    child = space.crossover(parents[a], parents[b], rng)
                 else:
-                    child = space.random(rng)
+                    a, child = len(parents), space.random(rng)   # immigrants: a group of their own
                 k = schedule_key(child)
                 if k in known or k in pkeys:
                     continue
+                if novelty > 0:   # functionally a copy of an evaluated schedule or of another proposal
+                    pc = probe_of(child, k)
+                    near = np.abs(np.concatenate([known_p, props_p[:len(props)]]) - pc).max(axis=1)
+                    if near.min() < novelty:
+                        continue
+                    props_p[len(props)] = pc
                 props.append(child)
+                owner.append(a)
                 pkeys.add(k)
             if not props:
                 return
             n_pick = min(per_generation, until - counters["requested"], len(props))
-            if use_predictor and len(pool) >= 16:
-                predictor.fit(np.stack([space.encode(s) for s, _ in pool]), [m for _, m in pool])
-                taus.append(predictor.tau)
-                scores = predictor.predict(np.stack([space.encode(s) for s in props]))
-                # screen, don't chase: draw from the predicted best quarter. Taking the argmin
-                # follows the predictor's extrapolation errors (out-of-distribution proposals);
-                # sampling the top quarter keeps the gain (bad mutations are dropped) and diversity.
-                order = np.argsort(scores)
-                top = order[: max(n_pick, len(order) // screen)]
-                picks = [props[i] for i in rng.choice(top, n_pick, replace=False)]
-            else:
-                picks = [props[i] for i in rng.choice(len(props), n_pick, replace=False)]
+            scores = None
+            if use_predictor and predictor == "improve" and len(lineage) >= 48:
+                fp = features([p for p, _, _, _ in lineage])
+                fc = features([c for _, _, c, _ in lineage])
+                improver.fit(np.concatenate([fc, fc - fp], 1), [mc for _, _, _, mc in lineage],
+                             [mp for _, mp, _, _ in lineage])
+                taus.append(improver.tau)
+                fx = features(props)
+                fpar = features([parents[o] if o < len(parents) else props[i] for i, o in enumerate(owner)])
+                scores = improver.predict(np.concatenate([fx, fx - fpar], 1))
+            elif use_predictor and predictor == "metric" and len(pool) >= 16:
+                regressor.fit(features([s for s, _ in pool]), [m for _, m in pool])
+                taus.append(regressor.tau)
+                scores = regressor.predict(features(props))
+            chosen = _pick_per_parent(owner, n_pick, rng, scores, screen)
+            picks = [props[i] for i in chosen]
             vals = evaluate(picks, fid, stage)
+            pm = {schedule_key(s): m for s, m in pool}
+            for i, v in zip(chosen, vals):
+                if owner[i] < len(parents):
+                    lineage.append((parents[owner[i]], pm[schedule_key(parents[owner[i]])], props[i], v))
             pool.extend(zip(picks, vals))
             known.update(schedule_key(s) for s in picks)
+            known_p = np.concatenate([known_p, np.stack([probe_of(s, schedule_key(s)) for s in picks])])
             if fid == "s1":
                 curve.append((counters["requested"], min(m for _, m in pool)))
 

@@ -16,6 +16,7 @@ import numpy as np
 from .. import presets as P
 from ..noise_schedules import NoiseSchedule
 from ..schedule import Schedule, Step
+from .probe import PROBE_SCALES, gaussian_probe
 
 __all__ = ["SearchSpace"]
 
@@ -156,6 +157,16 @@ class SearchSpace:
                            st.corrector_relax_coef / self.relax_range]
             v[o + 12] = st.d2_scale - 1.0 if st.order >= 3 else 0.0
         return v
+
+    @property
+    def feature_size(self) -> int:
+        return self.encoding_size + len(PROBE_SCALES)
+
+    def features(self, s: Schedule, probe: np.ndarray | None = None) -> np.ndarray:
+        """The predictor's input: the encoding, then the Gaussian-probe errors (`probe.gaussian_probe`,
+        log10, scaled by 1/4 to the encoding's range; pass `probe` if already computed)."""
+        probe = gaussian_probe(s, self.noise_schedule) if probe is None else probe
+        return np.concatenate([self.encode(s), probe / 4.0])
 
     # ---- evolution ----------------------------------------------------------------------------
     def random(self, rng: np.random.Generator) -> Schedule:

@@ -60,23 +60,27 @@ class Predictor:
     def fit(self, x, y) -> "Predictor":
         """Train on encodings x (n, d) and metric values y (n,): an ensemble of `members` MLPs, the
         first on 80% of the data so Kendall τ on the other 20% measures the predictor as it goes."""
-        x = np.asarray(x, dtype=np.float64)
         t = self._target(y)
-        n = len(t)
+        return self._fit_members(np.asarray(x, dtype=np.float64), t, t)
+
+    def _fit_members(self, x: np.ndarray, target: np.ndarray, truth: np.ndarray):
+        """`members` nets trained on (x, target); the first on 80% of the rows, so that Kendall τ of
+        its raw output against `truth` on the other 20% (kept in `tau`) measures the predictor."""
+        n = len(target)
         self.nets = []
         if n >= 10:
             perm = np.random.default_rng(self.seed + n).permutation(n)
             k = max(2, n // 5)
-            net = self._train(x[perm[k:]], t[perm[k:]])
+            net = self._train(x[perm[k:]], target[perm[k:]])
             with torch.no_grad():
                 p = net(torch.as_tensor(x[perm[:k]], dtype=torch.float32)).squeeze(-1).numpy()
-            tau = kendalltau(p, t[perm[:k]]).statistic
+            tau = kendalltau(p, truth[perm[:k]]).statistic
             self.tau = float(tau) if np.isfinite(tau) else 0.0
             self.nets.append(net)
         base = self.seed
         for m in range(len(self.nets), self.members):
             self.seed = base + 7919 * (m + 1)
-            self.nets.append(self._train(x, t))
+            self.nets.append(self._train(x, target))
         self.seed = base
         self.net = self.nets[-1]
         return self
@@ -96,13 +100,16 @@ class ImprovementPredictor(Predictor):
     history. Unlike a regression on the metric it is not drawn to near-copies of good parents (a
     copy does not beat its parent), which is what made regression screening lose diversity."""
 
-    MARGIN = float(np.log(0.99))
+    MARGIN = -0.01   # "beats": the relative change (child − parent) / |parent| is below −1%
 
     @staticmethod
-    def _ratio(child, parent):
-        """log(child / parent) metric; a failed child (inf) counts as 10× worse."""
+    def _change(child, parent):
+        """Relative change (child − parent) / |parent| of the metric (any sign of metric); a failed
+        child (inf) counts as 10× worse."""
         c, p = np.asarray(child, dtype=np.float64), np.asarray(parent, dtype=np.float64)
-        return np.where(np.isfinite(c), np.log(np.maximum(c, 1e-300) / p), np.log(10.0))
+        with np.errstate(all="ignore"):
+            change = (c - p) / np.maximum(np.abs(p), 1e-12)
+        return np.where(np.isfinite(c) & np.isfinite(change), change, 9.0)
 
     def _train(self, x, y):
         net = self._build()
@@ -120,28 +127,10 @@ class ImprovementPredictor(Predictor):
 
     def fit(self, x, child_metric, parent_metric) -> "ImprovementPredictor":
         """x: (n, 2d) pair features; the metrics of each child and its parent. Kendall τ of the
-        first member (trained on 80%) against log(child/parent) on the other 20% is kept in `tau`."""
-        x = np.asarray(x, dtype=np.float64)
-        ratio = self._ratio(child_metric, parent_metric)
-        y = (ratio < self.MARGIN).astype(np.float64)
-        self.nets = []
-        base = self.seed
-        n = len(y)
-        if n >= 10:
-            perm = np.random.default_rng(self.seed + n).permutation(n)
-            k = max(2, n // 5)
-            net = self._train(x[perm[k:]], y[perm[k:]])
-            with torch.no_grad():
-                p = -net(torch.as_tensor(x[perm[:k]], dtype=torch.float32)).squeeze(-1).numpy()
-            tau = kendalltau(p, ratio[perm[:k]]).statistic
-            self.tau = float(tau) if np.isfinite(tau) else 0.0
-            self.nets.append(net)
-        for m in range(len(self.nets), self.members):
-            self.seed = base + 7919 * (m + 1)
-            self.nets.append(self._train(x, y))
-        self.seed = base
-        self.net = self.nets[-1]
-        return self
+        first member (trained on 80%) against the relative change on the other 20% is kept in `tau`
+        (sign-flipped, so that good ranking is positive as for `Predictor`)."""
+        change = self._change(child_metric, parent_metric)
+        return self._fit_members(np.asarray(x, dtype=np.float64), (change < self.MARGIN).astype(np.float64), -change)
 
     def predict(self, x) -> np.ndarray:
         """Ensemble mean of −logit P(improve): lower is better, like `Predictor.predict`."""

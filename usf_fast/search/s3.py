@@ -8,10 +8,11 @@ candidates by mutation and crossover of the best ones (niched: near-copies of a 
 are not parents) and drops proposals that are functional near-copies of an evaluated schedule
 (same Gaussian-probe errors, `search.probe`); the MLP predictor, retrained on every real
 evaluation so far on the schedules' encodings and probe errors, screens them, and one promising
-child per parent is evaluated for real (batched: one dense-program batch per chunk of candidates). Stage 1 works on few samples; the survivors are
-re-evaluated on more samples and evolution continues there. The final choice is made — and every
-reported number measured — on a held-out noise set the search never saw, against every preset over
-every spacing, so the result is never worse than the best preset.
+child per parent is evaluated for real (batched: one dense-program batch per chunk of
+candidates). Stage 1 works on few samples; the survivors are re-evaluated on more samples and
+evolution continues there. The final choice is made — and every reported number measured — on a
+held-out noise set the search never saw, against every preset over every spacing, so the result
+is never worse than the best preset.
 
 Every real evaluation is appended to a JSON-lines log; the search is deterministic for a seed, so
 `resume=True` replays the logged evaluations (no re-evaluation) and continues where it stopped.
@@ -161,8 +162,8 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
         novelty: proposals whose Gaussian-probe errors all lie within this (log10) of an evaluated
             schedule's or another proposal's are functional near-copies and never evaluated
             (e.g. a relaxation edit on a first-order step); 0 disables.
-        screen: with the predictor, each generation's real evaluations are drawn from the best
-            1/screen of the proposals as the predictor ranks them.
+        screen: with the predictor, each parent's evaluated child is drawn from the best 1/screen of
+            that parent's proposals as the predictor ranks them.
         shape: per-sample shape (default: `model.sample_shape`, set for the embedded models).
         log_path / resume / max_minutes: persistence and a wall-clock stop (the log keeps
             everything; resuming continues).

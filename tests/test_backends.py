@@ -199,11 +199,7 @@ def test_unusable_backend_is_a_clear_error():
 @given(schedules())
 def test_kernels_on_random_schedule_plans(s):
     """Random schedules give arbitrary K and coefficient patterns; every kernel matches float64."""
-    try:
-        plan = compile_plan(s, MODEL)
-    except ValueError as e:   # derivative points that coincide in λ to float precision: refused, by name
-        assert "coincide" in str(e)
-        return
+    plan = compile_plan(s, MODEL)
     g = torch.Generator().manual_seed(5)
     for op in plan.combines:
         if max(abs(c) for c in op.coefs) > 1e6:

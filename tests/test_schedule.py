@@ -1,7 +1,7 @@
 """Schedule construction, validation, NFE accounting and the JSON format."""
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import usf_fast
@@ -120,6 +120,9 @@ def schedules(draw):
     n = draw(st.integers(1, 7))
     raw = sorted(draw(st.lists(st.floats(1e-3, 1.0, allow_nan=False), min_size=n + 1, max_size=n + 1, unique=True)),
                  reverse=True)
+    # times closer than this coincide in λ to float precision: the sampler refuses them by name
+    # (test_coincident_derivative_points_are_a_value_error_naming_them), so they are not valid input here
+    assume(all(a - b > 1e-6 for a, b in zip(raw, raw[1:])))
     steps = []
     for i in range(1, n + 1):
         start = draw(st.integers(0, i - 1))

@@ -244,26 +244,30 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
 
     rng = np.random.default_rng(seed)
     regressor = Predictor(space.feature_size if probe else space.encoding_size, seed=seed)
-    probes: dict = {}
+    probes: dict = {}     # schedule_key -> Gaussian-probe errors
+    rows: dict = {}       # schedule_key -> predictor input
     improver = ImprovementPredictor(2 * (space.feature_size if probe else space.encoding_size), seed=seed)
-    lineage: list = []   # (parent schedule, parent metric, child schedule, child metric) at stage-1/2 fidelity
+    lineage: list = []   # (parent input row, parent metric, child input row, child metric), one fidelity per pair
 
     def probe_of(s: Schedule, k: str) -> np.ndarray:
         if k not in probes:
             probes[k] = gaussian_probe(s, ns)
         return probes[k]
 
-    def features(schedules: list[Schedule]) -> np.ndarray:
-        if not probe:
-            return np.stack([space.encode(s) for s in schedules])
-        return np.stack([space.features(s, probe_of(s, schedule_key(s))) for s in schedules])
+    def row_of(s: Schedule, k: str) -> np.ndarray:
+        """The predictor's input for schedule s of key k (computed once per schedule)."""
+        if k not in rows:
+            rows[k] = space.features(s, probe_of(s, k)) if probe else space.encode(s)
+        return rows[k]
     curve: list = []
     taus: list = []
 
     def evolve(pool: list, fid: str, stage: str, until: int):
-        """pool: list of (schedule, metric) at fidelity fid; grows in place."""
-        known = {schedule_key(s) for s, _ in pool}
-        known_p = np.stack([probe_of(s, schedule_key(s)) for s, _ in pool])
+        """pool: list of (schedule, metric) at fidelity fid; grows in place. Keys are computed once
+        per schedule (`schedule_key` serialises the whole schedule) and kept beside the pool."""
+        pool_keys = [schedule_key(s) for s, _ in pool]
+        known = set(pool_keys)
+        known_p = np.stack([probe_of(s, k) for (s, _), k in zip(pool, pool_keys)])
         while counters["requested"] < until:
             if deadline is not None and time.perf_counter() > deadline:
                 return
@@ -271,7 +275,11 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
             if not ranked:
                 ranked = pool
             parents = _diverse_parents(ranked, population, space)
-            props, owner, pkeys = [], [], set()
+            key_of = {id(s): k for (s, _), k in zip(pool, pool_keys)}   # every pool schedule is alive here
+            metric_of = {id(s): m for s, m in pool}
+            parent_keys = [key_of[id(s)] for s in parents]
+            props, owner, prop_keys = [], [], []
+            pkeys = set()
             props_p = np.empty((proposals, known_p.shape[1]))
             for _ in range(proposals * 3):
                 if len(props) >= proposals:
@@ -296,34 +304,39 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
                     props_p[len(props)] = pc
                 props.append(child)
                 owner.append(a)
+                prop_keys.append(k)
                 pkeys.add(k)
             if not props:
                 return
             n_pick = min(per_generation, until - counters["requested"], len(props))
             scores = None
             if use_predictor and predictor == "improve" and len(lineage) >= 48:
-                fp = features([p for p, _, _, _ in lineage])
-                fc = features([c for _, _, c, _ in lineage])
+                fp = np.stack([p for p, _, _, _ in lineage])
+                fc = np.stack([c for _, _, c, _ in lineage])
                 improver.fit(np.concatenate([fc, fc - fp], 1), [mc for _, _, _, mc in lineage],
                              [mp for _, mp, _, _ in lineage])
                 taus.append(improver.tau)
-                fx = features(props)
-                fpar = features([parents[o] if o < len(parents) else props[i] for i, o in enumerate(owner)])
+                fx = np.stack([row_of(c, k) for c, k in zip(props, prop_keys)])
+                fpar = np.stack([row_of(parents[o], parent_keys[o]) if o < len(parents) else fx[i]
+                                 for i, o in enumerate(owner)])
                 scores = improver.predict(np.concatenate([fx, fx - fpar], 1))
             elif use_predictor and predictor == "metric" and len(pool) >= 16:
-                regressor.fit(features([s for s, _ in pool]), [m for _, m in pool])
+                regressor.fit(np.stack([row_of(s, k) for (s, _), k in zip(pool, pool_keys)]), [m for _, m in pool])
                 taus.append(regressor.tau)
-                scores = regressor.predict(features(props))
+                scores = regressor.predict(np.stack([row_of(c, k) for c, k in zip(props, prop_keys)]))
             chosen = _pick_per_parent(owner, n_pick, rng, scores, screen)
             picks = [props[i] for i in chosen]
+            pick_keys = [prop_keys[i] for i in chosen]
             vals = evaluate(picks, fid, stage)
-            pm = {schedule_key(s): m for s, m in pool}
-            for i, v in zip(chosen, vals):
-                if owner[i] < len(parents):
-                    lineage.append((parents[owner[i]], pm[schedule_key(parents[owner[i]])], props[i], v))
+            if use_predictor and predictor == "improve":
+                for i, k, v in zip(chosen, pick_keys, vals):
+                    if owner[i] < len(parents):
+                        par = parents[owner[i]]
+                        lineage.append((row_of(par, parent_keys[owner[i]]), metric_of[id(par)], row_of(props[i], k), v))
             pool.extend(zip(picks, vals))
-            known.update(schedule_key(s) for s in picks)
-            known_p = np.concatenate([known_p, np.stack([probe_of(s, schedule_key(s)) for s in picks])])
+            pool_keys.extend(pick_keys)
+            known.update(pick_keys)
+            known_p = np.concatenate([known_p, np.stack([probe_of(s, k) for s, k in zip(picks, pick_keys)])])
             if fid == "s1":
                 curve.append((counters["requested"], min(m for _, m in pool)))
 

@@ -23,7 +23,7 @@ import torch
 
 from .backends import get_combine, resolve_backend
 from .model import DiffusionModel
-from .sampler import check_schedule_range, step_weights
+from .sampler import check_schedule_range, step_weights, walk
 from .schedule import Schedule
 
 __all__ = ["DenseProgram", "dense_program", "stack_programs", "device_tables", "run_dense"]
@@ -56,8 +56,7 @@ def dense_program(schedule: Schedule, model: DiffusionModel) -> DenseProgram:
     rows, times = [], []
     # column 0 is standard-normal ε; the start state x_T = prior_std(t_0)·ε (1 for VP, σ_max for
     # EDM) is folded in, so schedules with different start times can share a batch
-    states = {0: ns.prior_std(ts[0]) * unit[0]}
-    eps, x0 = {}, {}
+    start = ns.prior_std(ts[0]) * unit[0]
 
     def evaluate(j, x):
         """Record x as evaluation e's input; afterwards the state *is* basis column 2 + 2e."""
@@ -65,33 +64,14 @@ def dense_program(schedule: Schedule, model: DiffusionModel) -> DenseProgram:
         rows.append(x.copy())
         times.append(ts[j])
         e_x, e_o, d_x, d_o = model.conversion(ts[j])
-        eps[j] = e_x * unit[2 + 2 * e] + e_o * unit[3 + 2 * e]
-        x0[j] = d_x * unit[2 + 2 * e] + d_o * unit[3 + 2 * e]
-        return unit[2 + 2 * e].copy()
+        return (unit[2 + 2 * e].copy(), e_x * unit[2 + 2 * e] + e_o * unit[3 + 2 * e],
+                d_x * unit[2 + 2 * e] + d_o * unit[3 + 2 * e])
 
-    def combine(sw):
-        return sw.apply(states, eps, x0)
-
-    if schedule.afs:
+    def analytic_first(x):
         a0, s0 = float(ns.marginal_alpha(ts[0])), float(ns.marginal_std(ts[0]))
-        eps[0] = (states[0] - a0 * unit[1]) / s0
-        x0[0] = unit[1].copy()
-    else:
-        states[0] = evaluate(0, states[0])
-    n = len(schedule.steps)
-    for i in range(1, n + 1):
-        st = schedule.steps[i - 1]
-        pred_w, corr_w = weights[i - 1]
-        x = combine(pred_w)
-        if st.corrector != "none":
-            states[i] = evaluate(i, x)  # the corrector's x_i^p and its output
-            x = combine(corr_w)
-            if st.corrector == "implicit" or (i == n and schedule.denoise_to_zero):
-                x = evaluate(i, x)
-        elif i < n or schedule.denoise_to_zero:
-            x = evaluate(i, x)
-        states[i] = x
-    final = x0[n] if schedule.denoise_to_zero else states[n]
+        return (x - a0 * unit[1]) / s0, unit[1].copy()
+
+    final = walk(schedule, weights, start, evaluate, analytic_first)
     assert len(rows) == n_eval  # Schedule.nfe and this walk must agree
     return DenseProgram(np.asarray(times, dtype=np.float64), np.stack(rows) if rows else np.zeros((0, width)), final)
 

@@ -18,7 +18,7 @@ from .model import DiffusionModel
 from .noise_schedules import NoiseSchedule
 from .schedule import Schedule, Step
 
-__all__ = ["reference_sample", "step_weights", "StepWeights", "check_schedule_range", "initial_state"]
+__all__ = ["reference_sample", "walk", "step_weights", "StepWeights", "check_schedule_range", "initial_state"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,42 @@ def initial_state(ns: NoiseSchedule, schedule: Schedule, noise=None, shape=None,
     return noise * ns.prior_std(schedule.timesteps[0])
 
 
+def walk(schedule: Schedule, weights, x, evaluate: Callable, analytic_first: Callable, steps=None,
+         callback: Callable | None = None):
+    """The walk every executor of a schedule shares — which combinations and which model
+    evaluations, in which order — over any values the weights can combine (tensors, numpy arrays,
+    the dense program's basis vectors).
+
+        weights: `step_weights(schedule, ns)`; x: the start state.
+        evaluate(j, x) -> (stand-in for x from now on, ε̂_j, x̂0_j): the model at point j.
+        analytic_first(x) -> (ε̂_0, x̂0_0): the analytical first step (AFS schedules).
+        steps: an iterable over 1..N (e.g. wrapped in a progress bar); callback(i, t_i, x_i).
+    Returns x_0: the final state, or the final x̂0 with denoise_to_zero.
+    """
+    ts = schedule.timesteps
+    n = len(schedule.steps)
+    states, eps, x0 = {0: x}, {}, {}
+    if schedule.afs:
+        eps[0], x0[0] = analytic_first(x)
+    else:
+        states[0], eps[0], x0[0] = evaluate(0, x)
+    for i in steps if steps is not None else range(1, n + 1):
+        st = schedule.steps[i - 1]
+        pred_w, corr_w = weights[i - 1]
+        xi = pred_w.apply(states, eps, x0)
+        if st.corrector != "none":
+            states[i], eps[i], x0[i] = evaluate(i, xi)  # the corrector's x_i^p and its output
+            xi = corr_w.apply(states, eps, x0)
+            if st.corrector == "implicit" or (i == n and schedule.denoise_to_zero):
+                xi, eps[i], x0[i] = evaluate(i, xi)
+        elif i < n or schedule.denoise_to_zero:
+            xi, eps[i], x0[i] = evaluate(i, xi)
+        states[i] = xi
+        if callback is not None:
+            callback(i, ts[i], xi)
+    return x0[n] if schedule.denoise_to_zero else states[n]
+
+
 def reference_sample(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor | None = None,
                      shape=None, generator: torch.Generator | None = None, *, dtype: torch.dtype | None = None,
                      device=None, callback: Callable | None = None, progress: bool = False,
@@ -120,41 +156,18 @@ def reference_sample(model: DiffusionModel, schedule: Schedule, noise: torch.Ten
     ns = model.noise_schedule
     weights = step_weights(schedule, ns)
     ts = schedule.timesteps
-    n = len(schedule.steps)
     x = initial_state(ns, schedule, noise, shape, generator, dtype, device)
 
-    states = {0: x}
-    eps, x0 = {}, {}
-
     def evaluate(j, xj):
-        eps[j], x0[j] = model.predict(xj, ts[j])
+        e, o = model.predict(xj, ts[j])
+        return xj, e, o
 
-    def combine(sw: StepWeights):
-        return sw.apply(states, eps, x0)
-
-    if schedule.afs:
-        eps[0], x0[0] = model.analytic_first(x, ts[0])
-    else:
-        evaluate(0, x)
-    steps = range(1, n + 1)
+    steps = range(1, len(schedule.steps) + 1)
     if progress:
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc="sampling", unit="step")
-    for i in steps:
-        st = schedule.steps[i - 1]
-        pred_w, corr_w = weights[i - 1]
-        xi = combine(pred_w)
-        if st.corrector != "none":
-            evaluate(i, xi)
-            xi = combine(corr_w)
-            if st.corrector == "implicit" or (i == n and schedule.denoise_to_zero):
-                evaluate(i, xi)
-        elif i < n or schedule.denoise_to_zero:
-            evaluate(i, xi)
-        states[i] = xi
-        if callback is not None:
-            callback(i, ts[i], xi)
-    result = x0[n] if schedule.denoise_to_zero else states[n]
+    result = walk(schedule, weights, x, evaluate, lambda x_: model.analytic_first(x_, ts[0]), steps=steps,
+                  callback=callback)
     if check_finite:
         warn_if_not_finite(result, schedule)
     return result

@@ -1,17 +1,40 @@
 #!/usr/bin/env bash
-# One call on a GPU machine: build the extensions, run the backend tests on the GPU (cuda and
-# triton against the float64 reference), and time everything with the report table.
-#   bash bench/gpu_check.sh            (writes out/gpu_bench.json and prints the ratio table)
-set -euo pipefail
+# One call on a GPU machine: build the extensions, run the backend and graph tests on the GPU (cuda
+# and triton against the float64 reference, graph replay = eager), and time the kernels and loops
+# with the report table.
+#
+#   bash bench/gpu_check.sh                 uses $PY (default: python3, which must hold a CUDA torch)
+#
+# The machine needs torch, triton, pytest, pytest-benchmark and hypothesis. It may be offline: wheels
+# in .whl/ (diffusers and what it needs that the machine lacks) are installed first, without an index.
+# Writes $OUT_DIR/gpu_bench.json (default out/) and prints the ratio table.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv-gpu 2>/dev/null || true
-PY=.venv-gpu/bin/python
-$PY -m pip install -q torch==2.14.1 torchvision==0.29.1 setuptools wheel ninja pybind11
-CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} \
-  $PY -m pip install -q --no-build-isolation -e '.[dev]'
+PY=${PY:-python3}
+OUT_DIR=${OUT_DIR:-out}
+mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1
+stamp() { echo "== $(date +%T) $*"; }
+status=0
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  stamp "installing carried wheels: $(ls .whl | tr '\n' ' ')"
+  $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+stamp "building usf_fast (C++ and CUDA extensions, sm_90)"
+CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
+  $PY -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
 $PY -m usf_fast.cli info
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv || true
-$PY -m pytest tests/test_backends.py tests/test_build.py tests/test_graph.py -q
-mkdir -p out
-$PY -m pytest bench --benchmark-only -q --benchmark-json out/gpu_bench.json
-$PY bench/report.py out/gpu_bench.json
+
+stamp "GPU tests"
+$PY -m pytest tests/test_backends.py tests/test_build.py tests/test_graph.py -q -rs || status=1
+
+stamp "benchmarks"
+$PY -m pytest bench/test_solver_step.py bench/test_sampling_loop.py bench/test_graph_loop.py --benchmark-only -q \
+  --benchmark-max-time "${BENCH_MAX_TIME:-0.25}" --benchmark-json "$OUT_DIR/gpu_bench.json" || status=1
+$PY bench/report.py "$OUT_DIR/gpu_bench.json"
+stamp "done (status $status)"
+exit $status

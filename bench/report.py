@@ -17,7 +17,9 @@ def main(path: str) -> None:
             continue
         groups[b["group"]][impl] = (b["stats"]["median"], b.get("extra_info", {}))
     machine = data.get("machine_info", {})
-    print(f"machine: {machine.get('cpu', {}).get('brand_raw', '?')}, {machine.get('cpu', {}).get('count', '?')} logical CPUs")
+    gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
+    print(f"machine: {machine.get('cpu', {}).get('brand_raw', '?')}, {machine.get('cpu', {}).get('count', '?')} logical CPUs"
+          f"{gpu}, torch {machine.get('torch', '?')}")
     print("| group | K | impl | median µs | × copy floor | diffusers ÷ this | overhead vs model-only |")
     print("|---|---|---|---|---|---|---|")
     for g in sorted(groups):

@@ -1,6 +1,7 @@
 """End-to-end sampling with a CIFAR-size UNet (randomly initialised diffusers UNet2DModel, 32×32):
 eager reference, fused eager, fused + graph runner, diffusers' own loop with its DPM-Solver++
-scheduler, and the model calls alone — same run, same noise.
+scheduler, and the model calls alone (on a GPU also captured as one CUDA graph, the graph runner's
+fair baseline) — same run, same noise.
 
     pytest bench/test_graph_loop.py --benchmark-only --benchmark-json out/loop.json
     python bench/report.py out/loop.json     # overhead = (loop − model-only) / model-only
@@ -18,6 +19,8 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 BATCHES = [1, 64] if DEVICE.type == "cuda" else [1]
 NS = usf_fast.NoiseScheduleVP("discrete", betas=torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
 IMPLS = ["reference", "fused", "graph", "diffusers", "model-only"]
+if DEVICE.type == "cuda":  # the fair baseline for the graph runner: the same NFE model calls, captured as one graph
+    IMPLS.append("model-only-graph")
 
 
 def _unet():
@@ -38,6 +41,22 @@ UNET = _unet()
 def _sync():
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
+
+
+def _captured_model_calls(nfe, noise):
+    """NFE UNet calls captured as one CUDA graph: what the graph runner's loop costs without a solver."""
+    t = torch.full((noise.shape[0],), 500.0, device=DEVICE)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            UNET(noise, t)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(nfe):
+            UNET(noise, t)
+    return graph.replay
 
 
 @pytest.mark.parametrize("batch", BATCHES)
@@ -66,12 +85,14 @@ def test_unet_loop(benchmark, impl, nfe, batch):
                 for t in sched.timesteps:
                     x = sched.step(UNET(x, t).sample, t, x).prev_sample
                 return x
-        else:
+        elif impl == "model-only":
             t = torch.full((batch,), 500.0, device=DEVICE)
 
             def fn():
                 for _ in range(nfe):
                     UNET(noise, t)
+        else:
+            fn = _captured_model_calls(nfe, noise)
 
         def run():
             with torch.no_grad():

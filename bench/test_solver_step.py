@@ -25,6 +25,8 @@ from usf_fast.plan import compile_plan
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SHAPES = [(64, 3, 32, 32), (16, 4, 64, 64), (1, 4, 128, 128), (4, 3, 256, 256)]
+if DEVICE.type == "cuda":  # on a GPU the shapes above are launch-bound; this one measures bandwidth (67 MB a tensor)
+    SHAPES.append((64, 4, 256, 256))
 NFE = 10
 STEP = 6  # a steady-state step: full order, corrector active
 NS = usf_fast.NoiseScheduleVP("discrete", betas=torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))

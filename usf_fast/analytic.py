@@ -57,6 +57,15 @@ class GaussianMixture(torch.nn.Module):
         self.rank = factors.shape[2]
 
     # ---- the exact model ------------------------------------------------------------------
+    def _on(self, x: torch.Tensor):
+        """(means, W, Λ, log π) on x's device and dtype; copied once per device/dtype, not per call,
+        so the model runs where its input lives (a CUDA sampler needs no `.to()` of the mixture)."""
+        key = (x.device, x.dtype, self.means.data_ptr())
+        cache = self.__dict__.setdefault("_param_cache", {})
+        if key not in cache:
+            cache[key] = tuple(p.to(x) for p in (self.means, self.proj, self.eig, self.log_weights))
+        return cache[key]
+
     def _terms(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor):
         """Per-component pieces of the Woodbury solve, without any (B, K, d) intermediate.
 
@@ -64,21 +73,19 @@ class GaussianMixture(torch.nn.Module):
             C_k⁻¹ v_k = (v_k − α² W_k sol_k) / c,   sol_k = W_kᵀ v_k / (c + α² Λ_k)
         Returns (logw (B, K) = log π_k N(x; α μ_k, C_k) + d/2 log 2π, sol (B, K, r), c (B, 1)).
         """
-        dt = x.dtype
         b = x.shape[0]
         xf = x.reshape(b, -1)
-        a = alpha.to(dt).reshape(b, 1)
+        a = alpha.to(x).reshape(b, 1)
         a2 = a * a
-        c = a2 * self.iso_var + (sigma.to(dt) ** 2).reshape(b, 1)            # (B, 1)
-        mu = self.means.to(dt)
-        w = self.proj.to(dt)
-        diag = c.unsqueeze(-1) + a2.unsqueeze(-1) * self.eig.to(dt)          # (B, K, r)
+        c = a2 * self.iso_var + (sigma.to(x) ** 2).reshape(b, 1)            # (B, 1)
+        mu, w, eig, logpi = self._on(x)
+        diag = c.unsqueeze(-1) + a2.unsqueeze(-1) * eig                      # (B, K, r)
         wtv = torch.einsum("kdr,bd->bkr", w, xf) - a.unsqueeze(-1) * torch.einsum("kdr,kd->kr", w, mu)
         sol = wtv / diag
         vv = (xf * xf).sum(-1, keepdim=True) - 2 * a * (xf @ mu.T) + a2 * (mu * mu).sum(-1)   # |v_k|²
         quad = (vv - a2 * (wtv * sol).sum(-1)) / c                                          # v·C⁻¹v
         logdet = (self.dim - self.rank) * torch.log(c) + torch.log(diag).sum(-1)
-        return self.log_weights.to(dt) - 0.5 * quad - 0.5 * logdet, sol, c
+        return logpi - 0.5 * quad - 0.5 * logdet, sol, c
 
     def eps(self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """Exact ε̂ = −σ ∇ log p_t(x) = σ Σ_k w_k C_k⁻¹ v_k for per-sample α, σ of shape (B,).
@@ -87,14 +94,13 @@ class GaussianMixture(torch.nn.Module):
         """
         out_dtype = x.dtype
         x, alpha, sigma = x.double(), alpha.double(), sigma.double()
-        dt = x.dtype
         b = x.shape[0]
         logw, sol, c = self._terms(x, alpha, sigma)
         post = torch.softmax(logw, dim=-1)                                   # (B, K)
-        a = alpha.to(dt).reshape(b, 1)
-        mix = x.reshape(b, -1) - a * (post @ self.means.to(dt)) \
-            - a * a * torch.einsum("kdr,bkr->bd", self.proj.to(dt), post.unsqueeze(-1) * sol)
-        return (sigma.reshape(b, 1) * mix / c).reshape(x.shape).to(out_dtype)
+        a = alpha.to(x).reshape(b, 1)
+        mu, w, _, _ = self._on(x)
+        mix = x.reshape(b, -1) - a * (post @ mu) - a * a * torch.einsum("kdr,bkr->bd", w, post.unsqueeze(-1) * sol)
+        return (sigma.to(x).reshape(b, 1) * mix / c).reshape(x.shape).to(out_dtype)
 
     def log_prob(self, x0: torch.Tensor) -> torch.Tensor:
         """Exact log-density of the data distribution at x0 (B,)."""
@@ -261,4 +267,4 @@ def reference_solution(model: DiffusionModel, noise: torch.Tensor, t_start: floa
     if not sol.success:
         raise RuntimeError(f"reference_solution: ODE solver failed: {sol.message}")
     y1 = sol.y[:, -1]
-    return torch.from_numpy(y1 * float(ns.marginal_alpha(t_end))).reshape(shape).to(noise.dtype)
+    return torch.from_numpy(y1 * float(ns.marginal_alpha(t_end))).reshape(shape).to(device=noise.device, dtype=noise.dtype)

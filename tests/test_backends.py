@@ -132,9 +132,13 @@ def test_sampling_matches_the_reference_sampler(backend, name):
     out = execute(plan, MODEL, x_t, backend=backend, poison=True).cpu()
     assert torch.isfinite(out).all()
     torch32 = execute(plan, MODEL, x_t, backend="torch").cpu()
-    assert _rel(out, torch32) <= 1e-5                # same plan: only the accumulation order differs
     eager32 = reference_sample(MODEL, schedule, noise=NOISE.float())
-    assert _rel(out, ref64) <= 2 * _rel(eager32, ref64) + 1e-6
+    noise32 = _rel(eager32, ref64)  # this schedule's float32 rounding level (3e-5 to 1.3e-4 for some presets)
+    # Same plan, only the rounding differs: on the CPU the fused and eager paths are bit-identical; on
+    # a GPU the kernels fuse multiply-adds where eager torch rounds each product, and the schedule
+    # amplifies that like any float32 rounding (measured on an H200: up to 6.5e-5 for unipc-noise-d2z).
+    assert _rel(out, torch32) <= max(1e-5, noise32), (_rel(out, torch32), noise32)
+    assert _rel(out, ref64) <= 2 * noise32 + 1e-6, (_rel(out, ref64), noise32)
 
 
 @pytest.mark.parametrize("name", list(PRESET_CASES))
@@ -161,7 +165,15 @@ def test_plan_compiler_on_random_schedules(s):
     plan = compile_plan(s, model)
     assert sum(type(op).__name__ == "Eval" for op in plan.ops) == s.nfe
     out = execute(plan, model, initial_state(NS, s, noise), backend="torch", poison=True)
-    assert float((out - ref).abs().max()) <= 1e-9 * max(1.0, float(ref.abs().max()))
+    # The program sums in another order than the oracle, so the two differ by rounding that the
+    # schedule amplifies (large alternating weights). Measure that amplification as the oracle's
+    # response to a 1e-13 relative change of the noise: on 60 random schedules the difference was
+    # 0.3–1.5× that response, so 10× it on top of 1e-9 is allowed (a wrong weight moves the result by
+    # orders of magnitude more). A flat 1e-9 failed once in ~10 runs (2.95e-9 on a 1e-9·2.7 bound).
+    nudged = reference_sample(model, s, noise=noise * (1 + 1e-13), check_finite=False)
+    sensitivity = float((nudged - ref).abs().max())
+    err = float((out - ref).abs().max())
+    assert err <= 1e-9 * max(1.0, float(ref.abs().max())) + 10 * sensitivity, (err, sensitivity)
 
 
 def test_plan_reports_slots_and_bytes():

@@ -4,6 +4,7 @@
 # with the report table.
 #
 #   bash bench/gpu_check.sh                 uses $PY (default: python3, which must hold a CUDA torch)
+#   BENCH=0 bash bench/gpu_check.sh         build and tests only
 #
 # The machine needs torch, triton, pytest, pytest-benchmark and hypothesis. It may be offline: wheels
 # in .whl/ (diffusers and what it needs that the machine lacks) are installed first, without an index.
@@ -32,6 +33,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv || true
 stamp "GPU tests"
 $PY -m pytest tests/test_backends.py tests/test_build.py tests/test_graph.py -q -rs || status=1
 
+if [ "${BENCH:-1}" = 0 ]; then stamp "done, tests only (status $status)"; exit $status; fi
 stamp "benchmarks"
 $PY -m pytest bench/test_solver_step.py bench/test_sampling_loop.py bench/test_graph_loop.py --benchmark-only -q \
   --benchmark-max-time "${BENCH_MAX_TIME:-0.25}" --benchmark-json "$OUT_DIR/gpu_bench.json" || status=1

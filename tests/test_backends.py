@@ -136,8 +136,9 @@ def test_sampling_matches_the_reference_sampler(backend, name):
     noise32 = _rel(eager32, ref64)  # this schedule's float32 rounding level (3e-5 to 1.3e-4 for some presets)
     # Same plan, only the rounding differs: on the CPU the fused and eager paths are bit-identical; on
     # a GPU the kernels fuse multiply-adds where eager torch rounds each product, and the schedule
-    # amplifies that like any float32 rounding (measured on an H200: up to 6.5e-5 for unipc-noise-d2z).
-    assert _rel(out, torch32) <= max(1e-5, noise32), (_rel(out, torch32), noise32)
+    # amplifies that like any float32 rounding: two float32 paths, each about noise32 from float64
+    # (measured on an H200: 2.95e-5 for unipc-3 at noise32 = 2.7e-5, 6.5e-5 for unipc-noise-d2z).
+    assert _rel(out, torch32) <= max(1e-5, 2 * noise32), (_rel(out, torch32), noise32)
     assert _rel(out, ref64) <= 2 * noise32 + 1e-6, (_rel(out, ref64), noise32)
 
 

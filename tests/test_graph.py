@@ -115,3 +115,22 @@ def test_uncapturable_model_falls_back_to_eager_with_a_warning():
     with pytest.warns(RuntimeWarning, match="cannot be captured in a CUDA graph"):
         out = runner.run(usf_fast.presets.ddim(NS, 3), torch.randn(2, 4, device="cuda"))
     assert not runner.captured and torch.isfinite(out).all()
+
+
+def test_repeated_runs_of_loaded_schedules_skip_the_table_building(monkeypatch):
+    import usf_fast.graph as graph_mod
+    calls = []
+    real = graph_mod.dense_program
+    monkeypatch.setattr(graph_mod, "dense_program", lambda s, m: calls.append(s) or real(s, m))
+    runner = GraphSampler(MODEL, NFE, NOISE.shape, dtype=torch.float64, cuda_graph=False)
+    a, b = SCHEDULES["unipc"], SCHEDULES["dpm_solver"]
+    first = runner.run(a, NOISE)
+    assert torch.equal(runner.run(a, NOISE), first) and len(calls) == 1
+    runner.run([a, b], NOISE, assignment=[0, 1, 1, 0])
+    runner.run([a, b], NOISE, assignment=[0, 1, 1, 0])
+    assert len(calls) == 3                                     # a new set of schedules is loaded once
+    swapped = runner.run([a, b], NOISE, assignment=[1, 0, 0, 1])  # same schedules, new assignment: reloaded
+    assert len(calls) == 5
+    assert torch.equal(swapped[:1], runner.run(b, NOISE)[:1])
+    fresh_equal = a.replace(name=a.name)                       # an equal value, another object: loaded
+    assert torch.equal(runner.run(fresh_equal, NOISE), first)

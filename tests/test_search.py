@@ -149,6 +149,25 @@ def test_both_predictors_screen_a_search(predictor):
     assert r.best_metric <= r.best_preset[1]
 
 
+@pytest.mark.parametrize("probe", [True, False])
+def test_guided_search_screens_by_the_probe_until_the_predictor_has_pairs(monkeypatch, probe):
+    """The first generations (fewer than 48 parent/child pairs) are screened by the Gaussian probe's
+    change from parent to child; without the probe they are drawn at random, as in plain evolution."""
+    import usf_fast.search.s3 as s3mod
+    seen = []
+    real = s3mod._pick_per_parent
+    monkeypatch.setattr(s3mod, "_pick_per_parent",
+                        lambda owner, n, rng, scores=None, screen=4: seen.append(scores) or real(owner, n, rng, scores, screen))
+    s3_search(MODEL2D, 3, seed=3, **dict(SMALL, budget=150), probe=probe)
+    assert seen
+    if probe:
+        first = seen[0]
+        assert first is not None and np.all(np.isfinite(first))
+        assert np.ptp(first) > 0   # children differ in probe error: the screen has something to rank
+    else:
+        assert seen[0] is None
+
+
 def test_predictor_use_before_fit():
     with pytest.raises(RuntimeError, match="before fit"):
         Predictor(6).predict(np.zeros((2, 6)))

@@ -168,6 +168,20 @@ def test_guided_search_screens_by_the_probe_until_the_predictor_has_pairs(monkey
         assert seen[0] is None
 
 
+def test_metric_predictor_learns_a_metric_of_any_sign():
+    """The regression takes log of a positive metric; a metric that can be ≤ 0 is learned as it is
+    (log would give NaN targets and a predictor that ranks nothing)."""
+    from scipy.stats import kendalltau
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6))
+    y = x[:, 0] - 0.5 * x[:, 1]            # both signs
+    p = Predictor(6).fit(x, y)
+    xt = rng.normal(size=(100, 6))
+    pred = p.predict(xt)
+    assert np.all(np.isfinite(pred))
+    assert kendalltau(pred, xt[:, 0] - 0.5 * xt[:, 1]).statistic > 0.5
+
+
 def test_predictor_use_before_fit():
     with pytest.raises(RuntimeError, match="before fit"):
         Predictor(6).predict(np.zeros((2, 6)))

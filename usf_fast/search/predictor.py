@@ -29,11 +29,14 @@ class Predictor:
     @staticmethod
     def _target(y):
         """log metric, capped at the 75th percentile: the predictor's job is to order the good
-        candidates; how bad a failure is does not matter (and would dominate a regression)."""
+        candidates; how bad a failure is does not matter (and would dominate a regression). A
+        metric that is not positive everywhere (a user's, e.g. a negative log-likelihood) is
+        regressed as it is, with the same cap."""
         y = np.asarray(y, dtype=np.float64)
         finite = np.isfinite(y)
         cap = np.quantile(y[finite], CAP_Q) if finite.any() else 1.0
-        return np.log(np.minimum(np.where(finite, y, cap), cap))
+        capped = np.minimum(np.where(finite, y, cap), cap)
+        return np.log(capped) if np.all(capped > 0) else capped
 
     def _train(self, x: np.ndarray, y: np.ndarray):
         net = self._build()

@@ -140,7 +140,7 @@ def _pick_per_parent(owner: list, n_pick: int, rng: np.random.Generator, scores=
 
 
 def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: dict | None = None,
-              seed: int = 0, budget: int = 600, samples: tuple = (64, 256), heldout: int = 1024,
+              seed: int = 0, budget: int = 600, samples: tuple = (256, 1024), heldout: int = 1024,
               stage_split: float = 0.75, population: int = 16, proposals: int = 512, per_generation: int = 16,
               use_predictor: bool = True, predictor: str = "improve", probe: bool = True, novelty: float = 0.01,
               screen: int = 4, space: SearchSpace | None = None, shape=None,

@@ -325,7 +325,7 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
             elif use_predictor and predictor == "improve" and probe:
                 # Before the predictor has its pairs: screen by the Gaussian probe alone — a child
                 # whose closed-form error (mean log10 over the scales) rises above its parent's is
-                # unlikely to beat it (zero-shot τ 0.41–0.52 against the real metric, measured)
+                # unlikely to beat it (zero-shot τ 0.41–0.52 against the real metric: bench/probe_zero_shot.py)
                 pm = np.array([probe_of(c, k).mean() for c, k in zip(props, prop_keys)])
                 ppar = np.array([probe_of(parents[o], parent_keys[o]).mean() if o < len(parents) else pm[i]
                                  for i, o in enumerate(owner)])

@@ -8,6 +8,10 @@
 #
 # The machine needs torch, triton, pytest, pytest-benchmark and hypothesis. It may be offline: wheels
 # in .whl/ (diffusers and what it needs that the machine lacks) are installed first, without an index.
+# Made where pip works (keep .whl/ out of git, e.g. in .git/info/exclude), for a Python 3.12 machine:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     diffusers==0.42.1 importlib_metadata lazy-importer
 # Writes $OUT_DIR/gpu_bench.json (default out/) and prints the ratio table.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -39,26 +39,34 @@ class Predictor:
         return np.log(capped) if np.all(capped > 0) else capped
 
     def _train(self, x: np.ndarray, y: np.ndarray):
+        """One member: Adam on `self._loss(y)` (the subclasses' only difference is the loss)."""
         net = self._build()
         xt = torch.as_tensor(x, dtype=torch.float32)
-        yt = torch.as_tensor(y, dtype=torch.float32)
-        self._mu, self._sd = float(yt.mean()), float(yt.std()) + 1e-8
-        yt = (yt - self._mu) / self._sd
+        loss_of = self._loss(torch.as_tensor(y, dtype=torch.float32))
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=1e-4)
-        g = torch.Generator().manual_seed(self.seed)
-        n = len(yt)
         for _ in range(self.epochs):
-            pred = net(xt).squeeze(-1)
-            loss = torch.nn.functional.mse_loss(pred, yt)
-            if self.rank_weight and n > 1:  # pairwise hinge on random pairs: order matters most
-                i = torch.randint(0, n, (4 * n,), generator=g)
-                j = torch.randint(0, n, (4 * n,), generator=g)
-                sign = torch.sign(yt[i] - yt[j])
-                loss = loss + self.rank_weight * torch.relu(0.1 - sign * (pred[i] - pred[j])).mean()
+            loss = loss_of(net(xt).squeeze(-1))
             opt.zero_grad()
             loss.backward()
             opt.step()
         return net
+
+    def _loss(self, yt: torch.Tensor):
+        """loss(prediction) for targets yt: MSE on the standardised target plus a pairwise hinge
+        on random pairs (order matters most)."""
+        yt = (yt - yt.mean()) / (float(yt.std()) + 1e-8)
+        g = torch.Generator().manual_seed(self.seed)
+        n = len(yt)
+
+        def loss_of(pred):
+            loss = torch.nn.functional.mse_loss(pred, yt)
+            if self.rank_weight and n > 1:
+                i = torch.randint(0, n, (4 * n,), generator=g)
+                j = torch.randint(0, n, (4 * n,), generator=g)
+                sign = torch.sign(yt[i] - yt[j])
+                loss = loss + self.rank_weight * torch.relu(0.1 - sign * (pred[i] - pred[j])).mean()
+            return loss
+        return loss_of
 
     def fit(self, x, y) -> "Predictor":
         """Train on encodings x (n, d) and metric values y (n,): an ensemble of `members` MLPs, the
@@ -114,19 +122,11 @@ class ImprovementPredictor(Predictor):
             change = (c - p) / np.maximum(np.abs(p), 1e-12)
         return np.where(np.isfinite(c) & np.isfinite(change), change, 9.0)
 
-    def _train(self, x, y):
-        net = self._build()
-        xt = torch.as_tensor(x, dtype=torch.float32)
-        yt = torch.as_tensor(y, dtype=torch.float32)
+    def _loss(self, yt: torch.Tensor):
+        """Class-balanced binary cross-entropy on the logits (yt: 1 = the child beat its parent)."""
         pos = float(yt.mean().clamp(0.02, 0.98))
-        weight = torch.where(yt > 0.5, 0.5 / pos, 0.5 / (1 - pos))   # balanced classes
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=1e-4)
-        for _ in range(self.epochs):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(net(xt).squeeze(-1), yt, weight=weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return net
+        weight = torch.where(yt > 0.5, 0.5 / pos, 0.5 / (1 - pos))
+        return lambda logits: torch.nn.functional.binary_cross_entropy_with_logits(logits, yt, weight=weight)
 
     def fit(self, x, child_metric, parent_metric) -> "ImprovementPredictor":
         """x: (n, 2d) pair features; the metrics of each child and its parent. Kendall τ of the

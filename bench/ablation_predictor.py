@@ -31,19 +31,14 @@ from usf_fast.schedule import Schedule
 from usf_fast.search import evaluate_schedules, make_metric, s3_search
 from usf_fast.search.s3 import PREDICTORS
 from usf_fast.search.evaluate import NoiseSet
+from usf_fast.search.log import read_evaluations
 
 QUALITY_SEED = 99_999  # the held-out noise of the quality curves (distinct from every search's noise)
 
 
 def stage1_evaluations(log_path):
     """(key, schedule dict, metric) of every stage-1 evaluation, in the order the search made them."""
-    out = []
-    with open(log_path) as f:
-        for line in f:
-            r = json.loads(line)
-            if r.get("type") == "eval" and r["fidelity"] == "s1":
-                out.append((r["key"], r["schedule"], r["metric"]))
-    return out
+    return [(r["key"], r["schedule"], r["metric"]) for r in read_evaluations(log_path, "s1")]
 
 
 def incumbents(evals):

@@ -13,7 +13,6 @@ ensembles for contrast.
     python bench/predictor_study.py out/abl/logs/plain_gmm-image_nfe5_b600_s0.jsonl
 """
 import argparse
-import json
 
 import numpy as np
 import torch
@@ -22,24 +21,21 @@ from scipy.stats import kendalltau
 from usf_fast.noise_schedules import noise_schedule_from_dict
 from usf_fast.schedule import Schedule
 from usf_fast.search.predictor import Predictor
+from usf_fast.search.log import read_evaluations
 from usf_fast.search.space import SearchSpace
 
 
 def load(path):
     """Encodings, encodings + Gaussian-probe errors (the search's predictor input), metrics."""
     xs, fs, ys, space = [], [], [], None
-    with open(path) as f:
-        for line in f:
-            r = json.loads(line)
-            if r.get("type") != "eval" or r["fidelity"] != "s1":
-                continue
-            s = Schedule.from_dict(r["schedule"])
-            if space is None:
-                space = SearchSpace(noise_schedule_from_dict(s.meta["noise_schedule"]) if "noise_schedule" in s.meta
-                                    else __import__("usf_fast").NoiseScheduleVP("linear"), s.nfe)
-            xs.append(space.encode(s))
-            fs.append(space.features(s))
-            ys.append(r["metric"])
+    for r in read_evaluations(path, "s1"):
+        s = Schedule.from_dict(r["schedule"])
+        if space is None:
+            space = SearchSpace(noise_schedule_from_dict(s.meta["noise_schedule"]) if "noise_schedule" in s.meta
+                                else __import__("usf_fast").NoiseScheduleVP("linear"), s.nfe)
+        xs.append(space.encode(s))
+        fs.append(space.features(s))
+        ys.append(r["metric"])
     return np.stack(xs), np.stack(fs), np.array(ys)
 
 

@@ -7,13 +7,13 @@ and among the best quarter.
     python bench/probe_zero_shot.py out/abl/logs/plain_gmm-image_nfe5_b600_n256_s*.jsonl
 """
 import argparse
-import json
 
 import numpy as np
 from scipy.stats import kendalltau
 
 from usf_fast import Schedule
 from usf_fast.noise_schedules import noise_schedule_from_dict
+from usf_fast.search.log import read_evaluations
 from usf_fast.search.probe import gaussian_probe
 
 
@@ -22,12 +22,8 @@ def main():
     ap.add_argument("logs", nargs="+", help="S³ JSON-lines logs")
     args = ap.parse_args()
     for path in args.logs:
-        records = []
-        with open(path) as f:
-            for line in f:
-                r = json.loads(line)
-                if r.get("type") == "eval" and r.get("fidelity") == "s1" and np.isfinite(r.get("metric") or np.inf):
-                    records.append((Schedule.from_dict(r["schedule"]), r["metric"]))
+        records = [(Schedule.from_dict(r["schedule"]), r["metric"]) for r in read_evaluations(path, "s1")
+                   if np.isfinite(r["metric"] if r["metric"] is not None else np.inf)]
         # the presets at the start of every log carry the model's noise schedule
         ns = noise_schedule_from_dict(next(s.meta["noise_schedule"] for s, _ in records if "noise_schedule" in s.meta))
         probes = [gaussian_probe(s, ns) for s, _ in records]

@@ -11,7 +11,7 @@ import math
 import os
 import warnings
 
-__all__ = ["SearchLog"]
+__all__ = ["SearchLog", "read_evaluations"]
 
 
 class SearchLog:
@@ -38,25 +38,10 @@ class SearchLog:
             self._append(dict(header, type="header"))
 
     def _read(self):
-        with open(self.path, "rb") as f:
-            raw = f.read()
-        lines = raw.split(b"\n")
-        complete = lines[:-1]          # the text after the last newline is an unfinished write
-        tail = lines[-1]
-        good_bytes = len(raw) - len(tail)
+        parsed, tail, good_bytes = _parse(self.path)
         if tail.strip():
             warnings.warn(f"log {self.path}: dropping an unfinished last line (the search was killed while "
                           "writing it); that evaluation will be redone", RuntimeWarning, stacklevel=3)
-        parsed = []
-        for n, line in enumerate(complete, 1):
-            if not line.strip():
-                continue
-            try:
-                parsed.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"log {self.path}: line {n} is corrupt ({e.msg}); fix or remove that line to resume") from None
-        if not parsed or parsed[0].get("type") != "header":
-            raise ValueError(f"log {self.path}: no header line; not a usf_fast search log")
         head = {k: v for k, v in parsed[0].items() if k != "type"}
         for key in ("nfe", "seed", "metric", "space"):
             if head.get(key) != self.header.get(key):
@@ -84,3 +69,30 @@ class SearchLog:
     def cached(self) -> dict[tuple[str, str], float]:
         return {(r["key"], r["fidelity"]): (math.inf if r["metric"] is None else float(r["metric"]))
                 for r in self.records}
+
+
+def _parse(path) -> tuple[list[dict], bytes, int]:
+    """(header and records, the unfinished text after the last newline, the bytes before it) of a
+    log file. A corrupt complete line, or a file without a header, is a ValueError naming it."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    lines = raw.split(b"\n")
+    tail = lines[-1]               # the text after the last newline is an unfinished write
+    parsed = []
+    for n, line in enumerate(lines[:-1], 1):
+        if not line.strip():
+            continue
+        try:
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"log {path}: line {n} is corrupt ({e.msg}); fix or remove that line to resume") from None
+    if not parsed or parsed[0].get("type") != "header":
+        raise ValueError(f"log {path}: no header line; not a usf_fast search log")
+    return parsed, tail, len(raw) - len(tail)
+
+
+def read_evaluations(path, fidelity: str | None = None) -> list[dict]:
+    """The evaluation records of a search log in the order the search made them (those of one
+    fidelity, e.g. "s1", if given), whatever search wrote it; an unfinished last line is skipped."""
+    parsed, _, _ = _parse(path)
+    return [r for r in parsed[1:] if r.get("type") == "eval" and (fidelity is None or r["fidelity"] == fidelity)]

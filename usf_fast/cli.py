@@ -209,14 +209,24 @@ def load_model(spec: str, noise_schedule: str = "linear"):
 
 
 def cmd_search(args) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _search(args, 0)
+    import torch.distributed as dist   # launched by torchrun
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        code = _search(args, dist.get_rank())
+        dist.barrier()   # rank 0 writes the outputs; no process leaves the group while another still uses it
+    finally:
+        if owned:
+            dist.destroy_process_group()
+    return code
+
+
+def _search(args, rank: int) -> int:
     from .search import s3_search
     from .search.report import plot_metric_vs_nfe, plot_schedule
-    rank = 0
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
-        import torch.distributed as dist
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        rank = dist.get_rank()
     model = load_model(args.model, args.noise_schedule)
     shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else None
     nfes = [int(v) for v in str(args.nfe).split(",")]

@@ -376,3 +376,18 @@ def _env():
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"
     return env
+
+
+def test_read_evaluations_returns_the_logged_evaluations(tmp_path):
+    from usf_fast.search.log import read_evaluations
+    log = tmp_path / "log.jsonl"
+    r = s3_search(MODEL2D, 3, seed=4, log_path=log, **SMALL)
+    every = read_evaluations(log)
+    assert len(every) == r.new_evaluations and all(e["type"] == "eval" for e in every)
+    s1 = read_evaluations(log, "s1")
+    assert s1 and all(e["fidelity"] == "s1" for e in s1) and len(s1) < len(every)
+    assert s1 == [e for e in every if e["fidelity"] == "s1"]        # in the search's order
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:3] + ["{not json"] + lines[3:]) + "\n")
+    with pytest.raises(ValueError, match="line 4 is corrupt"):
+        read_evaluations(log)

@@ -16,6 +16,10 @@ Reported per seed: the evaluations the guided search needs to reach — and stay
 quality of plain evolution (600 evaluations), and the ratio to 600.
 
     python bench/ablation_predictor.py [--nfe 5] [--budget 600] [--seeds 0,1,2] [--model gmm-image]
+    python bench/ablation_predictor.py --report out/a.json,out/b.json    # tables + plot of earlier runs
+
+Also reported: the mean over seeds of each arm's curve, and where the guided mean reaches plain's
+mean final quality; `--plot` draws every seed's held-out curve and the two means.
 """
 import argparse
 import json
@@ -29,9 +33,9 @@ import torch
 from usf_fast.analytic import embedded_model
 from usf_fast.schedule import Schedule
 from usf_fast.search import evaluate_schedules, make_metric, s3_search
-from usf_fast.search.s3 import PREDICTORS
 from usf_fast.search.evaluate import NoiseSet
 from usf_fast.search.log import read_evaluations
+from usf_fast.search.s3 import PREDICTORS
 
 QUALITY_SEED = 99_999  # the held-out noise of the quality curves (distinct from every search's noise)
 
@@ -62,6 +66,79 @@ def evals_to_reach(curve, target):
     return reach
 
 
+def step_values(curve, n_max):
+    """The step curve [(n, value)] as values after 1..n_max evaluations (nan before its first point)."""
+    out, j, v = np.full(n_max, np.nan), 0, np.nan
+    for n in range(1, n_max + 1):
+        while j < len(curve) and curve[j][0] <= n:
+            v = curve[j][1]
+            j += 1
+        out[n - 1] = v
+    return out
+
+
+def mean_curves(rows, name):
+    """Mean over seeds of each arm's quality after n evaluations (n = 1..shortest plain run)."""
+    n_max = min(r["evals"][0] for r in rows)
+    return [np.mean([step_values(r[name]["curves"][arm], n_max) for r in rows], axis=0) for arm in (0, 1)]
+
+
+def plot(rows, path, samples):
+    """Held-out quality vs real evaluations: each seed faint, the mean over seeds bold, plain's mean
+    final quality and the half-budget mark as guides."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    n_max = min(r["evals"][0] for r in rows)
+    x = np.arange(1, n_max + 1)
+    for arm, (color, label) in enumerate((("tab:gray", "plain evolution"), ("tab:blue", "predictor-guided"))):
+        for r in rows:
+            ax.plot(x, step_values(r["heldout"]["curves"][arm], n_max), color=color, alpha=0.18, lw=0.8)
+        ax.plot(x, mean_curves(rows, "heldout")[arm], color=color, lw=2.2, label=f"{label}, mean of {len(rows)} seeds")
+    plain_final = mean_curves(rows, "heldout")[0][-1]
+    ax.axhline(plain_final, color="tab:gray", ls="--", lw=1, label="plain's mean final quality")
+    ax.axvline(n_max / 2, color="k", ls=":", lw=1, label="half the evaluations")
+    lo = np.nanmin([np.nanmin(c) for c in mean_curves(rows, "heldout")])
+    ax.set_ylim(0.9 * lo, 2.2 * plain_final)
+    ax.set_xlabel("real evaluations (stage 1)")
+    ax.set_ylabel("held-out RMS of the search's current best")
+    ax.set_title(f"S³ predictor ablation (NFE 5, {samples} samples per evaluation)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(rows, samples, plot_path=None):
+    """Per-seed tables (held-out and in-sample), the mean over seeds, and the plot."""
+    for name, title in (("heldout", "held-out RMS (1,024 fresh samples) of the schedule each search would return"),
+                        ("insample", f"in-sample: best stage-1 metric ({samples} samples) so far")):
+        print(f"\n{title}\n")
+        print("| seed | plain: final | guided: evals to reach and stay there | ratio | guided: final |")
+        print("|---|---|---|---|---|")
+        ratios = []
+        for r in rows:
+            d = r[name]
+            need = d["guided_evals_to_plain_final"]
+            ratios.append(need / r["evals"][0] if need else math.inf)
+            ratio = f"{need / r['evals'][0]:.2f}" if need else "not reached"
+            print(f"| {r['seed']} | {d['plain_final']:.5f} | {need or '—'} | {ratio} | {d['guided_final']:.5f} |")
+        better = sum(r[name]["guided_final"] < r[name]["plain_final"] for r in rows)
+        print(f"median ratio {np.median(ratios):.2f}; seeds at ≤ 0.5: {sum(x <= 0.5 for x in ratios)}/{len(ratios)}; "
+              f"guided final better in {better}/{len(rows)}")
+        plain_mean, guided_mean = mean_curves(rows, name)
+        need = evals_to_reach(list(enumerate(guided_mean, 1)), plain_mean[-1])
+        print(f"mean over seeds: plain after {len(plain_mean)} {plain_mean[-1]:.5f}, guided {guided_mean[-1]:.5f}; "
+              f"guided mean reaches and stays at plain's final after "
+              + (f"{need} evaluations (ratio {need / len(plain_mean):.2f})" if need else "— (not reached)")
+              + "; guided mean at half the evaluations "
+              f"{guided_mean[len(guided_mean) // 2 - 1]:.5f}")
+    if plot_path:
+        plot(rows, plot_path, samples)
+        print(f"plot: {plot_path}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--nfe", type=int, default=5)
@@ -79,7 +156,17 @@ def main():
     ap.add_argument("--logs", default="out/abl/logs", help="JSONL logs of both arms (plain ones are reused: "
                                                           "resuming a complete log replays it without evaluating)")
     ap.add_argument("--out", default="out/ablation.json")
+    ap.add_argument("--plot", default="out/ablation.png", help="PNG of the held-out curves (empty: none)")
+    ap.add_argument("--report", default="", help="comma-separated JSON files of earlier runs (--out): print their "
+                                                 "tables and plot together, run nothing")
     args = ap.parse_args()
+    if args.report:
+        rows = []
+        for path in args.report.split(","):
+            with open(path) as f:
+                rows += json.load(f)
+        report(sorted(rows, key=lambda r: r["seed"]), args.samples, args.plot)
+        return
     torch.set_num_threads(args.threads)
     model = embedded_model(args.model)
     metric = make_metric("ref", model)
@@ -128,20 +215,7 @@ def main():
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(rows, f)
-    for name, title in (("heldout", "held-out RMS (1,024 fresh samples) of the schedule each search would return"),
-                        ("insample", f"in-sample: best stage-1 metric ({args.samples} samples) so far")):
-        print(f"\n{title}\n")
-        print("| seed | plain: after 600 evals | guided: evals to reach and stay there | ratio | guided after 600 |")
-        print("|---|---|---|---|---|")
-        ratios = []
-        for r in rows:
-            d = r[name]
-            need = d["guided_evals_to_plain_final"]
-            ratios.append(need / r["evals"][0] if need else math.inf)
-            ratio = f"{need / r['evals'][0]:.2f}" if need else "not reached"
-            print(f"| {r['seed']} | {d['plain_final']:.5f} | {need or '—'} | {ratio} | {d['guided_final']:.5f} |")
-        print(f"median ratio {np.median(ratios):.2f}; seeds at ≤ 0.5: {sum(x <= 0.5 for x in ratios)}/{len(ratios)}")
-
+    report(rows, args.samples, args.plot)
 
 if __name__ == "__main__":
     main()

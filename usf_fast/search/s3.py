@@ -40,6 +40,7 @@ from .space import SearchSpace, schedule_key
 __all__ = ["s3_search", "SearchResult", "PREDICTORS"]
 
 PREDICTORS = ("improve", "metric")
+WARM_PAIRS = 48   # (parent, child) pairs before the improvement predictor takes over from the probe
 
 
 @dataclass
@@ -312,7 +313,7 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
                 return
             n_pick = min(per_generation, until - counters["requested"], len(props))
             scores = None
-            if use_predictor and predictor == "improve" and len(lineage) >= 48:
+            if use_predictor and predictor == "improve" and len(lineage) >= WARM_PAIRS:
                 fp = np.stack([p for p, _, _, _ in lineage])
                 fc = np.stack([c for _, _, c, _ in lineage])
                 improver.fit(np.concatenate([fc, fc - fp], 1), [mc for _, _, _, mc in lineage],

@@ -1,5 +1,6 @@
 """README picture: the embedded digits model at NFE 5 — data, the default preset, the best preset
-and the searched schedule, from the same noise, each titled with its Fréchet distance (2,000 samples).
+and the searched schedule, from the same noise, each titled with its Fréchet distance (2,000 samples);
+also prints UniPC-3's FD at NFE 20 (`--reference-nfe`), the README's "as good as NFE 20" comparison.
 
     usf-fast search --model digits --nfe 5 --out out/digits      # the searched schedule (~13 min; --samples 64: ~4)
     python bench/digits_picture.py out/digits/best.json docs/digits_nfe5.png
@@ -23,6 +24,7 @@ def main():
     ap.add_argument("out", help="PNG to write")
     ap.add_argument("--samples", type=int, default=2000, help="samples for the Fréchet distance")
     ap.add_argument("--show", type=int, default=36, help="images per panel")
+    ap.add_argument("--reference-nfe", type=int, default=20, help="also print UniPC-3's FD at this NFE (0: skip)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     model = digits_model()
@@ -48,6 +50,12 @@ def main():
         ax.imshow(image_grid(x[: args.show], cols)[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{title}\nNFE {schedule.nfe}, FD {dist:.2f}", fontsize=9)
         print(f"{title}: NFE {schedule.nfe}, FD {dist:.3f}")
+    if args.reference_nfe:   # the README's "better than UniPC at NFE 20": printed, not drawn
+        for spacing in ("logSNR", "time_quadratic"):
+            with torch.no_grad():
+                x = usf_fast.sample(model, usf_fast.presets.unipc(ns, args.reference_nfe, order=3, spacing=spacing),
+                                    noise=noise)
+            print(f"UniPC-3, {spacing} (reference): NFE {args.reference_nfe}, FD {fd(x):.3f}")
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()

@@ -83,34 +83,35 @@ def mean_curves(rows, name):
     return [np.mean([step_values(r[name]["curves"][arm], n_max) for r in rows], axis=0) for arm in (0, 1)]
 
 
-def plot(rows, path, samples):
+def plot(rows, path, samples, nfe):
     """Held-out quality vs real evaluations: each seed faint, the mean over seeds bold, plain's mean
     final quality and the half-budget mark as guides."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    n_max = min(r["evals"][0] for r in rows)
+    means = mean_curves(rows, "heldout")
+    n_max = len(means[0])
     x = np.arange(1, n_max + 1)
     for arm, (color, label) in enumerate((("tab:gray", "plain evolution"), ("tab:blue", "predictor-guided"))):
         for r in rows:
             ax.plot(x, step_values(r["heldout"]["curves"][arm], n_max), color=color, alpha=0.18, lw=0.8)
-        ax.plot(x, mean_curves(rows, "heldout")[arm], color=color, lw=2.2, label=f"{label}, mean of {len(rows)} seeds")
-    plain_final = mean_curves(rows, "heldout")[0][-1]
+        ax.plot(x, means[arm], color=color, lw=2.2, label=f"{label}, mean of {len(rows)} seeds")
+    plain_final = means[0][-1]
     ax.axhline(plain_final, color="tab:gray", ls="--", lw=1, label="plain's mean final quality")
     ax.axvline(n_max / 2, color="k", ls=":", lw=1, label="half the evaluations")
-    lo = np.nanmin([np.nanmin(c) for c in mean_curves(rows, "heldout")])
+    lo = np.nanmin([np.nanmin(c) for c in means])
     ax.set_ylim(0.9 * lo, 2.2 * plain_final)
     ax.set_xlabel("real evaluations (stage 1)")
     ax.set_ylabel("held-out RMS of the search's current best")
-    ax.set_title(f"S³ predictor ablation (NFE 5, {samples} samples per evaluation)")
+    ax.set_title(f"S³ predictor ablation (NFE {nfe}, {samples} samples per evaluation)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def report(rows, samples, plot_path=None):
+def report(rows, samples, nfe, plot_path=None):
     """Per-seed tables (held-out and in-sample), the mean over seeds, and the plot."""
     for name, title in (("heldout", "held-out RMS (1,024 fresh samples) of the schedule each search would return"),
                         ("insample", f"in-sample: best stage-1 metric ({samples} samples) so far")):
@@ -135,7 +136,7 @@ def report(rows, samples, plot_path=None):
               + "; guided mean at half the evaluations "
               f"{guided_mean[len(guided_mean) // 2 - 1]:.5f}")
     if plot_path:
-        plot(rows, plot_path, samples)
+        plot(rows, plot_path, samples, nfe)
         print(f"plot: {plot_path}")
 
 
@@ -165,7 +166,7 @@ def main():
         for path in args.report.split(","):
             with open(path) as f:
                 rows += json.load(f)
-        report(sorted(rows, key=lambda r: r["seed"]), args.samples, args.plot)
+        report(sorted(rows, key=lambda r: r["seed"]), args.samples, args.nfe, args.plot)
         return
     torch.set_num_threads(args.threads)
     model = embedded_model(args.model)
@@ -215,7 +216,8 @@ def main():
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(rows, f)
-    report(rows, args.samples, args.plot)
+    report(rows, args.samples, args.nfe, args.plot)
+
 
 if __name__ == "__main__":
     main()

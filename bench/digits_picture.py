@@ -50,7 +50,7 @@ def main():
         ax.imshow(image_grid(x[: args.show], cols)[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{title}\nNFE {schedule.nfe}, FD {dist:.2f}", fontsize=9)
         print(f"{title}: NFE {schedule.nfe}, FD {dist:.3f}")
-    if args.reference_nfe:   # the README's "better than UniPC at NFE 20": printed, not drawn
+    if args.reference_nfe:   # the README's comparison with NFE 20: printed, not drawn
         for spacing in ("logSNR", "time_quadratic"):
             with torch.no_grad():
                 x = usf_fast.sample(model, usf_fast.presets.unipc(ns, args.reference_nfe, order=3, spacing=spacing),

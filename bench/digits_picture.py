@@ -1,6 +1,6 @@
 """README picture: the embedded digits model at NFE 5 — data, the default preset, the best preset
 and the searched schedule, from the same noise, each titled with its Fréchet distance (2,000 samples);
-also prints UniPC-3's FD at NFE 20 (`--reference-nfe`), the README's "as good as NFE 20" comparison.
+also prints UniPC-3's FD at NFE 20 (`--reference-nfe`), the README's NFE-20 comparison.
 
     usf-fast search --model digits --nfe 5 --out out/digits      # the searched schedule (~13 min; --samples 64: ~4)
     python bench/digits_picture.py out/digits/best.json docs/digits_nfe5.png

@@ -160,8 +160,8 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
             the search's (parent, child) pairs) or "metric" (regression on the metric, `Predictor`).
         probe: feed the predictor the Gaussian-probe errors of each schedule (`search.probe`) besides
             its encoding (False = the encoding alone, as in the paper); with predictor="improve" the
-            probe also screens the first generations, before the predictor has 48 (parent, child)
-            pairs to learn from (children whose probe error rises above their parent's come last).
+            probe also screens the first generations, before the predictor has `WARM_PAIRS` (48)
+            (parent, child) pairs to learn from (children whose probe error rises above their parent's come last).
         novelty: proposals whose Gaussian-probe errors all lie within this (log10) of an evaluated
             schedule's or another proposal's are functional near-copies and never evaluated
             (e.g. a relaxation edit on a first-order step); 0 disables.

@@ -6,11 +6,11 @@ to rank the next proposals: children of the best schedules, close to each other.
 predictor on the first n stage-1 evaluations of a plain-evolution log and measures, on the next
 150, Kendall τ and the overlap of the predicted-best quarter with the actual best quarter
 (0.25 = chance). Models: the MLP ensemble of `Predictor` on the encoding alone and on the encoding
-plus the Gaussian-probe errors (`usf_fast.search.probe`, the search's input), and scikit-learn tree
-ensembles for contrast.
+plus the Gaussian-probe errors (`usf_fast.search.probe`, the search's input), the Gaussian process of
+`usf_fast.search.gp` (ARD Matérn-5/2) on the same input, and scikit-learn tree ensembles for contrast.
 
-    python bench/ablation_predictor.py                # writes out/abl/logs/plain_gmm-image_nfe5_b600_s<seed>.jsonl
-    python bench/predictor_study.py out/abl/logs/plain_gmm-image_nfe5_b600_s0.jsonl
+    python bench/ablation_predictor.py                # writes out/abl/logs/plain_gmm-image_nfe5_b600_n256_s<seed>.jsonl
+    python bench/predictor_study.py out/abl/logs/plain_gmm-image_nfe5_b600_n256_s0.jsonl
 """
 import argparse
 
@@ -20,6 +20,7 @@ from scipy.stats import kendalltau
 
 from usf_fast.noise_schedules import noise_schedule_from_dict
 from usf_fast.schedule import Schedule
+from usf_fast.search.gp import GPPredictor
 from usf_fast.search.predictor import Predictor
 from usf_fast.search.log import read_evaluations
 from usf_fast.search.space import SearchSpace
@@ -43,6 +44,10 @@ def mlp(x, y, xt):
     return Predictor(x.shape[1], seed=0).fit(x, y).predict(xt)
 
 
+def gp(x, y, xt):
+    return GPPredictor().fit(x, y).predict(xt)[0]
+
+
 def extra_trees(x, y, xt):
     from sklearn.ensemble import ExtraTreesRegressor
     return ExtraTreesRegressor(300, min_samples_leaf=2, random_state=0, n_jobs=1).fit(x, Predictor._target(y)).predict(xt)
@@ -64,6 +69,7 @@ def main():
         enc, feat, y = load(path)
         print(f"{path}: {len(y)} stage-1 evaluations; cells are (Kendall τ, top-quarter overlap) on the next 150")
         for name, fn, x in (("MLP, encoding", mlp, enc), ("MLP, encoding + probe", mlp, feat),
+                            ("GP, encoding + probe", gp, feat),
                             ("extra trees, encoding", extra_trees, enc), ("boosted trees, encoding", boosted_trees, enc)):
             cells = []
             for n in (int(v) for v in args.at.split(",")):

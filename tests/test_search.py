@@ -141,8 +141,8 @@ def test_improvement_predictor_learns_which_children_beat_their_parents():
     assert kendalltau(p.predict(xt), xt[:, 0] - 0.5 * xt[:, 1]).statistic > 0.5
 
 
-@pytest.mark.parametrize("predictor", ["improve", "metric"])
-def test_both_predictors_screen_a_search(predictor):
+@pytest.mark.parametrize("predictor", ["improve", "metric", "gp"])
+def test_every_predictor_screens_a_search(predictor):
     kw = dict(SMALL, budget=150)
     r = s3_search(MODEL2D, 3, seed=2, predictor=predictor, **kw)
     assert r.taus and all(-1 <= t <= 1 for t in r.taus)   # the predictor was trained and reported
@@ -180,6 +180,60 @@ def test_metric_predictor_learns_a_metric_of_any_sign():
     pred = p.predict(xt)
     assert np.all(np.isfinite(pred))
     assert kendalltau(pred, xt[:, 0] - 0.5 * xt[:, 1]).statistic > 0.5
+
+
+def test_gp_predictor_learns_a_ranking_and_ignores_irrelevant_features():
+    """ARD: with 4 of 6 features pure noise the GP still ranks fresh points by the 2 that matter,
+    and its length scales grow on the irrelevant ones."""
+    from scipy.stats import kendalltau
+    from usf_fast.search.gp import GPPredictor
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(150, 6))
+    y = np.exp(x[:, 0] - 0.5 * x[:, 1] + 0.02 * rng.normal(size=150))
+    gp = GPPredictor().fit(x, y)
+    assert gp.tau > 0.8
+    xt = rng.normal(size=(100, 6))
+    mean, std = gp.predict(xt)
+    assert kendalltau(mean, xt[:, 0] - 0.5 * xt[:, 1]).statistic > 0.8
+    assert np.all(std > 0)
+    ls = np.exp(gp.params[0].numpy())
+    assert ls[2:].min() > ls[:2].max()
+
+
+def test_gp_leave_one_out_tau_is_the_refit_without_each_point():
+    """The closed-form leave-one-out means (used for the reported τ) equal conditioning the GP,
+    with the same hyperparameters, on every point but one."""
+    import torch as th
+    from usf_fast.search.gp import GPPredictor
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(30, 3))
+    y = np.exp(np.sin(x[:, 0]) + x[:, 1] ** 2 / 4)
+    gp = GPPredictor(steps=20).fit(x, y)
+    t = (th.as_tensor(gp.target(y)) - gp.t_mean) / gp.t_scale
+    k = gp._gram(gp.xs)
+    loo = []
+    for i in range(len(y)):
+        keep = [j for j in range(len(y)) if j != i]
+        kk = k[keep][:, keep]
+        loo.append(float(k[i, keep] @ th.linalg.solve(kk, t[keep])))
+    alpha = th.cholesky_solve(t[:, None], gp.chol).squeeze(-1)
+    closed = t - alpha / th.diagonal(th.cholesky_inverse(gp.chol))
+    np.testing.assert_allclose(closed.numpy(), loo, rtol=1e-6, atol=1e-8)
+
+
+def test_gp_expected_improvement_rewards_uncertainty_and_a_better_mean():
+    from usf_fast.search.gp import GPPredictor
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, size=(40, 2))
+    gp = GPPredictor().fit(x, np.exp(x[:, 0]))
+    near, far = np.array([[0.0, 0.0]]), np.array([[0.0, 8.0]])   # same mean trend, far is unexplored
+    ref = gp.predict(near)[0]
+    ei_near, ei_far = gp.expected_improvement(near, ref), gp.expected_improvement(far, ref)
+    assert np.all(ei_near >= 0) and ei_far[0] > ei_near[0]
+    lower = gp.expected_improvement(np.array([[-0.8, 0.0]]), ref)
+    assert lower[0] > ei_near[0]
+    with pytest.raises(RuntimeError, match="before fit"):
+        GPPredictor().predict(near)
 
 
 def test_predictor_use_before_fit():
@@ -238,7 +292,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     ({"nfe": 0}, "nfe=0: must be an integer >= 1"),
     ({"budget": 0}, "budget=0"),
     ({"metric": "fid"}, "needs fid_stats="),
-    ({"predictor": "gp"}, "predictor='gp': must be one of improve, metric"),
+    ({"predictor": "mlp"}, "predictor='mlp': must be one of improve, metric, gp"),
 ])
 def test_bad_search_arguments(kwargs, match):
     kw = dict(SMALL)

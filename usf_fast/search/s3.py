@@ -32,6 +32,7 @@ from .. import presets as P
 from ..model import DiffusionModel
 from ..schedule import Schedule
 from .evaluate import NoiseSet, evaluate_schedules, make_metric
+from .gp import GPPredictor
 from .log import SearchLog
 from .predictor import ImprovementPredictor, Predictor
 from .probe import gaussian_probe
@@ -39,7 +40,7 @@ from .space import SearchSpace, schedule_key
 
 __all__ = ["s3_search", "SearchResult", "PREDICTORS"]
 
-PREDICTORS = ("improve", "metric")
+PREDICTORS = ("improve", "metric", "gp")
 WARM_PAIRS = 48   # (parent, child) pairs before the improvement predictor takes over from the probe
 
 
@@ -157,7 +158,9 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
         samples: noise samples per evaluation in stage 1 and stage 2; heldout: final comparison.
         use_predictor: False = plain evolution (the ablation baseline).
         predictor: "improve" (default: P(child beats its parent), `ImprovementPredictor`, trained on
-            the search's (parent, child) pairs) or "metric" (regression on the metric, `Predictor`).
+            the search's (parent, child) pairs), "metric" (regression on the metric, `Predictor`) or
+            "gp" (Gaussian process on the metric, `GPPredictor`, from the first generation; proposals
+            scored by expected improvement over their parent).
         probe: feed the predictor the Gaussian-probe errors of each schedule (`search.probe`) besides
             its encoding (False = the encoding alone, as in the paper); with predictor="improve" the
             probe also screens the first generations, before the predictor has `WARM_PAIRS` (48)
@@ -250,6 +253,7 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
     probes: dict = {}     # schedule_key -> Gaussian-probe errors
     rows: dict = {}       # schedule_key -> predictor input
     improver = ImprovementPredictor(2 * (space.feature_size if probe else space.encoding_size), seed=seed)
+    gp = GPPredictor()
     lineage: list = []   # (parent input row, parent metric, child input row, child metric), one fidelity per pair
 
     def probe_of(s: Schedule, k: str) -> np.ndarray:
@@ -323,7 +327,14 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
                 fpar = np.stack([row_of(parents[o], parent_keys[o]) if o < len(parents) else fx[i]
                                  for i, o in enumerate(owner)])
                 scores = improver.predict(np.concatenate([fx, fx - fpar], 1))
-            elif use_predictor and predictor == "improve" and probe:
+            elif use_predictor and predictor == "gp" and len(lineage) >= WARM_PAIRS:
+                gp.fit(np.stack([row_of(s, k) for (s, _), k in zip(pool, pool_keys)]), [m for _, m in pool])
+                taus.append(gp.tau)
+                target = dict(zip(pool_keys, gp.target([m for _, m in pool])))
+                best_t = min(target.values())
+                ref = [target[parent_keys[o]] if o < len(parents) else best_t for o in owner]
+                scores = -gp.expected_improvement(np.stack([row_of(c, k) for c, k in zip(props, prop_keys)]), ref)
+            elif use_predictor and predictor in ("improve", "gp") and probe:
                 # Before the predictor has its pairs: screen by the Gaussian probe alone — a child
                 # whose closed-form error (mean log10 over the scales) rises above its parent's is
                 # unlikely to beat it (zero-shot τ 0.41–0.52 against the real metric: bench/probe_zero_shot.py)
@@ -339,7 +350,7 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
             picks = [props[i] for i in chosen]
             pick_keys = [prop_keys[i] for i in chosen]
             vals = evaluate(picks, fid, stage)
-            if use_predictor and predictor == "improve":
+            if use_predictor and predictor in ("improve", "gp"):
                 for i, k, v in zip(chosen, pick_keys, vals):
                     if owner[i] < len(parents):
                         par = parents[owner[i]]

@@ -21,8 +21,8 @@ from scipy.stats import kendalltau
 from usf_fast.noise_schedules import noise_schedule_from_dict
 from usf_fast.schedule import Schedule
 from usf_fast.search.gp import GPPredictor
-from usf_fast.search.predictor import Predictor
 from usf_fast.search.log import read_evaluations
+from usf_fast.search.predictor import Predictor
 from usf_fast.search.space import SearchSpace
 
 

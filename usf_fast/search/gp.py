@@ -47,7 +47,7 @@ class GPPredictor:
         """The regression target of metric values y: log metric capped at a quantile (as `Predictor`)."""
         return Predictor._target(y)
 
-    def fit(self, x, y) -> "GPPredictor":
+    def fit(self, x, y) -> GPPredictor:
         t = self.target(y)
         x = torch.as_tensor(np.asarray(x, dtype=np.float64))
         self.x_mean, self.x_scale = x.mean(0), x.std(0) + 1e-6   # constant features: any scale, no effect

@@ -146,10 +146,12 @@ def main():
     ap.add_argument("--budget", type=int, default=600)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--model", default="gmm-image", help="embedded model (gmm-image, digits, ...)")
-    ap.add_argument("--screen", type=int, default=4)
+    ap.add_argument("--screen", type=int, default=None, help="guided arm: evaluate a child from the predictor's best "
+                                                             "1/screen of a parent's proposals (default: the search's)")
     ap.add_argument("--population", type=int, default=16, help="parents per generation, guided arm")
-    ap.add_argument("--predictor", default="improve", choices=PREDICTORS,
-                    help="guided arm's predictor: improve (P(child beats parent)) or metric (regression on the metric)")
+    ap.add_argument("--predictor", default="gp", choices=PREDICTORS,
+                    help="guided arm's predictor: gp (Gaussian process, expected improvement; the search's default), "
+                         "improve (P(child beats parent)) or metric (regression on the metric)")
     ap.add_argument("--no-probe", action="store_true", help="predictor on the encoding alone (no Gaussian-probe features)")
     ap.add_argument("--samples", type=int, default=256, help="noise samples per (stage-1) evaluation (the search default)")
     ap.add_argument("--quality-samples", type=int, default=1024, help="held-out samples of the quality curves")

@@ -149,17 +149,22 @@ def test_every_predictor_screens_a_search(predictor):
     assert r.best_metric <= r.best_preset[1]
 
 
+@pytest.mark.parametrize("predictor", ["gp", "improve"])
 @pytest.mark.parametrize("probe", [True, False])
-def test_guided_search_screens_by_the_probe_until_the_predictor_has_pairs(monkeypatch, probe):
+def test_guided_search_screens_by_the_probe_until_the_predictor_has_pairs(monkeypatch, probe, predictor):
     """The first generations (fewer than 48 parent/child pairs) are screened by the Gaussian probe's
-    change from parent to child; without the probe they are drawn at random, as in plain evolution."""
+    change from parent to child; without the probe they are drawn at random, as in plain evolution.
+    Afterwards the predictor screens (its τ is reported)."""
     import usf_fast.search.s3 as s3mod
-    seen = []
+    seen, screens = [], []
     real = s3mod._pick_per_parent
     monkeypatch.setattr(s3mod, "_pick_per_parent",
-                        lambda owner, n, rng, scores=None, screen=4: seen.append(scores) or real(owner, n, rng, scores, screen))
-    s3_search(MODEL2D, 3, seed=3, **dict(SMALL, budget=150), probe=probe)
-    assert seen
+                        lambda owner, n, rng, scores=None, screen=4: seen.append(scores) or screens.append(screen)
+                        or real(owner, n, rng, scores, screen))
+    r = s3_search(MODEL2D, 3, seed=3, **dict(SMALL, budget=150), probe=probe, predictor=predictor)
+    assert seen and r.taus
+    # the GP's pick is each parent's arg-max of expected improvement; the MLPs draw from their best quarter
+    assert set(screens) == ({SMALL["proposals"]} if predictor == "gp" else {4})
     if probe:
         first = seen[0]
         assert first is not None and np.all(np.isfinite(first))
@@ -293,6 +298,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     ({"budget": 0}, "budget=0"),
     ({"metric": "fid"}, "needs fid_stats="),
     ({"predictor": "mlp"}, "predictor='mlp': must be one of improve, metric, gp"),
+    ({"screen": 0}, "screen=0: must be a positive integer"),
 ])
 def test_bad_search_arguments(kwargs, match):
     kw = dict(SMALL)

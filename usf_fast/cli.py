@@ -355,9 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--heldout", type=int, default=1024, help="held-out noise samples for the final numbers")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--no-predictor", action="store_true", help="plain evolution (ablation)")
-    q.add_argument("--predictor", default="improve", choices=["improve", "metric", "gp"],
-                   help="improve: P(child beats its parent) (default); metric: regression on the metric; "
-                        "gp: Gaussian process, expected improvement over the parent")
+    q.add_argument("--predictor", default="gp", choices=["gp", "improve", "metric"],
+                   help="gp: Gaussian process, expected improvement over the parent (default); "
+                        "improve: P(child beats its parent); metric: regression on the metric")
     q.add_argument("--resume", action="store_true", help="continue the search whose logs are in --out")
     q.set_defaults(func=cmd_search)
 

@@ -6,10 +6,10 @@
 Loop (DESIGN.md §3): seed the population with the presets; each generation proposes many
 candidates by mutation and crossover of the best ones (niched: near-copies of a better schedule
 are not parents) and drops proposals that are functional near-copies of an evaluated schedule
-(same Gaussian-probe errors, `search.probe`); the MLP predictor, retrained on every real
-evaluation so far on the schedules' encodings and probe errors, screens them, and one promising
-child per parent is evaluated for real (batched: one dense-program batch per chunk of
-candidates). Stage 1 works on few samples; the survivors are re-evaluated on more samples and
+(same Gaussian-probe errors, `search.probe`); the predictor (by default a Gaussian process),
+retrained on every real evaluation so far on the schedules' encodings and probe errors, screens
+them, and one promising child per parent is evaluated for real (batched: one dense-program batch
+per chunk of candidates); the first generations are screened by the probe alone. Stage 1 works on few samples; the survivors are re-evaluated on more samples and
 evolution continues there. The final choice is made — and every reported number measured — on a
 held-out noise set the search never saw, against every preset over every spacing, so the result
 is never worse than the best preset.
@@ -41,7 +41,7 @@ from .space import SearchSpace, schedule_key
 __all__ = ["s3_search", "SearchResult", "PREDICTORS"]
 
 PREDICTORS = ("improve", "metric", "gp")
-WARM_PAIRS = 48   # (parent, child) pairs before the improvement predictor takes over from the probe
+WARM_PAIRS = 48   # (parent, child) pairs evaluated before the predictor takes over from the probe
 
 
 @dataclass
@@ -144,8 +144,8 @@ def _pick_per_parent(owner: list, n_pick: int, rng: np.random.Generator, scores=
 def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: dict | None = None,
               seed: int = 0, budget: int = 600, samples: tuple = (256, 1024), heldout: int = 1024,
               stage_split: float = 0.75, population: int = 16, proposals: int = 512, per_generation: int = 16,
-              use_predictor: bool = True, predictor: str = "improve", probe: bool = True, novelty: float = 0.01,
-              screen: int = 4, space: SearchSpace | None = None, shape=None,
+              use_predictor: bool = True, predictor: str = "gp", probe: bool = True, novelty: float = 0.01,
+              screen: int | None = None, space: SearchSpace | None = None, shape=None,
               log_path=None, resume: bool = False, max_minutes: float | None = None, progress: bool = True,
               chunk: int = 8, dtype: torch.dtype = torch.float32, backend: str = "auto", device="cpu") -> SearchResult:
     """Search the best schedule of exactly `nfe` evaluations for `model`.
@@ -157,19 +157,21 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
             comparison of finalists and presets comes on top.
         samples: noise samples per evaluation in stage 1 and stage 2; heldout: final comparison.
         use_predictor: False = plain evolution (the ablation baseline).
-        predictor: "improve" (default: P(child beats its parent), `ImprovementPredictor`, trained on
-            the search's (parent, child) pairs), "metric" (regression on the metric, `Predictor`) or
-            "gp" (Gaussian process on the metric, `GPPredictor`, from the first generation; proposals
-            scored by expected improvement over their parent).
+        predictor: "gp" (default: Gaussian process on the metric, `GPPredictor`; proposals scored by
+            their expected improvement over their parent), "improve" (P(child beats its parent),
+            `ImprovementPredictor`, trained on the search's (parent, child) pairs) or "metric"
+            (regression on the metric, `Predictor`).
         probe: feed the predictor the Gaussian-probe errors of each schedule (`search.probe`) besides
-            its encoding (False = the encoding alone, as in the paper); with predictor="improve" the
-            probe also screens the first generations, before the predictor has `WARM_PAIRS` (48)
-            (parent, child) pairs to learn from (children whose probe error rises above their parent's come last).
+            its encoding (False = the encoding alone, as in the paper); with predictor "gp" or "improve"
+            the probe also screens the first generations, until the search has `WARM_PAIRS` (48)
+            (parent, child) pairs (children whose probe error rises above their parent's come last).
         novelty: proposals whose Gaussian-probe errors all lie within this (log10) of an evaluated
             schedule's or another proposal's are functional near-copies and never evaluated
             (e.g. a relaxation edit on a first-order step); 0 disables.
         screen: with the predictor, each parent's evaluated child is drawn from the best 1/screen of
-            that parent's proposals as the predictor ranks them.
+            that parent's proposals as the predictor ranks them; default 4 for "improve" and "metric",
+            and the arg-max for "gp" (its expected improvement already weighs uncertainty, i.e. bold
+            children, against the predicted mean; the MLPs' arg-min would chase their extrapolation errors).
         shape: per-sample shape (default: `model.sample_shape`, set for the embedded models).
         log_path / resume / max_minutes: persistence and a wall-clock stop (the log keeps
             everything; resuming continues).
@@ -181,6 +183,10 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
         raise ValueError(f"nfe={nfe!r}: must be an integer >= 1")
     if predictor not in PREDICTORS:
         raise ValueError(f"predictor={predictor!r}: must be one of {', '.join(PREDICTORS)}")
+    if screen is None:
+        screen = proposals if predictor == "gp" else 4
+    if not isinstance(screen, int) or isinstance(screen, bool) or screen < 1:
+        raise ValueError(f"screen={screen!r}: must be a positive integer (1 = any proposal of a parent)")
     if not isinstance(budget, int) or budget < 1:
         raise ValueError(f"budget={budget!r}: must be a positive integer (real evaluations)")
     metric_fn = make_metric(metric, model, **(metric_options or {}))

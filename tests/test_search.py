@@ -16,6 +16,7 @@ import usf_fast
 from usf_fast.analytic import gmm_2d
 from usf_fast.search import SearchSpace, evaluate_schedules, make_metric, s3_search
 from usf_fast.search.evaluate import FID, NoiseSet, ReferenceDistance
+from usf_fast.search.gp import GPPredictor
 from usf_fast.search.predictor import Predictor
 from usf_fast.search.space import schedule_key
 
@@ -191,7 +192,6 @@ def test_gp_predictor_learns_a_ranking_and_ignores_irrelevant_features():
     """ARD: with 4 of 6 features pure noise the GP still ranks fresh points by the 2 that matter,
     and its length scales grow on the irrelevant ones."""
     from scipy.stats import kendalltau
-    from usf_fast.search.gp import GPPredictor
     rng = np.random.default_rng(0)
     x = rng.normal(size=(150, 6))
     y = np.exp(x[:, 0] - 0.5 * x[:, 1] + 0.02 * rng.normal(size=150))
@@ -208,26 +208,23 @@ def test_gp_predictor_learns_a_ranking_and_ignores_irrelevant_features():
 def test_gp_leave_one_out_tau_is_the_refit_without_each_point():
     """The closed-form leave-one-out means (used for the reported τ) equal conditioning the GP,
     with the same hyperparameters, on every point but one."""
-    import torch as th
-    from usf_fast.search.gp import GPPredictor
     rng = np.random.default_rng(1)
     x = rng.normal(size=(30, 3))
     y = np.exp(np.sin(x[:, 0]) + x[:, 1] ** 2 / 4)
     gp = GPPredictor(steps=20).fit(x, y)
-    t = (th.as_tensor(gp.target(y)) - gp.t_mean) / gp.t_scale
+    t = (torch.as_tensor(gp.target(y)) - gp.t_mean) / gp.t_scale
     k = gp._gram(gp.xs)
     loo = []
     for i in range(len(y)):
         keep = [j for j in range(len(y)) if j != i]
         kk = k[keep][:, keep]
-        loo.append(float(k[i, keep] @ th.linalg.solve(kk, t[keep])))
-    alpha = th.cholesky_solve(t[:, None], gp.chol).squeeze(-1)
-    closed = t - alpha / th.diagonal(th.cholesky_inverse(gp.chol))
+        loo.append(float(k[i, keep] @ torch.linalg.solve(kk, t[keep])))
+    alpha = torch.cholesky_solve(t[:, None], gp.chol).squeeze(-1)
+    closed = t - alpha / torch.diagonal(torch.cholesky_inverse(gp.chol))
     np.testing.assert_allclose(closed.numpy(), loo, rtol=1e-6, atol=1e-8)
 
 
 def test_gp_expected_improvement_rewards_uncertainty_and_a_better_mean():
-    from usf_fast.search.gp import GPPredictor
     rng = np.random.default_rng(2)
     x = rng.uniform(-1, 1, size=(40, 2))
     gp = GPPredictor().fit(x, np.exp(x[:, 0]))

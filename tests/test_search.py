@@ -224,6 +224,13 @@ def test_gp_leave_one_out_tau_is_the_refit_without_each_point():
     np.testing.assert_allclose(closed.numpy(), loo, rtol=1e-6, atol=1e-8)
 
 
+def test_gp_cholesky_jitters_a_singular_kernel_and_names_a_broken_one():
+    chol = GPPredictor._cholesky(torch.ones(3, 3, dtype=torch.float64))   # rank 1: duplicate schedules
+    assert torch.isfinite(chol).all()
+    with pytest.raises(ValueError, match="not positive definite"):
+        GPPredictor._cholesky(torch.full((3, 3), float("nan"), dtype=torch.float64))
+
+
 def test_gp_expected_improvement_rewards_uncertainty_and_a_better_mean():
     rng = np.random.default_rng(2)
     x = rng.uniform(-1, 1, size=(40, 2))

@@ -43,6 +43,19 @@ class GPPredictor:
         noise = torch.exp(self.params[2]) + self.noise_floor
         return self._kernel(x, x) + noise * torch.eye(len(x), dtype=x.dtype)
 
+    @staticmethod
+    def _cholesky(k: torch.Tensor) -> torch.Tensor:
+        """Cholesky factor of k; if rounding leaves k not quite positive definite (near-duplicate
+        schedules), a growing jitter on the diagonal — never an exception in the middle of a search."""
+        jitter = 0.0
+        for _ in range(6):
+            chol, info = torch.linalg.cholesky_ex(k + jitter * torch.eye(len(k), dtype=k.dtype))
+            if int(info) == 0:
+                return chol
+            jitter = 1e-6 if jitter == 0.0 else 10.0 * jitter
+        raise ValueError("GPPredictor: the kernel matrix is not positive definite even with jitter 0.1 "
+                         "(non-finite features?)")
+
     def target(self, y) -> np.ndarray:
         """The regression target of metric values y: log metric capped at a quantile (as `Predictor`)."""
         return Predictor._target(y)
@@ -63,7 +76,7 @@ class GPPredictor:
             p.requires_grad_(True)
         opt = torch.optim.Adam(self.params, lr=self.lr)
         for _ in range(self.warm_steps if warm else self.steps):
-            chol = torch.linalg.cholesky(self._gram(xs))
+            chol = self._cholesky(self._gram(xs))
             alpha = torch.cholesky_solve(tn[:, None], chol)
             nll = 0.5 * (tn[:, None] * alpha).sum() + torch.log(torch.diagonal(chol)).sum()
             opt.zero_grad()
@@ -71,11 +84,12 @@ class GPPredictor:
             opt.step()
             with torch.no_grad():   # keep the fit well-posed: no collapse to interpolation or to a constant
                 self.params[0].clamp_(math.log(0.05), math.log(100.0))
+                self.params[1].clamp_(math.log(1e-2), math.log(1e2))
                 self.params[2].clamp_(math.log(1e-4), 0.0)
         with torch.no_grad():
             for p in self.params:
                 p.requires_grad_(False)
-            self.chol = torch.linalg.cholesky(self._gram(xs))
+            self.chol = self._cholesky(self._gram(xs))
             self.alpha = torch.cholesky_solve(tn[:, None], self.chol).squeeze(-1)
             self.xs = xs
             if len(tn) >= 10:   # leave-one-out means: t_i − α_i / (K⁻¹)_ii

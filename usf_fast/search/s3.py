@@ -9,8 +9,8 @@ are not parents) and drops proposals that are functional near-copies of an evalu
 (same Gaussian-probe errors, `search.probe`); the predictor (by default a Gaussian process),
 retrained on every real evaluation so far on the schedules' encodings and probe errors, screens
 them, and one promising child per parent is evaluated for real (batched: one dense-program batch
-per chunk of candidates); the first generations are screened by the probe alone. Stage 1 works on few samples; the survivors are re-evaluated on more samples and
-evolution continues there. The final choice is made — and every reported number measured — on a
+per chunk of candidates); the first generations are screened by the probe alone. Stage 1 works
+on few samples; the survivors are re-evaluated on more samples and evolution continues there. The final choice is made — and every reported number measured — on a
 held-out noise set the search never saw, against every preset over every spacing, so the result
 is never worse than the best preset.
 
@@ -205,9 +205,11 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
     sets = {"s1": NoiseSet(shape, samples[0], 1000 * seed + 1, "s1"),
             "s2": NoiseSet(shape, samples[1], 1000 * seed + 2, "s2"),
             "heldout": NoiseSet(shape, heldout, 1000 * seed + 3, "heldout")}
+    # the settings a resumed search must share (predictor and screen mean nothing to plain evolution)
     header = {"nfe": nfe, "seed": seed, "metric": getattr(metric_fn, "name", str(metric)),
               "space": repr((space.orders, space.predictions, space.correctors, space.afs, space.relax_range,
-                             samples, heldout, budget, use_predictor, predictor, probe, novelty, population, proposals, per_generation)),
+                             samples, heldout, budget, use_predictor, predictor if use_predictor else None, probe,
+                             novelty, population, proposals, per_generation, screen if use_predictor else None)),
               "shape": list(shape)}
     log = SearchLog(log_path, header, resume=resume, writer=(rank == 0))
     cache = log.cached()

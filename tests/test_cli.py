@@ -91,6 +91,20 @@ def test_bad_search_input_is_one_clear_line(tmp_path, capsys, argv, match):
     assert match in err and "Traceback" not in err
 
 
+def test_search_predictor_choices_are_the_searchs():
+    """The CLI lists the predictors literally (importing the search at start-up would slow every
+    command); they must stay the ones `s3_search` accepts, with the same default."""
+    import inspect
+
+    from usf_fast.cli import build_parser
+    from usf_fast.search import s3_search
+    from usf_fast.search.s3 import PREDICTORS
+    search = build_parser()._subparsers._group_actions[0].choices["search"]
+    action = next(a for a in search._actions if a.dest == "predictor")
+    assert sorted(action.choices) == sorted(PREDICTORS)
+    assert action.default == inspect.signature(s3_search).parameters["predictor"].default
+
+
 def test_search_with_a_factory_model_writes_best_json(tmp_path, capsys, monkeypatch):
     mod = tmp_path / "my_models.py"
     mod.write_text("import usf_fast\nfrom usf_fast.analytic import gmm_2d\n"

@@ -61,7 +61,7 @@ class GPPredictor:
         return Predictor._target(y)
 
     def fit(self, x, y) -> GPPredictor:
-        t = self.target(y)
+        t = self.targets = self.target(y)   # kept: references (e.g. parents' values) must use the same cap
         x = torch.as_tensor(np.asarray(x, dtype=np.float64))
         self.x_mean, self.x_scale = x.mean(0), x.std(0) + 1e-6   # constant features: any scale, no effect
         xs = (x - self.x_mean) / self.x_scale

@@ -10,9 +10,10 @@ are not parents) and drops proposals that are functional near-copies of an evalu
 retrained on every real evaluation so far on the schedules' encodings and probe errors, screens
 them, and one promising child per parent is evaluated for real (batched: one dense-program batch
 per chunk of candidates); the first generations are screened by the probe alone. Stage 1 works
-on few samples; the survivors are re-evaluated on more samples and evolution continues there. The final choice is made — and every reported number measured — on a
-held-out noise set the search never saw, against every preset over every spacing, so the result
-is never worse than the best preset.
+on few samples; the survivors are re-evaluated on more samples and evolution continues there.
+The final choice is made — and every reported number measured — on a held-out noise set the
+search never saw, against every preset over every spacing, so the result is never worse than
+the best preset.
 
 Every real evaluation is appended to a JSON-lines log; the search is deterministic for a seed, so
 `resume=True` replays the logged evaluations (no re-evaluation) and continues where it stopped.
@@ -338,7 +339,7 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
             elif use_predictor and predictor == "gp" and len(lineage) >= WARM_PAIRS:
                 gp.fit(np.stack([row_of(s, k) for (s, _), k in zip(pool, pool_keys)]), [m for _, m in pool])
                 taus.append(gp.tau)
-                target = dict(zip(pool_keys, gp.target([m for _, m in pool])))
+                target = dict(zip(pool_keys, gp.targets))   # the pool's metrics as the GP sees them
                 best_t = min(target.values())
                 ref = [target[parent_keys[o]] if o < len(parents) else best_t for o in owner]
                 scores = -gp.expected_improvement(np.stack([row_of(c, k) for c, k in zip(props, prop_keys)]), ref)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One call on a GPU machine: build the extensions, run the backend and graph tests on the GPU (cuda
-# and triton against the float64 reference, graph replay = eager), and time the kernels and loops
-# with the report table.
+# One call on a GPU machine: build the extensions, run the backend, graph and search tests on the GPU
+# (cuda and triton against the float64 reference, graph replay = eager, S³ evaluation on the GPU = on
+# the CPU), and time the kernels, loops and S³ candidate evaluation with the report table.
 #
 #   bash bench/gpu_check.sh                 uses $PY (default: python3, which must hold a CUDA torch)
 #   BENCH=0 bash bench/gpu_check.sh         build and tests only
@@ -36,10 +36,11 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv || true
 
 stamp "GPU tests"
 $PY -m pytest tests/test_backends.py tests/test_build.py tests/test_graph.py -q -rs || status=1
+$PY -m pytest tests/test_search.py -q -rs -k gpu || status=1
 
 if [ "${BENCH:-1}" = 0 ]; then stamp "done, tests only (status $status)"; exit $status; fi
 stamp "benchmarks"
-$PY -m pytest bench/test_solver_step.py bench/test_sampling_loop.py bench/test_graph_loop.py --benchmark-only -q \
+$PY -m pytest bench/test_solver_step.py bench/test_sampling_loop.py bench/test_graph_loop.py bench/test_search_eval.py --benchmark-only -q \
   --benchmark-max-time "${BENCH_MAX_TIME:-0.25}" --benchmark-json "$OUT_DIR/gpu_bench.json" || status=1
 $PY bench/report.py "$OUT_DIR/gpu_bench.json"
 stamp "done (status $status)"

@@ -6,6 +6,7 @@ noise, same run.
 """
 import numpy as np
 import pytest
+import torch
 
 from usf_fast.analytic import embedded_model
 from usf_fast.search import SearchSpace, evaluate_schedules
@@ -19,9 +20,13 @@ NOISE = NoiseSet((3, 16, 16), 64, 0, "bench")
 NOISE.reference(MODEL, NS.t_max, NS.t_min)
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("chunk", [1, 8, 32], ids=lambda c: "one-at-a-time" if c == 1 else f"batched-{c}")
-def test_candidates_per_second(benchmark, chunk):
-    benchmark.group = "S3 evaluation: 32 candidates x 64 samples, NFE 5, gmm-image"
+def test_candidates_per_second(benchmark, chunk, device):
+    benchmark.group = f"S3 evaluation: 32 candidates x 64 samples, NFE 5, gmm-image, {device}"
     benchmark.extra_info["candidates"] = len(CANDIDATES)
     benchmark.pedantic(lambda: evaluate_schedules(MODEL, CANDIDATES, NOISE, ReferenceDistance(), (NS.t_max, NS.t_min),
-                                                  chunk=chunk), rounds=5, warmup_rounds=1)
+                                                  chunk=chunk, device=device), rounds=5, warmup_rounds=1)

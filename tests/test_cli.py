@@ -83,12 +83,21 @@ def test_sample_with_explicit_backend(capsys):
     (["search", "--model", "nosuchpkg.mod:make", "--out", "OUT"], "cannot load"),
     (["search", "--model", "cifar10", "--out", "OUT"], "use an embedded model"),
     (["search", "--metric", "fid", "--out", "OUT", "--budget", "5"], "needs fid_stats="),
+    (["search", "--device", "gpu0", "--out", "OUT"], "--device 'gpu0': use auto, cpu, cuda or cuda:N"),
+    (["search", "--chunk", "0", "--out", "OUT", "--budget", "5"], "chunk=0: must be a positive integer"),
 ])
 def test_bad_search_input_is_one_clear_line(tmp_path, capsys, argv, match):
     argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error of a machine without a GPU")
+def test_search_on_cuda_without_a_gpu_is_one_clear_line(tmp_path, capsys):
+    assert main(["search", "--device", "cuda", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda: no CUDA GPU is visible here" in err and "Traceback" not in err
 
 
 def test_search_predictor_choices_are_the_searchs():

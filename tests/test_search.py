@@ -264,9 +264,26 @@ def test_batched_evaluation_on_the_gpu_equals_the_cpu(backend):
     np.testing.assert_allclose(gpu, cpu, rtol=rtol)
 
 
+def _net_only_on(device_type: str):
+    """MODEL2D's network, refusing tensors on any other device the way a real network's weights do."""
+    def net(x, t):
+        if x.device.type != device_type:
+            raise RuntimeError(f"Expected all tensors to be on the same device, but found {x.device} and {device_type}")
+        return MODEL2D.net(x, t)
+    return usf_fast.DiffusionModel(net, NS)
+
+
+def test_a_model_on_another_device_or_a_wrong_shape_is_a_clear_error_before_the_search(tmp_path):
+    with pytest.raises(ValueError, match=r"device cpu\) failed: Expected all tensors.*--device"):
+        s3_search(_net_only_on("cuda"), 3, shape=(2,), log_path=tmp_path / "a.jsonl", **SMALL)
+    assert not (tmp_path / "a.jsonl").exists()   # refused before any evaluation or log
+    with pytest.raises(ValueError, match=r"one sample of shape \(3, 5\).*--shape"):
+        s3_search(MODEL2D, 3, shape=(3, 5), **SMALL)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_search_on_the_gpu_is_never_worse_than_the_best_preset():
-    r = s3_search(MODEL2D, 4, seed=0, device="cuda", **SMALL)
+def test_search_on_the_gpu_runs_every_model_call_there_and_beats_the_best_preset():
+    r = s3_search(_net_only_on("cuda"), 4, seed=0, device="cuda", shape=(2,), **SMALL)   # reference solve too
     assert r.best.nfe == 4 and math.isfinite(r.best_metric)
     assert r.best_metric <= r.best_preset[1]
 
@@ -324,6 +341,8 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     ({"metric": "fid"}, "needs fid_stats="),
     ({"predictor": "mlp"}, "predictor='mlp': must be one of improve, metric, gp"),
     ({"screen": 0}, "screen=0: must be a positive integer"),
+    ({"chunk": 0}, "chunk=0: must be a positive integer"),
+    ({"device": "gpu0"}, "device='gpu0': not a torch device"),
 ])
 def test_bad_search_arguments(kwargs, match):
     kw = dict(SMALL)

@@ -209,14 +209,15 @@ def load_model(spec: str, noise_schedule: str = "linear"):
 
 
 def cmd_search(args) -> int:
+    device = _search_device(args.device)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _search(args, 0)
+        return _search(args, 0, device)
     import torch.distributed as dist   # launched by torchrun
     owned = not dist.is_initialized()
     if owned:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
     try:
-        code = _search(args, dist.get_rank())
+        code = _search(args, dist.get_rank(), device)
         dist.barrier()   # rank 0 writes the outputs; no process leaves the group while another still uses it
     finally:
         if owned:
@@ -224,7 +225,25 @@ def cmd_search(args) -> int:
     return code
 
 
-def _search(args, rank: int) -> int:
+def _search_device(spec: str) -> str:
+    """--device: 'auto' = the GPU when there is one; under torchrun each process takes the GPU of its
+    LOCAL_RANK (an explicit index is kept)."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        spec = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {spec!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {spec}: no CUDA GPU is visible here; use --device cpu (or auto)")
+        torch.cuda.set_device(dev)
+    return spec
+
+
+def _search(args, rank: int, device: str) -> int:
     from .search import s3_search
     from .search.report import plot_metric_vs_nfe, plot_schedule
     model = load_model(args.model, args.noise_schedule)
@@ -233,7 +252,7 @@ def _search(args, rank: int) -> int:
     for n in nfes:
         if n < 1:
             raise ValueError(f"--nfe {n}: must be >= 1")
-    metric_options = {"stats": args.fid_stats, "weights": args.fid_weights} if args.metric == "fid" else None
+    metric_options = {"stats": args.fid_stats, "weights": args.fid_weights, "device": device} if args.metric == "fid" else None
     os.makedirs(args.out, exist_ok=True)
     results = {}
     t0 = time.time()
@@ -243,7 +262,7 @@ def _search(args, rank: int) -> int:
         res = s3_search(model, n, metric=args.metric, metric_options=metric_options, seed=args.seed,
                         budget=args.budget, samples=(args.samples, args.samples2), heldout=args.heldout,
                         use_predictor=not args.no_predictor, predictor=args.predictor, shape=shape, log_path=log_path, resume=args.resume,
-                        max_minutes=remaining, progress=rank == 0)
+                        max_minutes=remaining, progress=rank == 0, chunk=args.chunk, device=device)
         results[n] = res
         if rank == 0:
             res.best.to_json(os.path.join(args.out, f"best_nfe{n}.json"))
@@ -359,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gp: Gaussian process, expected improvement over the parent (default); "
                         "improve: P(child beats its parent); metric: regression on the metric")
     q.add_argument("--resume", action="store_true", help="continue the search whose logs are in --out")
+    q.add_argument("--device", default="auto",
+                   help="where samples are computed: auto (the GPU if there is one; under torchrun the process's "
+                        "LOCAL_RANK GPU), cpu, cuda, cuda:N; the model's network must accept tensors there")
+    q.add_argument("--chunk", type=int, default=8,
+                   help="candidates evaluated in one batch (chunk x samples rows through the model; default 8, "
+                        "larger is faster on a GPU for small models)")
     q.set_defaults(func=cmd_search)
 
     q = sub.add_parser("show", help="print a schedule file one line per step")

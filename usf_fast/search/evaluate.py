@@ -36,12 +36,13 @@ class NoiseSet:
         self.noise = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         self._ref = None
 
-    def reference(self, model: DiffusionModel, t_start: float, t_end: float) -> torch.Tensor:
+    def reference(self, model: DiffusionModel, t_start: float, t_end: float, device="cpu") -> torch.Tensor:
+        """The high-accuracy solution from this noise (float64, solved on `device`, kept on the CPU)."""
         if self._ref is None:
             import warnings
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                ref = reference_samples(model, self.noise, t_start, t_end, batch_size=512)
+                ref = reference_samples(model, self.noise.to(device), t_start, t_end, batch_size=512).cpu()
             if not bool(torch.isfinite(ref).all()):
                 raise ValueError(f"the high-accuracy reference solution ({self.name} noise) has NaN/inf: the model "
                                  f"returns NaN/inf somewhere in t ∈ [{t_end}, {t_start}]; metric 'ref' needs a finite model")
@@ -168,7 +169,7 @@ def evaluate_schedules(model: DiffusionModel, schedules: list[Schedule], noise_s
     """Metric of every schedule (same NFE) on `noise_set`; NaN/inf samples score +inf."""
     if not schedules:
         return []
-    ref = noise_set.reference(model, *t_range) if getattr(metric, "needs_reference", False) else None
+    ref = noise_set.reference(model, *t_range, device=device) if getattr(metric, "needs_reference", False) else None
     eps = noise_set.noise
     s = eps.shape[0]
     out: list[float] = []

@@ -112,6 +112,44 @@ class GPPredictor:
             return ((mean * self.t_scale + self.t_mean).numpy(),
                     (var.clamp_min(1e-12).sqrt() * self.t_scale).numpy())
 
+    def posterior(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """Predictive mean (n,) and joint covariance (n, n) of the latent target at features x."""
+        if self.params is None:
+            raise RuntimeError("GPPredictor.posterior before fit")
+        with torch.no_grad():
+            xs = (torch.as_tensor(np.asarray(x, dtype=np.float64)) - self.x_mean) / self.x_scale
+            ks = self._kernel(xs, self.xs)
+            mean = ks @ self.alpha
+            cov = self._kernel(xs, xs) - ks @ torch.cholesky_solve(ks.T, self.chol)
+            return ((mean * self.t_scale + self.t_mean).numpy(), (cov * self.t_scale ** 2).numpy())
+
+    def batch_expected_improvement(self, x, reference, groups, n_pick: int) -> list[int]:
+        """Indices of n_pick rows of x chosen one after another by expected improvement over
+        `reference` (per row), each choice "believed" (kriging believer: the GP conditioned on the
+        pick at its own mean, which leaves the means and shrinks the variances of its neighbours),
+        so later picks do not spend evaluations on what an earlier pick already tests. groups: a
+        group id per row; picks go one per group in turn (in sorted group order), as many rounds as
+        needed; None = any row."""
+        mean, cov = self.posterior(x)
+        ref = np.asarray(reference, dtype=np.float64)
+        noise = float(torch.exp(self.params[2]) + self.noise_floor) * float(self.t_scale) ** 2
+        order = sorted(set(groups)) if groups is not None else [None]
+        members = {g: [i for i, gi in enumerate(groups) if gi == g] for g in order} if groups is not None \
+            else {None: list(range(len(mean)))}
+        picks: list[int] = []
+        while len(picks) < min(n_pick, len(mean)):
+            for g in order:
+                idx = [i for i in members[g] if i not in picks]
+                if not idx or len(picks) >= n_pick:
+                    continue
+                std = np.sqrt(np.clip(np.diag(cov)[idx], 1e-24, None))
+                z = (ref[idx] - mean[idx]) / std
+                ei = (ref[idx] - mean[idx]) * norm.cdf(z) + std * norm.pdf(z)
+                j = idx[int(np.argmax(ei))]
+                picks.append(j)
+                cov = cov - np.outer(cov[:, j], cov[j, :]) / (cov[j, j] + noise)
+        return picks
+
     def expected_improvement(self, x, reference) -> np.ndarray:
         """E[max(reference − f(x), 0)] under the GP, per row of x against reference target values
         (e.g. each proposal's parent's; higher is better)."""

@@ -43,6 +43,7 @@ __all__ = ["s3_search", "SearchResult", "PREDICTORS"]
 
 PREDICTORS = ("improve", "metric", "gp")
 WARM_PAIRS = 48   # (parent, child) pairs evaluated before the predictor takes over from the probe
+BATCH = "none"
 
 
 @dataclass
@@ -80,6 +81,30 @@ def _dist():
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def _resolve_device(device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device={device!r}: not a torch device (e.g. 'cpu', 'cuda', 'cuda:1')") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
+                         "use device='cpu'")
+    return dev
+
+
+def _check_model(model: DiffusionModel, shape: tuple, device: torch.device, dtype: torch.dtype, t: float) -> None:
+    """One model call on one sample before the search starts, so a network on another device or a wrong
+    `shape` is a clear message instead of a failure inside the first batch."""
+    try:
+        with torch.no_grad():
+            model.predict(torch.zeros((1, *shape), dtype=dtype, device=device), t)
+    except Exception as e:   # the user's network: any error it raises
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"model: a test call on one sample of shape {shape} ({dtype}, device {device}) failed: "
+                         f"{first}. The network must accept tensors on the search's device (device=, --device) "
+                         "and the per-sample shape (shape=, --shape)") from e
 
 
 def preset_candidates(ns, nfe: int, t_start=None, t_end=None) -> list[tuple[str, Schedule]]:
@@ -176,6 +201,9 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
         shape: per-sample shape (default: `model.sample_shape`, set for the embedded models).
         log_path / resume / max_minutes: persistence and a wall-clock stop (the log keeps
             everything; resuming continues).
+        chunk: candidates evaluated in one batch (chunk × samples rows through the model).
+        device: where the samples are computed (the reference solve too); the model's network
+            must accept tensors there (the embedded models follow their input).
     """
     t_begin = time.perf_counter()
     if not isinstance(model, DiffusionModel):
@@ -188,6 +216,8 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
         screen = proposals if predictor == "gp" else 4
     if not isinstance(screen, int) or isinstance(screen, bool) or screen < 1:
         raise ValueError(f"screen={screen!r}: must be a positive integer (1 = any proposal of a parent)")
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+        raise ValueError(f"chunk={chunk!r}: must be a positive integer (candidates per batch)")
     if not isinstance(budget, int) or budget < 1:
         raise ValueError(f"budget={budget!r}: must be a positive integer (real evaluations)")
     metric_fn = make_metric(metric, model, **(metric_options or {}))
@@ -201,6 +231,8 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
                              "(DiffusionModel(..., sample_shape=...))")
         shape = model.sample_shape
     shape = tuple(int(v) for v in shape)
+    device = _resolve_device(device)
+    _check_model(model, shape, device, dtype, space.t_start)
     rank, world = _dist()
     t_range = (space.t_start, space.t_end)
     sets = {"s1": NoiseSet(shape, samples[0], 1000 * seed + 1, "s1"),
@@ -326,6 +358,7 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
                 return
             n_pick = min(per_generation, until - counters["requested"], len(props))
             scores = None
+            kb_picks = None
             if use_predictor and predictor == "improve" and len(lineage) >= WARM_PAIRS:
                 fp = np.stack([p for p, _, _, _ in lineage])
                 fc = np.stack([c for _, _, c, _ in lineage])
@@ -342,7 +375,17 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
                 target = dict(zip(pool_keys, gp.targets))   # the pool's metrics as the GP sees them
                 best_t = min(target.values())
                 ref = [target[parent_keys[o]] if o < len(parents) else best_t for o in owner]
-                scores = -gp.expected_improvement(np.stack([row_of(c, k) for c, k in zip(props, prop_keys)]), ref)
+                xp = np.stack([row_of(c, k) for c, k in zip(props, prop_keys)])
+                if BATCH == "parent":
+                    kb = gp.batch_expected_improvement(xp, ref, owner, n_pick)
+                elif BATCH == "global":
+                    kb = gp.batch_expected_improvement(xp, [best_t] * len(props), None, n_pick)
+                if BATCH in ("parent", "global"):
+                    scores = np.zeros(len(props))
+                    scores[kb] = -1.0 - np.arange(len(kb))[::-1]   # placeholder ordering
+                    kb_picks = kb
+                else:
+                    scores = -gp.expected_improvement(xp, ref)
             elif use_predictor and predictor in ("improve", "gp") and probe:
                 # Before the predictor has its pairs: screen by the Gaussian probe alone — a child
                 # whose closed-form error (mean log10 over the scales) rises above its parent's is
@@ -355,7 +398,10 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
                 regressor.fit(np.stack([row_of(s, k) for (s, _), k in zip(pool, pool_keys)]), [m for _, m in pool])
                 taus.append(regressor.tau)
                 scores = regressor.predict(np.stack([row_of(c, k) for c, k in zip(props, prop_keys)]))
-            chosen = _pick_per_parent(owner, n_pick, rng, scores, screen)
+            if kb_picks is not None:
+                chosen = kb_picks
+            else:
+                chosen = _pick_per_parent(owner, n_pick, rng, scores, screen)
             picks = [props[i] for i in chosen]
             pick_keys = [prop_keys[i] for i in chosen]
             vals = evaluate(picks, fid, stage)

@@ -239,7 +239,8 @@ def _search_device(spec: str) -> str:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {spec}: no CUDA GPU is visible here; use --device cpu (or auto)")
-        torch.cuda.set_device(dev)
+        if dev.index is not None:   # torchrun's processes: each its own GPU (nccl needs it current)
+            torch.cuda.set_device(dev)
     return spec
 
 

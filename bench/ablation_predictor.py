@@ -1,10 +1,10 @@
 """Predictor ablation for S³ (README numbers): predictor-guided evolution vs plain evolution.
 
 For each seed, both arms run the same stage-1 search (same presets, operators, budget, noise) on an
-embedded model; plain evolution draws its real evaluations at random from the proposals, the
-guided search takes the predictor's pick (the search's default: each parent's proposal of highest
-expected improvement under the GP; `--screen`, `--predictor` for the others). Quality after n
-evaluations is measured two ways:
+embedded model; plain evolution draws its real evaluations at random from the proposals (a child
+per parent), the guided search takes the predictor's picks (the search's default: a batch over all
+proposals by expected improvement under the GP, each pick believed before the next; `--screen`,
+`--predictor` for the others). Quality after n evaluations is measured two ways:
 
 - held-out (the headline): the metric, on 1,024 fresh noise samples shared by every run, of the
   schedule the search would return after n evaluations (its best on its own stage-1 samples, 256

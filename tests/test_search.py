@@ -245,6 +245,31 @@ def test_gp_expected_improvement_rewards_uncertainty_and_a_better_mean():
         GPPredictor().predict(near)
 
 
+def test_gp_batch_believes_each_pick_so_a_batch_spreads_out():
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, 30)[:, None]
+    gp = GPPredictor().fit(x, 1 + x[:, 0] ** 2)
+    props = np.array([[2.0]] * 4 + [[1.5]])   # four copies of one unexplored idea, and one other
+    mean, cov = gp.posterior(props)
+    np.testing.assert_allclose(mean, gp.predict(props)[0], rtol=1e-10)
+    np.testing.assert_allclose(np.sqrt(np.diag(cov)), gp.predict(props)[1], rtol=1e-6)
+    ref = float(gp.targets.min())
+    ei = gp.expected_improvement(props, [ref] * len(props))
+    assert ei[4] < ei[0] / 5   # one at a time, the copies rank first: a top-2 would be two copies
+    assert gp.batch_expected_improvement(props, ref, 2) == [0, 4]
+    assert sorted(gp.batch_expected_improvement(props, ref, 9)) == [0, 1, 2, 3, 4]   # distinct, at most all
+    # an idea predicted better than the best so far: believing its value as the new best is what
+    # stops its copies from filling the batch
+    x = np.concatenate([rng.uniform(-1, -0.4, 15), rng.uniform(0.4, 1, 15)])[:, None]
+    gp = GPPredictor().fit(x, 1 + x[:, 0] ** 2)
+    props = np.array([[0.0]] * 4 + [[1.6], [-1.7], [0.7]])   # copies of the unexplored minimum first
+    ref = float(gp.targets.min())
+    assert gp.predict(props[:1])[0][0] < ref
+    assert gp.batch_expected_improvement(props, ref, 3, believe_best=False) == [0, 1, 2]
+    picks = gp.batch_expected_improvement(props, ref, 3)
+    assert picks[0] == 0 and not set(picks[1:]) & {1, 2, 3}
+
+
 def test_predictor_use_before_fit():
     with pytest.raises(RuntimeError, match="before fit"):
         Predictor(6).predict(np.zeros((2, 6)))

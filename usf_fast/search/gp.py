@@ -123,31 +123,29 @@ class GPPredictor:
             cov = self._kernel(xs, xs) - ks @ torch.cholesky_solve(ks.T, self.chol)
             return ((mean * self.t_scale + self.t_mean).numpy(), (cov * self.t_scale ** 2).numpy())
 
-    def batch_expected_improvement(self, x, reference, groups, n_pick: int) -> list[int]:
-        """Indices of n_pick rows of x chosen one after another by expected improvement over
-        `reference` (per row), each choice "believed" (kriging believer: the GP conditioned on the
-        pick at its own mean, which leaves the means and shrinks the variances of its neighbours),
-        so later picks do not spend evaluations on what an earlier pick already tests. groups: a
-        group id per row; picks go one per group in turn (in sorted group order), as many rounds as
-        needed; None = any row."""
+    def batch_expected_improvement(self, x, reference: float, n_pick: int, believe_best: bool = True) -> list[int]:
+        """Indices of n_pick distinct rows of x, chosen one after another by expected improvement
+        over `reference` (the best target so far), each pick "believed" (kriging believer): the GP
+        is conditioned on the pick at its own predicted mean, which leaves every mean as it was and
+        shrinks the variances of the pick's neighbours, and the reference falls to the pick's mean
+        when that is lower (the believed value is the best so far). So a batch spreads over
+        different ideas instead of spending its evaluations on variations of one. believe_best=False
+        keeps the reference (then copies of a pick predicted better than it still rank high)."""
         mean, cov = self.posterior(x)
-        ref = np.asarray(reference, dtype=np.float64)
         noise = float(torch.exp(self.params[2]) + self.noise_floor) * float(self.t_scale) ** 2
-        order = sorted(set(groups)) if groups is not None else [None]
-        members = {g: [i for i, gi in enumerate(groups) if gi == g] for g in order} if groups is not None \
-            else {None: list(range(len(mean)))}
+        ref = float(reference)
+        free = np.ones(len(mean), dtype=bool)
         picks: list[int] = []
-        while len(picks) < min(n_pick, len(mean)):
-            for g in order:
-                idx = [i for i in members[g] if i not in picks]
-                if not idx or len(picks) >= n_pick:
-                    continue
-                std = np.sqrt(np.clip(np.diag(cov)[idx], 1e-24, None))
-                z = (ref[idx] - mean[idx]) / std
-                ei = (ref[idx] - mean[idx]) * norm.cdf(z) + std * norm.pdf(z)
-                j = idx[int(np.argmax(ei))]
-                picks.append(j)
-                cov = cov - np.outer(cov[:, j], cov[j, :]) / (cov[j, j] + noise)
+        for _ in range(min(n_pick, len(mean))):
+            std = np.sqrt(np.clip(np.diag(cov), 1e-24, None))
+            z = (ref - mean) / std
+            ei = np.where(free, (ref - mean) * norm.cdf(z) + std * norm.pdf(z), -np.inf)
+            j = int(np.argmax(ei))
+            picks.append(j)
+            free[j] = False
+            cov = cov - np.outer(cov[:, j], cov[j, :]) / (cov[j, j] + noise)
+            if believe_best:
+                ref = min(ref, float(mean[j]))
         return picks
 
     def expected_improvement(self, x, reference) -> np.ndarray:

@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--no-predictor", action="store_true", help="plain evolution (ablation)")
     q.add_argument("--predictor", default="gp", choices=["gp", "improve", "metric"],
-                   help="gp: Gaussian process, expected improvement over the parent (default); "
+                   help="gp: Gaussian process, a batch by expected improvement (default); "
                         "improve: P(child beats its parent); metric: regression on the metric")
     q.add_argument("--resume", action="store_true", help="continue the search whose logs are in --out")
     q.add_argument("--device", default="auto",

@@ -186,9 +186,9 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
         use_predictor: False = plain evolution (the ablation baseline).
         predictor: "gp" (default: Gaussian process on the metric, `GPPredictor`; each generation's
             evaluations are one batch chosen by expected improvement over the best so far, each
-            pick believed before the next: `GPPredictor.batch_expected_improvement`), "improve" (P(child beats its parent),
-            `ImprovementPredictor`, trained on the search's (parent, child) pairs) or "metric"
-            (regression on the metric, `Predictor`).
+            pick believed before the next: `GPPredictor.batch_expected_improvement`), "improve"
+            (P(child beats its parent), `ImprovementPredictor`, trained on the search's (parent,
+            child) pairs) or "metric" (regression on the metric, `Predictor`).
         probe: feed the predictor the Gaussian-probe errors of each schedule (`search.probe`) besides
             its encoding (False = the encoding alone, as in the paper); with predictor "gp" or "improve"
             the probe also screens the first generations, until the search has `WARM_PAIRS` (48)
@@ -377,7 +377,7 @@ def s3_search(model: DiffusionModel, nfe: int, *, metric="ref", metric_options: 
                 taus.append(gp.tau)
                 # one batch for the whole generation by expected improvement over the best so far (as
                 # the GP sees it), each pick believed before the next; not one arg-max per parent
-                # (that took 0.57 of plain evolution's evaluations in the ablation, this 0.42)
+                # (that took 0.57 of plain evolution's evaluations in the ablation, this 0.41)
                 chosen = gp.batch_expected_improvement(np.stack([row_of(c, k) for c, k in zip(props, prop_keys)]),
                                                        float(gp.targets.min()), n_pick)
             elif use_predictor and predictor in ("improve", "gp") and probe:

@@ -99,29 +99,26 @@ class GPPredictor:
                 self.tau = float(tau) if np.isfinite(tau) else 0.0
         return self
 
+    def _at(self, x, caller: str):
+        """(kernel to the training points, K⁻¹ times its transpose, predictive mean in target units) at x."""
+        if self.params is None:
+            raise RuntimeError(f"GPPredictor.{caller} before fit")
+        xs = (torch.as_tensor(np.asarray(x, dtype=np.float64)) - self.x_mean) / self.x_scale
+        ks = self._kernel(xs, self.xs)
+        return xs, ks, torch.cholesky_solve(ks.T, self.chol), ks @ self.alpha * self.t_scale + self.t_mean
+
     def predict(self, x) -> tuple[np.ndarray, np.ndarray]:
         """Predictive mean and standard deviation of the target (capped log metric) at features x."""
-        if self.params is None:
-            raise RuntimeError("GPPredictor.predict before fit")
         with torch.no_grad():
-            xs = (torch.as_tensor(np.asarray(x, dtype=np.float64)) - self.x_mean) / self.x_scale
-            ks = self._kernel(xs, self.xs)
-            mean = ks @ self.alpha
-            v = torch.cholesky_solve(ks.T, self.chol)
+            _, ks, v, mean = self._at(x, "predict")
             var = torch.exp(self.params[1]) - (ks * v.T).sum(1)
-            return ((mean * self.t_scale + self.t_mean).numpy(),
-                    (var.clamp_min(1e-12).sqrt() * self.t_scale).numpy())
+            return mean.numpy(), (var.clamp_min(1e-12).sqrt() * self.t_scale).numpy()
 
     def posterior(self, x) -> tuple[np.ndarray, np.ndarray]:
         """Predictive mean (n,) and joint covariance (n, n) of the latent target at features x."""
-        if self.params is None:
-            raise RuntimeError("GPPredictor.posterior before fit")
         with torch.no_grad():
-            xs = (torch.as_tensor(np.asarray(x, dtype=np.float64)) - self.x_mean) / self.x_scale
-            ks = self._kernel(xs, self.xs)
-            mean = ks @ self.alpha
-            cov = self._kernel(xs, xs) - ks @ torch.cholesky_solve(ks.T, self.chol)
-            return ((mean * self.t_scale + self.t_mean).numpy(), (cov * self.t_scale ** 2).numpy())
+            xs, ks, v, mean = self._at(x, "posterior")
+            return mean.numpy(), ((self._kernel(xs, xs) - ks @ v) * self.t_scale ** 2).numpy()
 
     def batch_expected_improvement(self, x, reference: float, n_pick: int, believe_best: bool = True) -> list[int]:
         """Indices of n_pick distinct rows of x, chosen one after another by expected improvement

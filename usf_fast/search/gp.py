@@ -100,7 +100,8 @@ class GPPredictor:
         return self
 
     def _at(self, x, caller: str):
-        """(kernel to the training points, K⁻¹ times its transpose, predictive mean in target units) at x."""
+        """(standardised x, kernel to the training points, K⁻¹ times its transpose, predictive mean in
+        target units) at features x."""
         if self.params is None:
             raise RuntimeError(f"GPPredictor.{caller} before fit")
         xs = (torch.as_tensor(np.asarray(x, dtype=np.float64)) - self.x_mean) / self.x_scale
@@ -135,8 +136,7 @@ class GPPredictor:
         picks: list[int] = []
         for _ in range(min(n_pick, len(mean))):
             std = np.sqrt(np.clip(np.diag(cov), 1e-24, None))
-            z = (ref - mean) / std
-            ei = np.where(free, (ref - mean) * norm.cdf(z) + std * norm.pdf(z), -np.inf)
+            ei = np.where(free, _ei(ref, mean, std), -np.inf)
             j = int(np.argmax(ei))
             picks.append(j)
             free[j] = False
@@ -149,5 +149,10 @@ class GPPredictor:
         """E[max(reference − f(x), 0)] under the GP, per row of x against reference target values
         (e.g. each proposal's parent's; higher is better)."""
         mean, std = self.predict(x)
-        z = (np.asarray(reference, dtype=np.float64) - mean) / std
-        return (np.asarray(reference) - mean) * norm.cdf(z) + std * norm.pdf(z)
+        return _ei(np.asarray(reference, dtype=np.float64), mean, std)
+
+
+def _ei(reference, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Expected improvement E[max(reference − f, 0)] of f ~ N(mean, std²), elementwise."""
+    z = (reference - mean) / std
+    return (reference - mean) * norm.cdf(z) + std * norm.pdf(z)

@@ -1,0 +1,104 @@
+"""Golden outputs of every executor, recorded before the redesign of the solver program and
+reproduced bit for bit after it (tests/test_golden.py).
+
+    python tests/golden_cases.py --write     # record tests/golden.json (only when the math changes on purpose)
+
+Cases: every standard preset over every spacing at NFE 3, 5 and 8, and a fixed set of random
+schedules that use every decision (singlestep starts, extra active points, relaxations, pseudo
+and implicit correctors, AFS, denoise-to-zero), on the embedded 2-D mixture (VP linear, ε, x0 and v
+prediction); plus a fixed-seed search. Values are stored as float.hex strings, so "equal" means
+bit-identical.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+import usf_fast
+from usf_fast import presets as P
+from usf_fast.schedule import Schedule, Step
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden.json")
+RELAX = ("taylor", "linear", "midpoint", "bh1", "bh2")
+
+
+def random_schedule(ns, rng: np.random.Generator) -> Schedule:
+    """A random valid schedule over the whole decision space (not only the search's multistep one)."""
+    n = int(rng.integers(2, 7))
+    lam = np.sort(rng.uniform(ns.marginal_lambda(ns.t_max), ns.marginal_lambda(ns.t_min), n + 1))
+    lam[0], lam[-1] = ns.marginal_lambda(ns.t_max), ns.marginal_lambda(ns.t_min)
+    ts = [float(ns.inverse_lambda(v)) for v in lam]
+    ts[0], ts[-1] = ns.t_max, ns.t_min
+    steps = []
+    for i in range(1, n + 1):
+        start = int(rng.integers(max(0, i - 2), i)) if rng.random() < 0.3 else i - 1
+        avail = [j for j in range(i) if j != start]
+        order = int(rng.integers(1, min(4, len(avail) + 1) + 1))
+        extra = int(rng.integers(0, 2)) if len(avail) > order - 1 else 0
+        points = tuple(sorted(rng.choice(avail, order - 1 + extra, replace=False).tolist(), reverse=True)) if order > 1 or extra else ()
+        relax = RELAX[int(rng.integers(0, len(RELAX)))]
+        corr = ("none", "pseudo", "implicit")[int(rng.choice(3, p=[0.5, 0.35, 0.15]))]
+        steps.append(Step(prediction=("data", "noise")[int(rng.integers(0, 2))], order=order, start=start,
+                          points=points, relax=relax, relax_coef=float(rng.normal()) if relax == "linear" else 0.0,
+                          d2_scale=float(rng.choice([1.0, 0.5])), corrector=corr,
+                          corrector_relax="bh1" if corr != "none" and rng.random() < 0.3 else "taylor"))
+    return Schedule(ts, steps, afs=bool(rng.random() < 0.3), denoise_to_zero=bool(rng.random() < 0.2),
+                    name="random")
+
+
+def cases():
+    """(case name, model, schedule)."""
+    from usf_fast.analytic import embedded_model
+    ns = usf_fast.NoiseScheduleVP("linear")
+    models = {p: embedded_model("gmm-2d", ns, p) for p in ("eps", "x0", "v")}
+    out = []
+    for nfe in (3, 5, 8):
+        for label, sp, s in P.standard_schedules(ns, nfe):
+            out.append((f"preset nfe{nfe} {label} [{sp}]", models["eps"], s))
+    rng = np.random.default_rng(20261202)
+    for k in range(60):
+        pred = ("eps", "x0", "v")[k % 3]
+        out.append((f"random {k} {pred}", models[pred], random_schedule(ns, rng)))
+    return out
+
+
+def _hex(x: torch.Tensor) -> list[str]:
+    return [float(v).hex() for v in x.double().reshape(-1).tolist()]
+
+
+def run_case(model, schedule, noise) -> dict:
+    """Result of every executor on one schedule: reference (float64), plan on the torch backend
+    (float64), plan on the C++ backend (float32), dense program through the graph runner (float64)."""
+    out = {"nfe": schedule.nfe}
+    out["reference"] = _hex(usf_fast.sample(model, schedule, noise, backend="reference", check_finite=False))
+    out["plan_torch64"] = _hex(usf_fast.sample(model, schedule, noise, backend="torch", check_finite=False))
+    if "cpu" in usf_fast.backends.available_backends("cpu"):
+        out["plan_cpu32"] = _hex(usf_fast.sample(model, schedule, noise.float(), backend="cpu", check_finite=False))
+    g = usf_fast.GraphSampler(model, schedule.nfe, noise.shape, dtype=torch.float64, backend="torch")
+    out["dense_torch64"] = _hex(g.run(schedule, noise))
+    return out
+
+
+def search_case() -> dict:
+    from usf_fast.analytic import embedded_model
+    from usf_fast.search import s3_search
+    model = embedded_model("gmm-2d")
+    r = s3_search(model, 4, budget=40, samples=(32, 64), heldout=64, proposals=64, progress=False, seed=0)
+    return {"best": r.best.to_dict(), "best_metric": float(r.best_metric).hex(), "evaluations": r.evaluations}
+
+
+def compute() -> dict:
+    noise = torch.randn(6, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    return {"cases": {name: run_case(m, s, noise) for name, m, s in cases()}, "search": search_case()}
+
+
+if __name__ == "__main__":
+    if "--write" not in sys.argv:
+        sys.exit("usage: python tests/golden_cases.py --write")
+    with open(GOLDEN, "w") as f:
+        json.dump(compute(), f, indent=0, sort_keys=True)
+    print(f"wrote {GOLDEN}")

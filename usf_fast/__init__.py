@@ -10,7 +10,7 @@ from .model import DiffusionModel
 from .noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleVP
 from .api import sample
 from .graph import GraphSampler
-from .sampler import reference_sample
+from .reference import reference_sample
 from .schedule import Schedule, Step
 
 __version__ = "0.1.0"

@@ -1,17 +1,17 @@
 """`usf_fast.sample`: compile the schedule to a plan and run it on the fastest usable backend."""
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import torch
-
-import weakref
 
 from .executor import execute
 from .graph import GraphSampler
 from .model import DiffusionModel
 from .plan import cached_plan
-from .sampler import check_inputs, initial_state, reference_sample, warn_if_not_finite
+from .checks import check_inputs, initial_state, warn_if_not_finite
+from .reference import reference_sample
 from .schedule import Schedule
 
 __all__ = ["sample"]

@@ -21,11 +21,16 @@ import os
 
 import torch
 
-__all__ = ["BACKENDS", "available_backends", "backend_status", "get_combine", "combine_torch", "resolve_backend"]
+__all__ = ["coefficient_dtype", "BACKENDS", "available_backends", "backend_status", "get_combine", "combine_torch", "resolve_backend"]
 
 BACKENDS = ("torch", "cpu", "triton", "cuda")
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 CUDA_MAX_INPUTS = 32  # csrc/combine_cuda.cu kMaxInputs
+
+
+def coefficient_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Coefficients and accumulation: float64 for float64 storage, float32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def check_combine_args(inputs, coefs, out, coefs2=None, out2=None, dtypes=None) -> None:
@@ -68,7 +73,7 @@ def _per_sample(c: torch.Tensor, k: int, ref: torch.Tensor) -> torch.Tensor:
 
 def combine_torch(inputs, coefs, out, coefs2=None, out2=None):
     check_combine_args(inputs, coefs, out, coefs2, out2)
-    acc_dtype = torch.float64 if out.dtype == torch.float64 else torch.float32
+    acc_dtype = coefficient_dtype(out.dtype)
     c1 = coefs.to(acc_dtype)
     acc = _per_sample(c1, 0, out) * inputs[0].to(acc_dtype)
     for k in range(1, len(inputs)):

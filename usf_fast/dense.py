@@ -2,7 +2,7 @@
 of schedules with the same NFE.
 
 Everything a USF solver computes is linear in the noise ε, the data mean (analytical first step),
-the model inputs x_e and the raw model outputs O_e (DESIGN.md §3). With the basis
+the model inputs x_e and the raw model outputs O_e (docs/design.md, "The program"). With the basis
 [ε, mean, x_0, O_0, x_1, O_1, ...], evaluation e's input is x_e = A_e · basis[:2 + 2e] and the
 result is F · basis. A schedule becomes (times τ_e, A_e, F); schedules of the same NFE share the
 program "for e: x_e ← A_e·basis; O_e ← net(x_e, τ_e); result ← F·basis" and differ only in their
@@ -21,12 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .backends import get_combine, resolve_backend
+from .backends import coefficient_dtype, get_combine, resolve_backend
+from .checks import check_schedule_range
 from .model import DiffusionModel
-from .sampler import check_schedule_range, step_weights, walk
+from .program import MEAN, START, trace
 from .schedule import Schedule
 
-__all__ = ["DenseProgram", "dense_program", "stack_programs", "device_tables", "run_dense"]
+__all__ = ["DenseProgram", "dense_program", "stack_programs", "device_tables", "run_dense", "input_width", "basis_width"]
 
 
 @dataclass(frozen=True)
@@ -44,36 +45,50 @@ class DenseProgram:
         return len(self.times)
 
 
+def input_width(e: int) -> int:
+    """Basis columns evaluation e's input reads: ε, mean, then (input, output) of evaluations < e."""
+    return 2 + 2 * e
+
+
+def basis_width(nfe: int) -> int:
+    """Columns of the whole basis of an `nfe`-evaluation program (what the result reads)."""
+    return 2 + 2 * nfe
+
+
 def dense_program(schedule: Schedule, model: DiffusionModel) -> DenseProgram:
-    """Run the schedule symbolically (vectors over the basis instead of tensors), float64."""
+    """The dense lowering of the schedule's program (`usf_fast.program.trace`): every value
+    expanded over the basis, float64."""
     ns = model.noise_schedule
     check_schedule_range(schedule, ns)
-    ts = schedule.timesteps
-    n_eval = schedule.nfe
-    width = 2 * n_eval + 2
-    weights = step_weights(schedule, ns)
-    unit = np.eye(width)
-    rows, times = [], []
+    program = trace(schedule, model)
+    n_eval = program.nfe
+    unit = np.eye(basis_width(n_eval))
     # column 0 is standard-normal ε; the start state x_T = prior_std(t_0)·ε (1 for VP, σ_max for
     # EDM) is folded in, so schedules with different start times can share a batch
-    start = ns.prior_std(ts[0]) * unit[0]
+    value = {START: ns.prior_std(schedule.timesteps[0]) * unit[0], MEAN: unit[1]}
+    rows, times = [], []
+    for k, node in enumerate(program.nodes):
+        if node.kind == "state":
+            value[k] = _expand(node.terms, value)
+        elif node.kind == "eval":
+            e = len(rows)
+            rows.append(value[node.source].copy())
+            times.append(node.t)
+            # after evaluation e the state *is* its input column, the output its own column
+            value[node.source], value[k] = unit[input_width(e)], unit[input_width(e) + 1]
+    A = np.stack(rows) if rows else np.zeros((0, len(unit)))
+    return DenseProgram(np.asarray(times, dtype=np.float64), A, _expand(program.output, value))
 
-    def evaluate(j, x):
-        """Record x as evaluation e's input; afterwards the state *is* basis column 2 + 2e."""
-        e = len(rows)
-        rows.append(x.copy())
-        times.append(ts[j])
-        e_x, e_o, d_x, d_o = model.conversion(ts[j])
-        return (unit[2 + 2 * e].copy(), e_x * unit[2 + 2 * e] + e_o * unit[3 + 2 * e],
-                d_x * unit[2 + 2 * e] + d_o * unit[3 + 2 * e])
 
-    def analytic_first(x):
-        a0, s0 = float(ns.marginal_alpha(ts[0])), float(ns.marginal_std(ts[0]))
-        return (x - a0 * unit[1]) / s0, unit[1].copy()
-
-    final = walk(schedule, weights, start, evaluate, analytic_first)
-    assert len(rows) == n_eval  # Schedule.nfe and this walk must agree
-    return DenseProgram(np.asarray(times, dtype=np.float64), np.stack(rows) if rows else np.zeros((0, width)), final)
+def _expand(terms, value: dict) -> np.ndarray:
+    """Σ c·value[node] in the order of the terms."""
+    if not terms:
+        return np.zeros_like(value[START])
+    (node, c), *rest = terms
+    out = c * value[node]
+    for node, c in rest:
+        out = out + c * value[node]
+    return out
 
 
 def stack_programs(programs: list[DenseProgram], assignment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,10 +112,10 @@ def stack_programs(programs: list[DenseProgram], assignment) -> tuple[np.ndarray
 def device_tables(times: np.ndarray, A: np.ndarray, F: np.ndarray, dtype: torch.dtype, device,
                   coef_dtype: torch.dtype | None = None):
     """Host tables → (times (B, n) in `dtype`, [A_e (B, 2 + 2e) contiguous], F (B, 2n + 2)) on `device`."""
-    cdt = coef_dtype or (torch.float64 if dtype == torch.float64 else torch.float32)
+    cdt = coef_dtype or coefficient_dtype(dtype)
     n = times.shape[1]
     t = torch.as_tensor(times, dtype=dtype).to(device)
-    a_list = [torch.as_tensor(np.ascontiguousarray(A[:, e, : 2 + 2 * e]), dtype=cdt).to(device) for e in range(n)]
+    a_list = [torch.as_tensor(np.ascontiguousarray(A[:, e, :input_width(e)]), dtype=cdt).to(device) for e in range(n)]
     f = torch.as_tensor(np.ascontiguousarray(F), dtype=cdt).to(device)
     return t, a_list, f
 

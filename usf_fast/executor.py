@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .backends import get_combine, resolve_backend
+from .backends import coefficient_dtype, get_combine, resolve_backend
 from .model import DiffusionModel
 from .plan import Const, Eval, Plan
 
@@ -40,8 +40,7 @@ def execute(plan: Plan, model: DiffusionModel, x_t: torch.Tensor, backend: str =
     """
     name = resolve_backend(backend, x_t.device, x_t.dtype)
     combine = get_combine(name)
-    coef_dtype = torch.float64 if x_t.dtype == torch.float64 else torch.float32
-    tables = iter(coefficient_tables(plan, coef_dtype, x_t.device))
+    tables = iter(coefficient_tables(plan, coefficient_dtype(x_t.dtype), x_t.device))
     slots: list = [None] * plan.num_slots
     owned: dict[int, torch.Tensor] = {}   # buffers this executor allocated, reused per slot
     slots[plan.input_slot] = x_t

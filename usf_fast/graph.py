@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .dense import dense_program, device_tables, run_dense, stack_programs
+from .backends import coefficient_dtype
+from .dense import basis_width, dense_program, device_tables, input_width, run_dense, stack_programs
 from .model import DiffusionModel
 from .schedule import Schedule
 
@@ -56,12 +57,12 @@ class GraphSampler:
         self.warmup = warmup
         b = shape[0]
         z = lambda *s: torch.zeros(*s, dtype=dtype, device=self.device)  # noqa: E731
-        cdt = torch.float64 if dtype == torch.float64 else torch.float32
+        cdt = coefficient_dtype(dtype)
         self._noise = z(*shape)
         self._mean = model.mean_like(self._noise)
         self._times = z(b, nfe)
-        self._A = [torch.zeros(b, 2 + 2 * e, dtype=cdt, device=self.device) for e in range(nfe)]
-        self._F = torch.zeros(b, 2 * nfe + 2, dtype=cdt, device=self.device)
+        self._A = [torch.zeros(b, input_width(e), dtype=cdt, device=self.device) for e in range(nfe)]
+        self._F = torch.zeros(b, basis_width(nfe), dtype=cdt, device=self.device)
         self._inputs = [z(*shape) for _ in range(nfe)]
         self._out = z(*shape)
         self._graph = None

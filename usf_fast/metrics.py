@@ -9,7 +9,7 @@ import torch
 
 from .model import DiffusionModel
 from .presets import unipc
-from .sampler import reference_sample
+from .reference import reference_sample
 
 __all__ = ["reference_samples", "reference_distance"]
 

@@ -1,7 +1,7 @@
 """`DiffusionModel`: a network plus its parameterisation, turned into ε̂ and x̂0.
 
 Every parameterisation is linear in (x, raw output) with scalar coefficients that depend only on
-t (DESIGN.md §1), so the wrapper exposes them (`conversion`) for the fast paths, and `predict`
+t (docs/design.md, "The math"), so the wrapper exposes them (`conversion`) for the fast paths, and `predict`
 for the reference sampler.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 
 from .noise_schedules import NoiseSchedule
+from .walk import analytic_first_step
 
 __all__ = ["DiffusionModel", "PREDICTIONS", "TIME_INPUTS"]
 
@@ -129,10 +130,7 @@ class DiffusionModel:
     def analytic_first(self, x: torch.Tensor, t: float):
         """(ε̂, x̂0) of the analytical first step: x̂0 = data mean, ε̂ = (x − α x̂0)/σ."""
         ns = self.noise_schedule
-        a = float(ns.marginal_alpha(t))
-        s = float(ns.marginal_std(t))
-        x0 = self.mean_like(x)
-        return (x - a * x0) / s, x0
+        return analytic_first_step(x, self.mean_like(x), float(ns.marginal_alpha(t)), float(ns.marginal_std(t)))
 
     def mean_like(self, x: torch.Tensor) -> torch.Tensor:
         """The data mean broadcast to x's shape, dtype and device (a new tensor)."""

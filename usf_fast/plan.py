@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Union
 
 
+from .checks import check_schedule_range
 from .model import DiffusionModel
-from .sampler import step_weights, check_schedule_range
+from .program import MEAN, START, Program, trace
 from .schedule import Schedule
 
 __all__ = ["Eval", "Combine", "Const", "Plan", "compile_plan", "cached_plan"]
@@ -93,7 +94,22 @@ class Plan:
         return "\n".join(lines)
 
 
-# ---- compilation ------------------------------------------------------------------------------
+# ---- lowering ---------------------------------------------------------------------------------
+
+@dataclass
+class _Emit:
+    """An op over buffer ids, before slots are assigned."""
+    kind: str                        # "eval" | "const" | "combine"
+    out: int
+    expr: dict | None = None         # combine: Σ c·buffer; eval: {state buffer: 1}
+    expr2: dict | None = None        # combine: the optional second output's expression
+    out2: int | None = None
+    point: int = 0                   # eval: schedule point
+    step: int = 0                    # combine: the step it belongs to
+
+    def reads(self) -> list[int]:
+        return list(self.expr or ()) + list(self.expr2 or ())
+
 
 def _add(acc: dict, expr: dict, scale: float) -> None:
     if scale == 0.0:
@@ -102,120 +118,90 @@ def _add(acc: dict, expr: dict, scale: float) -> None:
         acc[b] = acc.get(b, 0.0) + scale * c
 
 
-def compile_plan(schedule: Schedule, model: DiffusionModel) -> Plan:
-    """Compile `schedule` for `model` (its noise schedule and parameterisation)."""
-    ns = model.noise_schedule
-    check_schedule_range(schedule, ns)
-    ts = schedule.timesteps
-    n = len(schedule.steps)
-    weights = step_weights(schedule, ns)
+def _is_buffer(expr: dict) -> bool:
+    return len(expr) == 1 and next(iter(expr.values())) == 1.0
 
-    ops: list = []            # ops over *buffer* ids; slots are assigned at the end
-    n_buffers = [0]
 
-    def new_buffer() -> int:
-        n_buffers[0] += 1
-        return n_buffers[0] - 1
+class _PlanLowering:
+    """Lower a traced `Program` to buffers: every eval input and the result are materialised; a
+    state no model sees (a pseudo-corrected state) stays a symbolic expression over buffers and is
+    folded into the combinations that read it, unless a later op still reads it when another
+    combination is written — then it rides along as that combination's second output, written
+    once and never recomputed."""
 
-    x_t = new_buffer()
-    state: dict[int, dict] = {0: {x_t: 1.0}}   # state each point's successors start from
-    eval_state: dict[int, int] = {}            # buffer the model saw at point j
-    out_buf: dict[int, int | None] = {}        # raw output buffer of point j
-    conv: dict[int, tuple] = {}                # (e_x, e_o, d_x, d_o) of point j
+    def __init__(self, program: Program, model: DiffusionModel):
+        self.program = program
+        self.readers = program.readers()
+        self.ops: list[_Emit] = []
+        self.n_buffers = 0
+        self.value: dict[int, dict] = {START: {self.new_buffer(): 1.0}}   # node → expression over buffers
+        if not program.schedule.afs or model.has_zero_mean:
+            self.value[MEAN] = {}   # a zero mean contributes nothing
+        else:
+            self.value[MEAN] = {self.emit(_Emit("const", self.new_buffer())).out: 1.0}
 
-    def needed_after(p: int, step: int, phase: str) -> bool:
-        """Does any op after this one read state[p]? (phase: the op is step's "pred" or "corr"
-        materialisation, or the "final" output.)"""
-        if phase == "final":
-            return False
-        if p == n:
-            return True
-        later = any(st.start == p for st in schedule.steps[step:])
-        own = schedule.steps[step - 1]
-        return later or (phase == "pred" and own.start == p and own.corrector != "none")
+    def new_buffer(self) -> int:
+        self.n_buffers += 1
+        return self.n_buffers - 1
 
-    def model_output(j: int, prediction: str) -> dict:
-        e_x, e_o, d_x, d_o = conv[j]
-        cx, co = (e_x, e_o) if prediction == "noise" else (d_x, d_o)
+    def emit(self, op: _Emit) -> _Emit:
+        self.ops.append(op)
+        return op
+
+    def inline(self, terms, filtered: bool) -> dict:
         expr: dict = {}
-        if cx != 0.0:
-            expr[eval_state[j]] = cx
-        if co != 0.0 and out_buf[j] is not None:
-            expr[out_buf[j]] = expr.get(out_buf[j], 0.0) + co
-        return expr
-
-    def linear(sw) -> dict:
-        expr: dict = {}
-        _add(expr, state[sw.start], sw.a)
-        for j, w in zip(sw.points, sw.w):
-            _add(expr, model_output(j, sw.prediction), w)
+        for node, c in terms:
+            _add(expr, self.value[node], c)
+        if not filtered:
+            return expr
         # terms that cancel to round-off (e.g. a·x_s against the x_s part of w·x̂0_s) cost a read
         # and carry nothing
         big = max((abs(c) for c in expr.values()), default=0.0)
         return {b: c for b, c in expr.items() if abs(c) > 1e-14 * big}
 
-    def materialise(expr: dict, step: int, phase: str) -> int:
-        """Buffer holding `expr`. A symbolic (pseudo-corrected) state that later ops still read
-        rides along as the combination's second output, so it is written once and never
-        recomputed; in the rare case of several, the others get their own combination."""
-        if _is_buffer(expr) and phase != "final":
-            return next(iter(expr))
-        pending = [p for p, e in sorted(state.items()) if not _is_buffer(e) and needed_after(p, step, phase)]
-        for p in pending[1:]:
-            b = new_buffer()
-            ops.append(("combine", state[p], b, None, None, step))
-            state[p] = {b: 1.0}
-        out = new_buffer()
-        if pending:
-            p = pending[0]
-            b2 = new_buffer()
-            ops.append(("combine", expr, out, state[p], b2, step))
-            state[p] = {b2: 1.0}
-        else:
-            ops.append(("combine", expr, out, None, None, step))
-        return out
+    def pending(self, now: int, exclude: int) -> list[int]:
+        """Symbolic states that an op after node `now` still reads, by point."""
+        nodes = self.program.nodes
+        out = [k for k, n in enumerate(nodes) if n.kind == "state" and k != exclude and k in self.value
+               and not _is_buffer(self.value[k]) and any(r > now for r in self.readers.get(k, ()))]
+        return sorted(out, key=lambda k: (nodes[k].point, k))
 
-    def evaluate(j: int, buf: int) -> None:
-        eval_state[j] = buf
-        out_buf[j] = new_buffer()
-        conv[j] = model.conversion(ts[j])
-        ops.append(("eval", buf, j, out_buf[j]))
+    def materialise(self, expr: dict, step: int, pending: list[int]) -> int:
+        for k in pending[1:]:
+            b = self.emit(_Emit("combine", self.new_buffer(), self.value[k], step=step)).out
+            self.value[k] = {b: 1.0}
+        if not pending:
+            return self.emit(_Emit("combine", self.new_buffer(), expr, step=step)).out
+        k = pending[0]
+        op = self.emit(_Emit("combine", self.new_buffer(), expr, self.value[k], self.new_buffer(), step=step))
+        self.value[k] = {op.out2: 1.0}
+        return op.out
 
-    # point 0
-    if schedule.afs:
-        a0, s0 = float(ns.marginal_alpha(ts[0])), float(ns.marginal_std(ts[0]))
-        eval_state[0] = x_t
-        if model.has_zero_mean:
-            out_buf[0] = None
-        else:
-            out_buf[0] = new_buffer()
-            ops.append(("const", out_buf[0]))
-        conv[0] = (1.0 / s0, -a0 / s0, 0.0, 1.0)  # the "output" is x̂0 = data mean
-    else:
-        evaluate(0, x_t)
+    def lower(self) -> tuple[list[_Emit], int]:
+        """(ops over buffers, result buffer)."""
+        for k, node in enumerate(self.program.nodes):
+            if node.kind == "state":
+                self.value[k] = self.inline(node.terms, filtered=True)
+            elif node.kind == "eval":
+                src = self.value[node.source]
+                if not _is_buffer(src):
+                    src = {self.materialise(src, node.point, self.pending(k, node.source)): 1.0}
+                    self.value[node.source] = src
+                out = self.emit(_Emit("eval", self.new_buffer(), src, point=node.point)).out
+                self.value[k] = {out: 1.0}
+        final = self.inline(self.program.output, filtered=False)
+        if _is_buffer(final):
+            return self.ops, next(iter(final))
+        sch = self.program.schedule
+        return self.ops, self.materialise(final, len(sch.steps) + int(sch.denoise_to_zero), [])
 
-    for i in range(1, n + 1):
-        st = schedule.steps[i - 1]
-        pred_w, corr_w = weights[i - 1]
-        pred = linear(pred_w)
-        if st.corrector != "none":
-            evaluate(i, materialise(pred, i, "pred"))
-            state[i] = linear(corr_w)
-            if st.corrector == "implicit" or (i == n and schedule.denoise_to_zero):
-                buf = materialise(state[i], i, "corr")
-                state[i] = {buf: 1.0}
-                evaluate(i, buf)
-        elif i < n or schedule.denoise_to_zero:
-            buf = materialise(pred, i, "pred")
-            state[i] = {buf: 1.0}
-            evaluate(i, buf)
-        else:
-            state[i] = pred
 
-    final = model_output(n, "data") if schedule.denoise_to_zero else state[n]
-    result = next(iter(final)) if _is_buffer(final) else materialise(final, n + int(schedule.denoise_to_zero), "final")
-
-    return _assign_slots(ops, n_buffers[0], x_t, result, schedule)
+def compile_plan(schedule: Schedule, model: DiffusionModel) -> Plan:
+    """Compile `schedule` for `model` (its noise schedule and parameterisation): the minimal-slot
+    lowering of the schedule's program (`usf_fast.program.trace`)."""
+    check_schedule_range(schedule, model.noise_schedule)
+    ops, result = _PlanLowering(trace(schedule, model), model).lower()
+    return _assign_slots(ops, result, schedule)
 
 
 _CACHE: "OrderedDict[tuple, Plan]" = OrderedDict()
@@ -239,32 +225,17 @@ def cached_plan(schedule: Schedule, model: DiffusionModel) -> Plan:
     return plan
 
 
-def _is_buffer(expr: dict) -> bool:
-    return len(expr) == 1 and next(iter(expr.values())) == 1.0
-
-
-def _assign_slots(raw_ops, n_buffers, x_t, result, schedule) -> Plan:
+def _assign_slots(raw_ops: list[_Emit], result: int, schedule: Schedule) -> Plan:
     """Greedy linear-scan slot assignment; a combination may overwrite an input it reads last
     (the update is elementwise), so slots are reused as soon as a buffer dies."""
-    def reads(op):
-        if op[0] == "eval":
-            return [op[1]]
-        if op[0] == "combine":
-            r = list(op[1])
-            if op[3] is not None:
-                r += list(op[3])
-            return r
-        return []
-
+    x_t = 0
     last = {x_t: -1}
     for k, op in enumerate(raw_ops):
-        for b in reads(op):
+        for b in op.reads():
             last[b] = k
     last[result] = len(raw_ops)
-
     slot_of = {x_t: 0}
     free: list[int] = []
-    n_slots = 1
     live = {x_t}
 
     def release(k):
@@ -274,39 +245,36 @@ def _assign_slots(raw_ops, n_buffers, x_t, result, schedule) -> Plan:
                 free.append(slot_of[b])
 
     def alloc(b):
-        nonlocal n_slots
         if free:
             s = min(free)
             free.remove(s)
         else:
-            s = n_slots
-            n_slots += 1
+            s = len(set(slot_of.values()))
         slot_of[b] = s
         live.add(b)
 
     release(-1)
     ops: list = []
     for k, op in enumerate(raw_ops):
-        if op[0] == "eval":
-            _, st, point, out = op
-            release(k - 1)
-            alloc(out)          # the model writes a new tensor: it cannot share the state's slot
-            ops.append(Eval(slot_of[st], point, schedule.timesteps[point], slot_of[out]))
-        elif op[0] == "const":
-            release(k - 1)
-            alloc(op[1])
-            ops.append(Const(slot_of[op[1]]))
-        else:
-            _, expr, out, expr2, out2, step = op
-            inputs = list(expr)
-            if expr2 is not None:
-                inputs += [b for b in expr2 if b not in expr]
-            slots_in = tuple(slot_of[b] for b in inputs)
-            release(k)          # inputs read last here may be overwritten in place
-            alloc(out)
-            if out2 is not None:
-                alloc(out2)
-            coefs = tuple(float(expr.get(b, 0.0)) for b in inputs)
-            coefs2 = tuple(float(expr2.get(b, 0.0)) for b in inputs) if expr2 is not None else None
-            ops.append(Combine(slots_in, coefs, slot_of[out], coefs2, slot_of[out2] if out2 is not None else None, step))
-    return Plan(ops, n_slots, 0, slot_of[result], schedule.nfe, schedule)
+        if op.kind == "combine":
+            ops.append(_combine_op(op, slot_of, release, alloc, k))
+            continue
+        release(k - 1)
+        alloc(op.out)          # the model writes a new tensor: it cannot share the state's slot
+        ops.append(Const(slot_of[op.out]) if op.kind == "const" else
+                   Eval(slot_of[next(iter(op.expr))], op.point, schedule.timesteps[op.point], slot_of[op.out]))
+    return Plan(ops, len(set(slot_of.values())), 0, slot_of[result], schedule.nfe, schedule)
+
+
+def _combine_op(op: _Emit, slot_of: dict, release, alloc, k: int) -> Combine:
+    inputs = list(op.expr)
+    if op.expr2 is not None:
+        inputs += [b for b in op.expr2 if b not in op.expr]
+    slots_in = tuple(slot_of[b] for b in inputs)
+    release(k)          # inputs read last here may be overwritten in place
+    alloc(op.out)
+    if op.out2 is not None:
+        alloc(op.out2)
+    coefs = tuple(float(op.expr.get(b, 0.0)) for b in inputs)
+    coefs2 = tuple(float(op.expr2.get(b, 0.0)) for b in inputs) if op.expr2 is not None else None
+    return Combine(slots_in, coefs, slot_of[op.out], coefs2, slot_of[op.out2] if op.out2 is not None else None, op.step)

@@ -1,4 +1,4 @@
-"""`Schedule`: every decision of a USF solver (DESIGN.md §2), as data.
+"""`Schedule`: every decision of a USF solver (docs/design.md, "The decision space"), as data.
 
 Points are numbered 0..N: point 0 is x_T at timesteps[0]; step i (1..N) computes the state at
 timesteps[i] from an earlier *start* point, using model outputs M_j at earlier *active points*.
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from .coefficients import RELAX_KINDS
+from .walk import count_evaluations
 
 __all__ = ["Step", "Schedule", "SCHEDULE_FORMAT", "SCHEDULE_VERSION"]
 
@@ -99,6 +100,7 @@ class Schedule:
         self.denoise_to_zero = denoise_to_zero
         self.name = name
         self.meta = dict(meta or {})
+        self._nfe: int | None = None
 
     # ---- derived facts -------------------------------------------------------------------
     @property
@@ -107,14 +109,10 @@ class Schedule:
 
     @property
     def nfe(self) -> int:
-        """Model evaluations `sample` makes, exactly."""
-        n = len(self.steps)
-        last = self.steps[-1].corrector
-        count = (0 if self.afs else 1) + (n - 1)            # points 0..N−1
-        count += 1 if last != "none" else 0                 # M_N for the last step's corrector
-        count += sum(s.corrector == "implicit" for s in self.steps)
-        count += 1 if (self.denoise_to_zero and last != "implicit") else 0
-        return count
+        """Model evaluations `sample` makes, exactly: the evaluations of the schedule's walk."""
+        if self._nfe is None:
+            self._nfe = count_evaluations(self)
+        return self._nfe
 
     def evaluates_last_point(self) -> bool:
         return self.steps[-1].corrector != "none"

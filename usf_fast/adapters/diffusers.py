@@ -19,10 +19,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from .. import presets as P
-from ..dense import dense_program
+from ..dense import dense_program, input_width
 from ..model import DiffusionModel
 from ..noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleVP
-from ..sampler import check_noise_schedule, check_schedule_range
+from ..checks import check_noise_schedule, check_schedule_range
 from ..schedule import Schedule
 from .edm import edm_coefficients, edm_precond
 
@@ -165,7 +165,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                                  f"schedule has NFE {s.nfe}; call the pipeline with num_inference_steps={s.nfe}")
             self._active = s
         prog = dense_program(self._active, self._model)
-        self._A = [prog.A[e, : 2 + 2 * e].tolist() for e in range(prog.nfe)]
+        self._A = [prog.A[e, :input_width(e)].tolist() for e in range(prog.nfe)]
         self._F = prog.F.tolist()
         self._times = prog.times.tolist()
         self.init_noise_sigma = float(self.noise_schedule.prior_std(self._active.timesteps[0]))

@@ -2,7 +2,7 @@
 of Gaussian data, at several data scales, in closed form.
 
 For data N(0, s²) the model is linear (ε̂ = σ x / (α² s² + σ²)), so a schedule maps x_T to a
-multiple G(s)·x_T that `sampler.walk` gives exactly with arrays over the scales,
+multiple G(s)·x_T that the schedule's walk (`usf_fast.walk`) gives exactly with arrays over the scales,
 and the ODE's exact map is std_0/std_T with std_t² = α_t² s² + σ_t². The features are
 log10 |G/G_exact − 1| over a grid of scales: a linear test problem, the classical probe of an ODE
 solver's accuracy (the role Dahlquist's test equation plays for ODE solvers), here with the
@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..noise_schedules import NoiseSchedule
-from ..sampler import step_weights, walk
+from ..program import step_weights
+from ..walk import analytic_first_step, walk
 from ..schedule import Schedule
 
 __all__ = ["gaussian_probe", "PROBE_SCALES"]
@@ -40,8 +41,9 @@ def gaussian_probe(schedule: Schedule, ns: NoiseSchedule, scales=PROBE_SCALES) -
         e = sigma[j] * x / (alpha[j] ** 2 * s2 + sigma[j] ** 2)
         return x, e, (x - sigma[j] * e) / alpha[j]
 
-    # analytical first step: x̂0 = data mean = 0
-    final = walk(schedule, weights, np.ones_like(s2), evaluate, lambda x: (x / sigma[0], np.zeros_like(s2)))
+    # the Gaussian data have mean 0
+    final = walk(schedule, weights, np.ones_like(s2), evaluate,
+                 lambda x: analytic_first_step(x, np.zeros_like(s2), alpha[0], sigma[0]))
     std = np.sqrt(alpha[[0, -1]][:, None] ** 2 * s2 + sigma[[0, -1]][:, None] ** 2)
     exact = (alpha[-1] * s2 / std[1] ** 2 * std[1] if schedule.denoise_to_zero else std[1]) / std[0]
     with np.errstate(all="ignore"):

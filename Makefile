@@ -20,9 +20,9 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
 	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} $(PY) -m pip install -q --no-build-isolation -e '.[dev]'
 	touch $(STAMP)
 
+# a second `make run` resumes (and reprints) the search in out/search instead of deleting it
 run: $(STAMP)
-	rm -rf out/search
-	$(VENV)/bin/usf-fast search --model gmm-image --nfe 4,5,6 --out out/search
+	$(VENV)/bin/usf-fast search --model gmm-image --nfe 4,5,6 --out out/search $$(test -f out/search/log_nfe4.jsonl && echo --resume)
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -11,7 +11,8 @@ import sys
 
 from setuptools import setup
 
-PACKAGES = ["usf_fast", "usf_fast.kernels", "usf_fast.search", "usf_fast.adapters"]
+# usf_fast.weights is a data package (the digits networks' .pt files)
+PACKAGES = ["usf_fast", "usf_fast.kernels", "usf_fast.search", "usf_fast.adapters", "usf_fast.models", "usf_fast.weights"]
 PACKAGE_DIR = {"usf_fast.kernels": "kernels"}
 
 
@@ -89,5 +90,5 @@ def _cuda_library_headers(ce):
 
 
 ext_modules, cmdclass = _extensions()
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR, package_data={"usf_fast": ["weights/*.pt"]},
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, package_data={"usf_fast.weights": ["*.pt"]},
       ext_modules=ext_modules, cmdclass=cmdclass)

@@ -36,7 +36,8 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv || true
 
 stamp "GPU tests"
 $PY -m pytest tests/test_backends.py tests/test_build.py tests/test_graph.py -q -rs || status=1
-$PY -m pytest tests/test_search.py -q -rs -k gpu || status=1
+$PY -m pytest tests -q -rs -m gpu || status=1   # every @pytest.mark.gpu test
+$PY -m pytest tests/test_conformance.py -q -rs || status=1
 
 if [ "${BENCH:-1}" = 0 ]; then stamp "done, tests only (status $status)"; exit $status; fi
 stamp "benchmarks"

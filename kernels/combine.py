@@ -1,6 +1,6 @@
 """Fused USF combination in Triton: out = Σ_k c_k · in_k (and optionally out2), float32 accumulation.
 
-Kernel, wrapper and reference side by side (the reference is `usf_fast.backends.combine_torch`).
+Kernel, wrapper and reference side by side (the reference is `usf_fast.backends.combine_torch`; the contract is `usf_fast.contract`).
 The inputs are passed as a tuple of pointers and unrolled over K (a compile-time constant), so
 one launch reads each input once and writes one or two outputs. Coefficients are a device
 tensor, (K,) or per-sample (B, K): no host reads, replayable in a CUDA graph. Runs on the CPU
@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from usf_fast.contract import KERNEL_DTYPES, check_combine_args
 
 BLOCK = 1024
 
@@ -45,8 +47,7 @@ def _combine_kernel(ptrs, c1_ptr, c2_ptr, out_ptr, out2_ptr, n, inner,
 
 def combine_triton(inputs, coefs, out, coefs2=None, out2=None):
     """Same contract as `usf_fast.backends.combine_torch` (float32/float16/bfloat16 storage)."""
-    from usf_fast.backends import check_combine_args
-    check_combine_args(inputs, coefs, out, coefs2, out2, dtypes=(torch.float32, torch.float16, torch.bfloat16))
+    check_combine_args(inputs, coefs, out, coefs2, out2, dtypes=KERNEL_DTYPES)
     n = out.numel()
     if n == 0:
         return out

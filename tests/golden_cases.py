@@ -20,39 +20,14 @@ import torch
 
 import usf_fast
 from usf_fast import presets as P
-from usf_fast.schedule import Schedule, Step
+from usf_fast.models import embedded_model
+from usf_fast.search import s3_search
+
+from strategies import random_schedule
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden.json")
-RELAX = ("taylor", "linear", "midpoint", "bh1", "bh2")
-
-
-def random_schedule(ns, rng: np.random.Generator) -> Schedule:
-    """A random valid schedule over the whole decision space (not only the search's multistep one)."""
-    n = int(rng.integers(2, 7))
-    lam = np.sort(rng.uniform(ns.marginal_lambda(ns.t_max), ns.marginal_lambda(ns.t_min), n + 1))
-    lam[0], lam[-1] = ns.marginal_lambda(ns.t_max), ns.marginal_lambda(ns.t_min)
-    ts = [float(ns.inverse_lambda(v)) for v in lam]
-    ts[0], ts[-1] = ns.t_max, ns.t_min
-    steps = []
-    for i in range(1, n + 1):
-        start = int(rng.integers(max(0, i - 2), i)) if rng.random() < 0.3 else i - 1
-        avail = [j for j in range(i) if j != start]
-        order = int(rng.integers(1, min(4, len(avail) + 1) + 1))
-        extra = int(rng.integers(0, 2)) if len(avail) > order - 1 else 0
-        points = tuple(sorted(rng.choice(avail, order - 1 + extra, replace=False).tolist(), reverse=True)) if order > 1 or extra else ()
-        relax = RELAX[int(rng.integers(0, len(RELAX)))]
-        corr = ("none", "pseudo", "implicit")[int(rng.choice(3, p=[0.5, 0.35, 0.15]))]
-        steps.append(Step(prediction=("data", "noise")[int(rng.integers(0, 2))], order=order, start=start,
-                          points=points, relax=relax, relax_coef=float(rng.normal()) if relax == "linear" else 0.0,
-                          d2_scale=float(rng.choice([1.0, 0.5])), corrector=corr,
-                          corrector_relax="bh1" if corr != "none" and rng.random() < 0.3 else "taylor"))
-    return Schedule(ts, steps, afs=bool(rng.random() < 0.3), denoise_to_zero=bool(rng.random() < 0.2),
-                    name="random")
-
-
 def cases():
     """(case name, model, schedule)."""
-    from usf_fast.analytic import embedded_model
     ns = usf_fast.NoiseScheduleVP("linear")
     models = {p: embedded_model("gmm-2d", ns, p) for p in ("eps", "x0", "v")}
     out = []
@@ -84,8 +59,6 @@ def run_case(model, schedule, noise) -> dict:
 
 
 def search_case() -> dict:
-    from usf_fast.analytic import embedded_model
-    from usf_fast.search import s3_search
     model = embedded_model("gmm-2d")
     r = s3_search(model, 4, budget=40, samples=(32, 64), heldout=64, proposals=64, progress=False, seed=0)
     return {"best": r.best.to_dict(), "best_metric": float(r.best_metric).hex(), "evaluations": r.evaluations}

@@ -103,15 +103,13 @@ def test_search_on_cuda_without_a_gpu_is_one_clear_line(tmp_path, capsys):
 def test_search_predictor_choices_are_the_searchs():
     """The CLI lists the predictors literally (importing the search at start-up would slow every
     command); they must stay the ones `s3_search` accepts, with the same default."""
-    import inspect
-
     from usf_fast.cli import build_parser
-    from usf_fast.search import s3_search
-    from usf_fast.search.s3 import PREDICTORS
+    from usf_fast.search import SearchConfig
+    from usf_fast.search.config import PREDICTORS
     search = build_parser()._subparsers._group_actions[0].choices["search"]
     action = next(a for a in search._actions if a.dest == "predictor")
     assert sorted(action.choices) == sorted(PREDICTORS)
-    assert action.default == inspect.signature(s3_search).parameters["predictor"].default
+    assert action.default == SearchConfig.predictor
 
 
 def test_search_with_a_factory_model_writes_best_json(tmp_path, capsys, monkeypatch):

@@ -80,7 +80,7 @@ def test_training_is_deterministic():
 
 def test_bad_input(tmp_path):
     missing = tmp_path / "nowhere.pt"
-    with pytest.raises(FileNotFoundError, match="digits UNet weights not found .*usf_fast.digits_train"):
+    with pytest.raises(FileNotFoundError, match="digits UNet weights not found .*usf_fast.models.train_digits"):
         D.digits_model(weights=str(missing))
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")

@@ -90,10 +90,9 @@ def test_bad_construction():
 
 # ---- GPU only: these run wherever a CUDA device exists (bench/gpu_check.sh) ------------------
 
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@gpu
+@pytest.mark.gpu
 def test_graph_replay_equals_eager_on_gpu():
     noise = NOISE.float().cuda()
     graphed = GraphSampler(MODEL, NFE, noise.shape, device="cuda")
@@ -104,7 +103,7 @@ def test_graph_replay_equals_eager_on_gpu():
         assert _rel(a, b) <= 1e-6, name
 
 
-@gpu
+@pytest.mark.gpu
 def test_uncapturable_model_falls_back_to_eager_with_a_warning():
     def net(x, t):
         if float(t[0]) > 0.5:  # host read: cannot be captured

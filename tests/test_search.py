@@ -275,7 +275,7 @@ def test_predictor_use_before_fit():
         Predictor(6).predict(np.zeros((2, 6)))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["auto", "torch", "triton", "cuda"])
 def test_batched_evaluation_on_the_gpu_equals_the_cpu(backend):
     space = SearchSpace(NS, 5)
@@ -306,7 +306,7 @@ def test_a_model_on_another_device_or_a_wrong_shape_is_a_clear_error_before_the_
         s3_search(MODEL2D, 3, shape=(3, 5), **SMALL)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.gpu
 def test_search_on_the_gpu_runs_every_model_call_there_and_beats_the_best_preset():
     r = s3_search(_net_only_on("cuda"), 4, seed=0, device="cuda", shape=(2,), **SMALL)   # reference solve too
     assert r.best.nfe == 4 and math.isfinite(r.best_metric)

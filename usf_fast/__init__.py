@@ -13,7 +13,20 @@ from .graph import GraphSampler
 from .reference import reference_sample
 from .schedule import Schedule, Step
 
-__version__ = "0.1.0"
+from ._version import __version__
+
+_SUBMODULES = ("adapters", "analytic", "backends", "checks", "coefficients", "dense", "digits", "executor", "graph",
+               "metrics", "models", "noise_schedules", "plan", "presets", "program", "reference", "sampler",
+               "schedule", "search", "walk")
+
+
+def __getattr__(name: str):
+    """`usf_fast.models`, `usf_fast.search`, … work after a bare `import usf_fast` (loaded on first use:
+    the search and the adapters pull in more than sampling needs)."""
+    if name in _SUBMODULES:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["GraphSampler", "DiffusionModel", "NoiseSchedule", "NoiseScheduleEDM", "NoiseScheduleVP", "Schedule", "Step", "reference_sample",
            "presets", "sample", "__version__"]

@@ -2,19 +2,25 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
 import sys
 import time
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from ._version import __version__
 from . import presets as P
-from .analytic import EMBEDDED_MODELS, embedded_model
-from .metrics import reference_distance, reference_samples
-from .noise_schedules import NoiseScheduleEDM, NoiseScheduleVP
 from .api import sample
+from .backends import BACKENDS, backend_status, resolve_backend
+from .metrics import make_metric, reference_distance, reference_samples
+from .model import DiffusionModel
+from .models import EMBEDDED_MODELS, embedded_model
+from .noise_schedules import NoiseScheduleEDM, NoiseScheduleVP
 from .schedule import Schedule
 
 NOISE_SCHEDULES = ("linear", "cosine", "edm")
@@ -61,7 +67,6 @@ def _model_and_noise(args):
 
 def _metrics(model, x, ref) -> dict:
     """ref_rmse; the model's Fréchet distance (exact moments, or digits features); exact NLL (mixtures)."""
-    from .search.evaluate import make_metric
     gmm = getattr(model.net, "gmm", None)
     frechet = make_metric("fd", model)
     m = {"ref_rmse": reference_distance(x, ref) if ref is not None else float("nan"),
@@ -80,20 +85,30 @@ def cmd_sample(args) -> int:
     t0 = time.perf_counter()
     with torch.no_grad():
         x = sample(model, schedule, noise=noise.to(dtype), backend=args.backend)
-    dt = time.perf_counter() - t0
-    ref = None
-    if not args.no_reference:
-        ref = reference_samples(model, noise, schedule.timesteps[0], schedule.timesteps[-1])
-    m = _metrics(model, x, ref)
     print(schedule.summary(ns.time_name))
     print(f"model {args.model} ({args.noise_schedule}), {args.num_samples} samples, {args.dtype}, "
-          f"backend {args.backend}, {dt:.2f} s")
-    print(f"NFE {schedule.nfe}")
+          f"backend {args.backend}, {time.perf_counter() - t0:.2f} s\nNFE {schedule.nfe}", flush=True)
+    ref = None
+    if not args.no_reference:
+        print(f"computing the high-accuracy reference for ref_rmse (float64 UniPC-3, 200 NFE, {args.num_samples} "
+              "samples; --no-reference skips it)", flush=True)
+        ref = reference_samples(model, noise, schedule.timesteps[0], schedule.timesteps[-1],
+                                batch_size=max(1, min(100, args.num_samples)), progress=True)
+    m = _metrics(model, x, ref)
+    _print_metrics(m, args.model)
+    _write_outputs(args, model, schedule, x, m)
+    return 0
+
+
+def _print_metrics(m: dict, model_name: str) -> None:
     print(f"ref_rmse {m['ref_rmse']:.6g}   (RMS distance to a high-accuracy ODE solution from the same noise)")
-    space = "the digits feature network's space" if args.model == "digits" else "the exact data moments"
+    space = "the digits feature network's space" if model_name == "digits" else "the exact data moments"
     print(f"frechet  {m['frechet']:.6g}   (Fréchet distance of the samples to the data, in {space})")
     if "nll" in m:
         print(f"nll      {m['nll']:.6g}   (exact negative log-likelihood per dimension, nats)")
+
+
+def _write_outputs(args, model, schedule: Schedule, x: torch.Tensor, m: dict) -> None:
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         torch.save({"samples": x, "schedule": schedule.to_dict(), "metrics": m, "nfe": schedule.nfe}, args.out)
@@ -104,12 +119,10 @@ def cmd_sample(args) -> int:
     if args.grid:
         _write_picture(model, x, args.grid, f"{schedule.name or 'schedule'}, NFE {schedule.nfe}", args.grid_size)
         print(f"wrote {args.grid}")
-    return 0
 
 
 def image_grid(x: torch.Tensor, cols: int = 8, pad: int = 1):
     """(B, C, H, W) in [−1, 1] → one (rows·(H+pad)+pad, cols·(W+pad)+pad, C) float array in [0, 1]."""
-    import numpy as np
     b, c, h, w = x.shape
     rows = math.ceil(b / cols)
     grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.float32)
@@ -158,7 +171,6 @@ def cmd_compare(args) -> int:
             raise ValueError(f"--spacings: {sp!r} must be among {', '.join(P.SPACINGS)}")
     ref = reference_samples(model, noise, ns.t_max, ns.t_min)
     rows = []
-    from tqdm.auto import tqdm
     jobs = [(n, label, sp, s) for n in nfes for label, sp, s in P.standard_schedules(ns, n, spacings)]
     results = {}
     for n, label, sp, s in tqdm(jobs, desc="presets", unit="run", disable=not args.progress):
@@ -190,13 +202,11 @@ def cmd_compare(args) -> int:
 
 def load_model(spec: str, noise_schedule: str = "linear"):
     """An embedded model name, or 'package.module:factory' (a callable returning a DiffusionModel)."""
-    from .model import DiffusionModel
     if spec in EMBEDDED_MODELS:
         return embedded_model(spec, _noise_schedule(noise_schedule))
     if ":" not in spec:
         raise ValueError(f"--model {spec!r}: use an embedded model ({', '.join(EMBEDDED_MODELS)}) "
                          "or package.module:factory")
-    import importlib
     mod_name, fn_name = spec.split(":", 1)
     try:
         factory = getattr(importlib.import_module(mod_name), fn_name)
@@ -245,6 +255,7 @@ def _search_device(spec: str) -> str:
 
 
 def _search(args, rank: int, device: str) -> int:
+    # imported here: the search (scipy.stats, the predictors) adds 0.4 s to every other command's start
     from .search import s3_search
     from .search.report import plot_metric_vs_nfe, plot_schedule
     model = load_model(args.model, args.noise_schedule)
@@ -260,9 +271,12 @@ def _search(args, rank: int, device: str) -> int:
     for n in nfes:
         remaining = None if args.max_minutes is None else max(0.0, args.max_minutes - (time.time() - t0) / 60)
         log_path = os.path.join(args.out, f"log_nfe{n}.jsonl")
+        # --resume on a multi-NFE search: an NFE the killed run never reached starts here
+        resume = args.resume and os.path.exists(log_path)
         res = s3_search(model, n, metric=args.metric, metric_options=metric_options, seed=args.seed,
                         budget=args.budget, samples=(args.samples, args.samples2), heldout=args.heldout,
-                        use_predictor=not args.no_predictor, predictor=args.predictor, shape=shape, log_path=log_path, resume=args.resume,
+                        use_predictor=not args.no_predictor, predictor=args.predictor, shape=shape, log_path=log_path,
+                        resume=resume,
                         max_minutes=remaining, progress=rank == 0, chunk=args.chunk, device=device)
         results[n] = res
         if rank == 0:
@@ -294,8 +308,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .backends import BACKENDS, backend_status
-    print(f"usf_fast {__import__('usf_fast').__version__}, torch {torch.__version__} "
+    print(f"usf_fast {__version__}, torch {torch.__version__} "
           f"(CUDA build: {torch.version.cuda or 'no'}), threads {torch.get_num_threads()}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if torch.cuda.is_available():
@@ -306,7 +319,6 @@ def cmd_info(args) -> int:
         for name in BACKENDS:
             ok, why = status[name]
             print(f"  {name:7s} {'usable' if ok else 'not usable'}" + ("" if ok else f"  ({why})"))
-    from .backends import resolve_backend
     print("auto picks: " + ", ".join(f"{d}/float32 -> {resolve_backend('auto', torch.device(d), torch.float32)}"
                                      for d in devices))
     return 0

@@ -1,6 +1,6 @@
 """Host math (float64) of one USF step: the weights of x_t = a·x_s + Σ_j w_j·M_j.
 
-One step from start point s to target t, h = λ_t − λ_s, expansion order n (DESIGN.md §1):
+One step from start point s to target t, h = λ_t − λ_s, expansion order n (docs/design.md, "The math"):
 
     data:  x_t = (σ_t/σ_s) x_s + α_t Σ_{k<n} h^{k+1} φ_{k+1}(−h) D_k     (M = x̂0)
     noise: x_t = (α_t/α_s) x_s − σ_t Σ_{k<n} h^{k+1} φ_{k+1}(h)  E_k     (M = ε̂)

@@ -1,17 +1,17 @@
-"""Plan compiler: Schedule + noise schedule + model parameterisation → straight-line program.
+"""The minimal-slot lowering of a schedule's program (`usf_fast.program`), run by `sample`.
 
 A `Plan` is a list of ops over numbered buffer slots:
 
     Eval(state, point, out)                      slots[out] ← net output at slots[state], t = timesteps[point]
     Combine(inputs, coefs, out, coefs2, out2)    slots[out] ← Σ_k coefs[k] · slots[inputs[k]]  (and out2)
+    Const(out)                                   slots[out] ← the data mean (analytical first step)
 
-Every USF quantity is linear in the stored states and *raw* model outputs: ε̂_j and x̂0_j are
-d_x·x_j + d_o·out_j (prediction-type conversion and CFG folded in), derivative estimates and
-relaxations are weights on those, and a pseudo-corrected state is one more such combination. The
-compiler keeps each quantity as a sparse linear expression over materialised buffers and only
-materialises what the model must see (the state it is evaluated at) or what later steps read.
-A pseudo-corrected state is never computed on its own: it is folded into the next step's
-combination, which writes it as a second output only when a later op still reads it.
+The lowering keeps each program value as a sparse linear expression over materialised buffers and
+only materialises what the model must see (the state it is evaluated at) or what later ops read.
+A pseudo-corrected state is never computed on its own: it is folded into the combinations that
+read it, and written as a second output of another combination only when a later op still reads
+it. Slots are reused as soon as a buffer dies, so a step reads few buffers (the dense lowering,
+`usf_fast.dense`, reads every earlier one).
 
 All coefficients are float64 on the host; executors cast them once per plan.
 """

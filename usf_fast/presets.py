@@ -15,6 +15,7 @@ Common options:
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable, Sequence
 
@@ -312,7 +313,6 @@ def get(name: str, noise_schedule: NoiseSchedule, nfe: int, **options) -> Schedu
     if name not in PRESETS:
         raise ValueError(f"preset={name!r}: must be one of {', '.join(PRESETS)}")
     fn = PRESETS[name]
-    import inspect
     allowed = [p for p in inspect.signature(fn).parameters if p not in ("noise_schedule", "nfe")]
     unknown = set(options) - set(allowed)
     if unknown:
@@ -321,5 +321,5 @@ def get(name: str, noise_schedule: NoiseSchedule, nfe: int, **options) -> Schedu
 
 
 def describe() -> list[tuple[str, str]]:
-    """(name, first docstring line) for every preset."""
-    return [(k, (v.__doc__ or "").strip().splitlines()[0]) for k, v in PRESETS.items()]
+    """(name, the first paragraph of its docstring, on one line) for every preset."""
+    return [(k, " ".join((v.__doc__ or "").strip().split("\n\n")[0].split())) for k, v in PRESETS.items()]

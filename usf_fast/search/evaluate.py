@@ -5,27 +5,21 @@ Candidates share the dense program of their NFE (`usf_fast.dense`), so a chunk o
 the combination kernel. Chunks always hold the same candidates whatever the number of processes,
 so results do not depend on how the work is sharded.
 
-Metrics (lower is better), pluggable: `ReferenceDistance` (default: RMS distance to a
-high-accuracy solution from the same noise), `ExactFrechet` (the embedded models' own Fréchet
-distance: exact moments for the mixtures, the feature network for digits), `FID`
-(pytorch-fid Inception features against dataset statistics), or any callable
-`f(samples) -> float`.
+Metrics (lower is better) come from `usf_fast.metrics.make_metric`.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import numpy as np
 import torch
 
 from ..dense import dense_program, device_tables, run_dense, stack_programs
-from ..metrics import reference_distance, reference_samples
+from ..metrics import FID, METRICS, CallableMetric, ExactFrechet, ReferenceDistance, make_metric, reference_samples
 from ..model import DiffusionModel
 from ..schedule import Schedule
 
-__all__ = ["NoiseSet", "ReferenceDistance", "ExactFrechet", "FID", "CallableMetric", "make_metric",
-           "evaluate_schedules", "METRICS"]
+__all__ = ["NoiseSet", "evaluate_schedules", "ReferenceDistance", "ExactFrechet", "FID", "CallableMetric",
+           "make_metric", "METRICS"]
 
 
 class NoiseSet:
@@ -48,119 +42,6 @@ class NoiseSet:
                                  f"returns NaN/inf somewhere in t ∈ [{t_end}, {t_start}]; metric 'ref' needs a finite model")
             self._ref = ref
         return self._ref
-
-
-class ReferenceDistance:
-    """RMS distance to the high-accuracy ODE solution from the same noise (needs no weights)."""
-
-    name = "ref"
-    needs_reference = True
-
-    def __call__(self, samples: torch.Tensor, reference: torch.Tensor) -> float:
-        return reference_distance(samples, reference)
-
-
-class ExactFrechet:
-    """The model's own Fréchet distance of the samples to its data: exact moments for the analytic
-    mixtures (`gmm`), the feature-network distance for the digits model."""
-
-    needs_reference = False
-
-    def __init__(self, owner, name: str = "exact"):
-        self.owner, self.name = owner, name
-
-    def __call__(self, samples, reference=None) -> float:
-        return self.owner.frechet_distance(samples)
-
-
-class FID:
-    """FID with pytorch-fid: Inception pool features of the samples (assumed in [−1, 1]) against
-    dataset statistics in an `.npz` with `mu` and `sigma`.
-
-    weights: a local path to pytorch-fid's Inception weights (`pt_inception-2015-12-05-*.pth`);
-    None uses pytorch-fid's own loader (its cache, or a download where the network allows).
-    """
-
-    name = "fid"
-    needs_reference = False
-
-    def __init__(self, stats_npz: str, weights: str | None = None, device="cpu", batch_size: int = 50):
-        try:
-            import pytorch_fid.inception as inc
-            from pytorch_fid.fid_score import calculate_frechet_distance
-        except ImportError as e:
-            raise ValueError(f"metric 'fid' needs pytorch-fid (pip install pytorch-fid): {e}") from None
-        try:
-            stats = np.load(stats_npz)
-            self.mu, self.sigma = stats["mu"], stats["sigma"]
-        except (OSError, KeyError, ValueError) as e:
-            raise ValueError(f"fid stats {stats_npz!r}: need an .npz with 'mu' and 'sigma' ({e})") from None
-        if weights is not None:
-            import os
-            if not os.path.exists(weights):
-                raise ValueError(f"fid weights {weights!r}: file not found")
-            original = inc.load_state_dict_from_url
-            inc.load_state_dict_from_url = lambda *a, **k: torch.load(weights, map_location="cpu")
-            try:
-                self.net = inc.InceptionV3([inc.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
-            finally:
-                inc.load_state_dict_from_url = original
-        else:
-            self.net = inc.InceptionV3([inc.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
-        self.net = self.net.to(device).eval()
-        self.device, self.batch_size = device, batch_size
-        self._frechet = calculate_frechet_distance
-
-    @torch.no_grad()
-    def features(self, samples: torch.Tensor) -> np.ndarray:
-        x = samples.float()
-        if x.dim() != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"fid: samples must be images (B, 1 or 3, H, W), got {tuple(x.shape)}")
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
-        feats = [self.net(((c.clamp(-1, 1) + 1) / 2).to(self.device))[0].squeeze(-1).squeeze(-1).cpu()
-                 for c in x.split(self.batch_size)]
-        return torch.cat(feats).double().numpy()
-
-    def __call__(self, samples, reference=None) -> float:
-        f = self.features(samples)
-        return float(self._frechet(f.mean(0), np.cov(f, rowvar=False), self.mu, self.sigma))
-
-
-class CallableMetric:
-    needs_reference = False
-
-    def __init__(self, fn: Callable, name: str = "custom"):
-        self.fn, self.name = fn, name
-
-    def __call__(self, samples, reference=None) -> float:
-        return float(self.fn(samples))
-
-
-METRICS = ("ref", "exact", "fd", "fid")
-
-
-def make_metric(metric, model: DiffusionModel | None = None, **options):
-    """'ref' | 'exact' (analytic models) | 'fd' (embedded models: exact, or digits features) |
-    'fid' (options: stats=, weights=) | a callable | an object."""
-    if callable(metric) and not isinstance(metric, str):
-        return metric if hasattr(metric, "needs_reference") else CallableMetric(metric)
-    if metric == "ref":
-        return ReferenceDistance()
-    if metric in ("exact", "fd"):
-        net = getattr(model, "net", None)
-        owner = getattr(net, "gmm", None)
-        if owner is None and metric == "fd" and hasattr(net, "frechet_distance"):
-            owner = net
-        if owner is None:
-            raise ValueError("metric='exact': only the embedded analytic models (gmm-*) have exact moments" if metric == "exact"
-                             else "metric='fd': only the embedded models (gmm-*, digits) carry a Fréchet distance to their data")
-        return ExactFrechet(owner, metric)
-    if metric == "fid":
-        if not options.get("stats"):
-            raise ValueError("metric='fid': needs fid_stats= (--fid-stats: an .npz with mu and sigma of the dataset's Inception features)")
-        return FID(options["stats"], options.get("weights"), options.get("device", "cpu"))
-    raise ValueError(f"metric={metric!r}: must be one of {', '.join(METRICS)} or a callable f(samples) -> float")
 
 
 def evaluate_schedules(model: DiffusionModel, schedules: list[Schedule], noise_set: NoiseSet, metric,

@@ -43,7 +43,7 @@ class SearchLog:
             warnings.warn(f"log {self.path}: dropping an unfinished last line (the search was killed while "
                           "writing it); that evaluation will be redone", RuntimeWarning, stacklevel=3)
         head = {k: v for k, v in parsed[0].items() if k != "type"}
-        for key in ("nfe", "seed", "metric", "space"):
+        for key in ("nfe", "seed", "metric", "settings"):
             if head.get(key) != self.header.get(key):
                 raise ValueError(f"log {self.path}: written by a search with {key}={head.get(key)!r}, this one has "
                                  f"{key}={self.header.get(key)!r}; resume with the same settings")

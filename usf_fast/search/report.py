@@ -20,7 +20,7 @@ def plot_metric_vs_nfe(results: dict, path: str, metric_name: str = "metric") ->
     """results: nfe → SearchResult. Searched best vs best preset (and each preset family's best)."""
     plt = _plt()
     nfes = sorted(results)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 4))
     families: dict = {}
     for n in nfes:
         for label, v in results[n].table:
@@ -37,9 +37,9 @@ def plot_metric_vs_nfe(results: dict, path: str, metric_name: str = "metric") ->
     ax.set_yscale("log")
     ax.set_xticks(nfes)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    # beside the axes, so no entry hides a point
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -9,6 +9,7 @@ is exact: N = nfe + afs steps, no corrector on the last step.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -249,7 +250,6 @@ class SearchSpace:
 
 def schedule_key(s: Schedule) -> str:
     """Stable identity for logs and caches (exact: the JSON of the schedule without its name)."""
-    import json
     d = s.to_dict()
     d.pop("name", None)
     d.pop("meta", None)

@@ -1,0 +1,35 @@
+"""Embedded models, one registry: Gaussian mixtures with exact outputs (`mixture`) and a small
+UNet trained on scikit-learn's digits (`digits`, trained by `train_digits`).
+
+    model = usf_fast.models.embedded_model("gmm-image")      # a DiffusionModel, VP linear
+"""
+from __future__ import annotations
+
+from ..model import DiffusionModel
+from ..noise_schedules import NoiseSchedule, NoiseScheduleVP
+from .digits import digits_model
+from .mixture import GaussianMixture, MixtureNet, gmm_2d, gmm_image
+
+__all__ = ["EMBEDDED_MODELS", "embedded_model", "GaussianMixture", "MixtureNet", "gmm_image", "gmm_2d",
+           "digits_model"]
+
+
+def _digits(noise_schedule: NoiseSchedule, prediction: str) -> DiffusionModel:
+    if prediction != "eps":
+        raise ValueError(f"prediction={prediction!r}: the digits model is an ε-prediction network")
+    return digits_model(noise_schedule)
+
+
+EMBEDDED_MODELS = {
+    "gmm-image": (lambda ns, p: gmm_image().as_model(ns, p), "Gaussian mixture, 3x16x16 images, 6 components (exact ε̂)"),
+    "gmm-2d": (lambda ns, p: gmm_2d().as_model(ns, p), "Gaussian mixture on a 2-D ring, 8 components (exact ε̂)"),
+    "digits": (_digits, "trained UNet on scikit-learn digits, 1x8x8, VP linear only (usf_fast.models.digits)"),
+}
+
+
+def embedded_model(name: str = "gmm-image", noise_schedule: NoiseSchedule | None = None,
+                   prediction: str = "eps") -> DiffusionModel:
+    """An embedded model by name (see EMBEDDED_MODELS); default noise schedule VP linear."""
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"model={name!r}: embedded models are {', '.join(EMBEDDED_MODELS)}")
+    return EMBEDDED_MODELS[name][0](noise_schedule or NoiseScheduleVP("linear"), prediction)

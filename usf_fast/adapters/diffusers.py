@@ -231,6 +231,13 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         return self.config.num_train_timesteps
 
 
+def _run_unet(unet, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
+    """The UNet in its own dtype, the output in x's: the search's float64 reference solve (and a
+    float32 sampler around a float16 UNet) then call it as they call any net."""
+    dtype = getattr(unet, "dtype", x.dtype)
+    return unet(x.to(dtype), t.to(dtype), **kwargs).sample.to(x.dtype)
+
+
 def wrap_unet(unet, scheduler_config, *, cond=None, uncond=None, guidance_scale: float | None = None) -> DiffusionModel:
     """A diffusers UNet plus its scheduler config as a `DiffusionModel` for `usf_fast.sample` and
     the search. With `cond` (text embeddings) the UNet gets `encoder_hidden_states`; with
@@ -242,9 +249,9 @@ def wrap_unet(unet, scheduler_config, *, cond=None, uncond=None, guidance_scale:
     edm = isinstance(ns, NoiseScheduleEDM)
     _check_prediction(ptype, edm)
     if cond is None:
-        raw = lambda x, t: unet(x, t).sample  # noqa: E731
+        raw = lambda x, t: _run_unet(unet, x, t)  # noqa: E731
     else:
-        raw = lambda x, t, c: unet(x, t, encoder_hidden_states=c).sample  # noqa: E731
+        raw = lambda x, t, c: _run_unet(unet, x, t, encoder_hidden_states=c)  # noqa: E731
     if not edm:
         return DiffusionModel(raw, ns, PREDICTION[ptype], "discrete", guidance_scale=guidance_scale, cond=cond,
                               uncond=uncond)

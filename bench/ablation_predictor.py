@@ -1,4 +1,4 @@
-"""Predictor ablation for S³ (README numbers): predictor-guided evolution vs plain evolution.
+"""Predictor ablation for S³ (docs/experiments.md): predictor-guided evolution vs plain evolution.
 
 For each seed, both arms run the same stage-1 search (same presets, operators, budget, noise) on an
 embedded model; plain evolution draws its real evaluations at random from the proposals (a child
@@ -31,7 +31,7 @@ import time
 import numpy as np
 import torch
 
-from usf_fast.analytic import embedded_model
+from usf_fast.models import embedded_model
 from usf_fast.schedule import Schedule
 from usf_fast.search import evaluate_schedules, make_metric, s3_search
 from usf_fast.search.evaluate import NoiseSet

@@ -1,9 +1,9 @@
-"""README picture: the embedded digits model at NFE 5 — data, the default preset, the best preset
+"""The README's digits picture (docs/digits_nfe5.png): the embedded digits model at NFE 5 — data, the default preset, the best preset
 and the searched schedule, from the same noise, each titled with its Fréchet distance (2,000 samples);
-also prints UniPC-3's FD at NFE 20 (`--reference-nfe`), the README's NFE-20 comparison.
+also prints UniPC-3's FD at NFE 20 (`--reference-nfe`), the README's NFE-20 row.
 
-    usf-fast search --model digits --nfe 5 --out out/digits      # the searched schedule (~13 min; --samples 64: ~4)
-    python bench/digits_picture.py out/digits/best.json docs/digits_nfe5.png
+    usf-fast search --model digits --nfe 5 --metric fd --out out/digits_fd      # the searched schedule (517 s, 2 CPUs)
+    python bench/digits_picture.py out/digits_fd/best_nfe5.json docs/digits_nfe5.png
 """
 import argparse
 
@@ -15,7 +15,7 @@ import torch  # noqa: E402
 
 import usf_fast  # noqa: E402
 from usf_fast.cli import image_grid  # noqa: E402
-from usf_fast.digits import DIGITS_SHAPE, DigitsFrechet, digits_data, digits_model  # noqa: E402
+from usf_fast.models.digits import DIGITS_SHAPE, DigitsFrechet, digits_data, digits_model  # noqa: E402
 
 
 def main():
@@ -50,7 +50,7 @@ def main():
         ax.imshow(image_grid(x[: args.show], cols)[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         ax.set_title(f"{title}\nNFE {schedule.nfe}, FD {dist:.2f}", fontsize=9)
         print(f"{title}: NFE {schedule.nfe}, FD {dist:.3f}")
-    if args.reference_nfe:   # the README's comparison with NFE 20: printed, not drawn
+    if args.reference_nfe:   # the README's NFE-20 row: printed, not drawn
         for spacing in ("logSNR", "time_quadratic"):
             with torch.no_grad():
                 x = usf_fast.sample(model, usf_fast.presets.unipc(ns, args.reference_nfe, order=3, spacing=spacing),

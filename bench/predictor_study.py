@@ -1,4 +1,4 @@
-"""How well does a predictor rank the *next* candidates of a search? (README, predictor ablation)
+"""How well does a predictor rank the *next* candidates of a search? (docs/experiments.md, predictor ablation)
 
 The predictor's Kendall τ that the search reports is measured on a random 20% of the evaluated
 pool, which spans presets of very different quality and is easy to rank. What the search needs is

@@ -1,4 +1,4 @@
-"""How well the Gaussian probe alone ranks real evaluations (README: the probe warm start).
+"""How well the Gaussian probe alone ranks real evaluations (docs/experiments.md: the probe warm start).
 
 For each search log, Kendall τ between a summary of each stage-1 candidate's Gaussian-probe errors
 (mean, max or log-sum-exp of the 8 scales' log10 errors) and its real metric — over all candidates,

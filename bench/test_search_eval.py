@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from usf_fast.analytic import embedded_model
+from usf_fast.models import embedded_model
 from usf_fast.search import SearchSpace, evaluate_schedules
 from usf_fast.search.evaluate import NoiseSet, ReferenceDistance
 

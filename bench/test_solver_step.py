@@ -2,7 +2,7 @@
 memory floor, on the same tensors, in the same run.
 
     pytest bench/test_solver_step.py --benchmark-only [--benchmark-json out/step.json]
-    python bench/report.py out/step.json          # ratio table for the README
+    python bench/report.py out/step.json          # ratio table for docs/benchmarks.md
 
 Cases (steady-state step of an NFE-10 schedule on an ε-model, as a real sampler runs it):
     dpmpp2m / dpmpp3m   DPM-Solver++ multistep order 2 / 3 (data prediction)

@@ -137,3 +137,36 @@ def test_sample_digits_writes_an_image_grid(tmp_path, capsys):
     # the digits model exists on VP linear only: another noise schedule is one clear error line
     assert main(["sample", "--model", "digits", "--noise-schedule", "cosine", "--no-reference"]) == 2
     assert "trained on NoiseScheduleVP('linear') only" in capsys.readouterr().err
+
+
+# ---- the door: frictions a new user met --------------------------------------------------------
+
+def test_submodules_are_reachable_after_a_bare_import():
+    code = "import usf_fast; print(usf_fast.analytic.embedded_model('gmm-2d').sample_shape, usf_fast.models.EMBEDDED_MODELS['digits'][1])"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("(2,)")
+
+
+def test_presets_prints_whole_descriptions(capsys):
+    assert main(["presets"]) == 0
+    for line in capsys.readouterr().out.splitlines():
+        if line.split(" ")[0] in usf_fast.presets.PRESETS:
+            assert line.rstrip().endswith("."), line
+
+
+def test_sample_says_what_it_computes_before_the_reference_solve(capsys):
+    assert main(["sample", "--model", "gmm-2d", "--num-samples", "20", "--nfe", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("NFE 4") < out.index("computing the high-accuracy reference") < out.index("ref_rmse")
+
+
+def test_resume_of_a_multi_nfe_search_starts_the_nfe_a_killed_run_never_reached(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["search", "--model", "gmm-2d", "--budget", "30", "--samples", "16", "--samples2", "32",
+            "--heldout", "32", "--out", str(out)]
+    assert main(args + ["--nfe", "3"]) == 0          # as if killed before NFE 4 began
+    assert main(args + ["--nfe", "3,4", "--resume"]) == 0
+    summary = (out / "summary.txt").read_text()
+    assert "NFE 4:" in summary and "run now" in summary
+    assert usf_fast.Schedule.from_json(out / "best.json").nfe == 4

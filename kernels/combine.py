@@ -8,7 +8,6 @@ under TRITON_INTERPRET=1 (tests).
 """
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 

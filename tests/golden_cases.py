@@ -17,13 +17,12 @@ import sys
 
 import numpy as np
 import torch
+from strategies import random_schedule
 
 import usf_fast
 from usf_fast import presets as P
 from usf_fast.models import embedded_model
 from usf_fast.search import s3_search
-
-from strategies import random_schedule
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden.json")
 def cases():

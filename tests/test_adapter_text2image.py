@@ -3,10 +3,15 @@ guidance: the pipeline's latents equal usf_fast.sample on the wrapped UNet (guid
 call), and a preset through our scheduler matches diffusers' own schedulers in the same pipeline."""
 import pytest
 import torch
-
 import transformers
-from diffusers import (AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline,
-                       UNet2DConditionModel, UniPCMultistepScheduler)
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+    UniPCMultistepScheduler,
+)
 
 import usf_fast
 from usf_fast.adapters.diffusers import USFScheduler, noise_schedule_from_diffusers_config, wrap_unet

@@ -8,6 +8,7 @@ runs torch, cuda and triton on the GPU.
 import pytest
 import torch
 from hypothesis import given, settings
+from strategies import fuzz_schedules
 
 import usf_fast
 from usf_fast.analytic import gmm_image
@@ -15,7 +16,6 @@ from usf_fast.backends import available_backends, get_combine
 from usf_fast.executor import execute
 from usf_fast.plan import compile_plan
 from usf_fast.sampler import initial_state, reference_sample
-from test_schedule import schedules
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 KERNELS = [b for b in available_backends(DEVICE) if b != "torch"]
@@ -151,7 +151,7 @@ def test_float64_plan_equals_reference_sampler(name):
 
 
 @settings(max_examples=60, deadline=None)
-@given(schedules())
+@given(fuzz_schedules())
 def test_plan_compiler_on_random_schedules(s):
     """The compiled program computes exactly what the step-by-step oracle computes."""
     model = gmm_image(shape=(1, 2, 2), components=2, rank=1).as_model(NS)
@@ -209,7 +209,7 @@ def test_unusable_backend_is_a_clear_error():
 
 
 @settings(max_examples=25, deadline=None)
-@given(schedules())
+@given(fuzz_schedules())
 def test_kernels_on_random_schedule_plans(s):
     """Random schedules give arbitrary K and coefficient patterns; every kernel matches float64."""
     plan = compile_plan(s, MODEL)

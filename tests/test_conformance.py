@@ -10,14 +10,13 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 from hypothesis import HealthCheck, given, settings
+from strategies import schedules
 
 import usf_fast
 from usf_fast.adapters.diffusers import USFScheduler, noise_schedule_from_diffusers_config
 from usf_fast.backends import available_backends
 from usf_fast.dense import dense_program, device_tables, run_dense, stack_programs
 from usf_fast.models import gmm_image
-
-from strategies import schedules
 
 CONFIG = DDPMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, prediction_type="epsilon").config
 NS = noise_schedule_from_diffusers_config(CONFIG)

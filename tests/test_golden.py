@@ -2,7 +2,6 @@
 import json
 
 import pytest
-
 from golden_cases import GOLDEN, compute
 
 

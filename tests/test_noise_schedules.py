@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from oracle import diffusers_betas
 
 import usf_fast
-from oracle import diffusers_betas
 
 SCHEDULES = {
     "linear": lambda: usf_fast.NoiseScheduleVP("linear"),

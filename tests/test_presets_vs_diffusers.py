@@ -9,9 +9,9 @@ UniPC has no such cast and agrees to ~1e-13.
 import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from oracle import discrete_setup, rel_err, run_diffusers, usf_times
 
 import usf_fast
-from oracle import discrete_setup, rel_err, run_diffusers, usf_times
 
 TOL = 1e-5
 DIFFUSERS_PREDICTION = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}

@@ -1,8 +1,9 @@
 """Schedule construction, validation, NFE accounting and the JSON format."""
 
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import fuzz_schedules
 
 import usf_fast
 from usf_fast import Schedule, Step
@@ -115,31 +116,8 @@ def test_summary_one_line_per_step():
     assert "corrector pseudo" in lines[2]
 
 
-@st.composite
-def schedules(draw):
-    n = draw(st.integers(1, 7))
-    raw = sorted(draw(st.lists(st.floats(1e-3, 1.0, allow_nan=False), min_size=n + 1, max_size=n + 1, unique=True)),
-                 reverse=True)
-    # times closer than this coincide in λ to float precision: the sampler refuses them by name
-    # (test_coincident_derivative_points_are_a_value_error_naming_them), so they are not valid input here
-    assume(all(a - b > 1e-6 for a, b in zip(raw, raw[1:])))
-    steps = []
-    for i in range(1, n + 1):
-        start = draw(st.integers(0, i - 1))
-        others = [j for j in range(i) if j != start]
-        points = draw(st.lists(st.sampled_from(others), unique=True, max_size=min(4, len(others)))) if others else []
-        order = draw(st.integers(1, min(4, len(points) + 1)))
-        relax = draw(st.sampled_from(["taylor", "linear", "midpoint", "bh1", "bh2"]))
-        coef = draw(st.floats(-2, 2, allow_nan=False)) if relax == "linear" else 0.0
-        steps.append(Step(prediction=draw(st.sampled_from(["data", "noise"])), order=order, start=start,
-                          points=tuple(points), relax=relax, relax_coef=coef,
-                          d2_scale=draw(st.floats(0, 2, allow_nan=False)),
-                          corrector=draw(st.sampled_from(["none", "pseudo", "implicit"]))))
-    return Schedule(raw, steps, afs=draw(st.booleans()), denoise_to_zero=draw(st.booleans()))
-
-
 @settings(max_examples=150, deadline=None)
-@given(schedules())
+@given(fuzz_schedules())
 def test_fuzz_valid_schedules_round_trip(s):
     assert Schedule.from_json(s.to_json()) == s
     assert s.nfe >= 0

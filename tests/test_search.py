@@ -130,6 +130,7 @@ def test_parents_are_diverse_and_picks_cover_every_parent():
 
 def test_improvement_predictor_learns_which_children_beat_their_parents():
     from scipy.stats import kendalltau
+
     from usf_fast.search.predictor import ImprovementPredictor
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 8))

@@ -6,16 +6,15 @@
     x0 = usf_fast.sample(model, schedule, shape=(16, 3, 32, 32))
 """
 from . import presets
-from .model import DiffusionModel
-from .noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleVP
+from ._version import __version__
 from .api import sample
 from .graph import GraphSampler
+from .model import DiffusionModel
+from .noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleVP
 from .reference import reference_sample
 from .schedule import Schedule, Step
 
-from ._version import __version__
-
-_SUBMODULES = ("adapters", "analytic", "backends", "checks", "coefficients", "dense", "digits", "executor", "graph",
+_SUBMODULES = ("adapters", "analytic", "backends", "checks", "coefficients", "contract", "dense", "digits", "executor", "graph",
                "metrics", "models", "noise_schedules", "plan", "presets", "program", "reference", "sampler",
                "schedule", "search", "walk")
 

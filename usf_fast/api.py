@@ -6,11 +6,11 @@ from typing import Callable
 
 import torch
 
+from .checks import check_inputs, initial_state, warn_if_not_finite
 from .executor import execute
 from .graph import GraphSampler
 from .model import DiffusionModel
 from .plan import cached_plan
-from .checks import check_inputs, initial_state, warn_if_not_finite
 from .reference import reference_sample
 from .schedule import Schedule
 

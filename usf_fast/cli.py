@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ._version import __version__
 from . import presets as P
+from ._version import __version__
 from .api import sample
 from .backends import BACKENDS, backend_status, resolve_backend
 from .metrics import make_metric, reference_distance, reference_samples
@@ -222,7 +222,7 @@ def cmd_search(args) -> int:
     device = _search_device(args.device)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _search(args, 0, device)
-    import torch.distributed as dist   # launched by torchrun
+    import torch.distributed as dist  # launched by torchrun
     owned = not dist.is_initialized()
     if owned:
         dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")

@@ -177,7 +177,7 @@ def reference_solution(model: DiffusionModel, noise: torch.Tensor, t_start: floa
 
     Integrates y = x/α in λ, dy/dλ = −e^{−λ} ε̂(α y, t(λ)), with scipy's DOP853 in float64.
     """
-    from scipy.integrate import solve_ivp   # 0.35 s to import: only this check needs it
+    from scipy.integrate import solve_ivp  # 0.35 s to import: only this check needs it
     ns = model.noise_schedule
     shape = noise.shape
     x0 = noise.double().cpu() * ns.prior_std(t_start)

@@ -22,7 +22,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Union
 
-
 from .checks import check_schedule_range
 from .model import DiffusionModel
 from .program import MEAN, START, Program, trace

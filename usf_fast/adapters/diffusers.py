@@ -19,10 +19,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from .. import presets as P
+from ..checks import check_noise_schedule, check_schedule_range
 from ..dense import dense_program, input_width
 from ..model import DiffusionModel
 from ..noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleVP
-from ..checks import check_noise_schedule, check_schedule_range
 from ..schedule import Schedule
 from .edm import edm_coefficients, edm_precond
 

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .digits import FEATURES_FILE, UNET_FILE, FeatureNet, TinyUNet, digits_data
 from ..noise_schedules import NoiseScheduleVP
+from .digits import FEATURES_FILE, UNET_FILE, FeatureNet, TinyUNet, digits_data
 
 __all__ = ["train_unet", "train_features", "main"]
 

@@ -1,6 +1,6 @@
 """S³ solver-schedule search (`s3_search`) on the fast paths."""
-from .evaluate import FID, METRICS, ExactFrechet, ReferenceDistance, evaluate_schedules, make_metric
 from .config import SearchConfig
+from .evaluate import FID, METRICS, ExactFrechet, ReferenceDistance, evaluate_schedules, make_metric
 from .s3 import S3Search, SearchResult, preset_candidates, s3_search
 from .space import SearchSpace
 

@@ -10,6 +10,7 @@ Metrics (lower is better) come from `usf_fast.metrics.make_metric`.
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from ..noise_schedules import NoiseSchedule
 from ..program import step_weights
-from ..walk import analytic_first_step, walk
 from ..schedule import Schedule
+from ..walk import analytic_first_step, walk
 
 __all__ = ["gaussian_probe", "PROBE_SCALES"]
 

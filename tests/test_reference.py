@@ -4,12 +4,12 @@ import warnings
 import pytest
 import torch
 from hypothesis import given, settings
+from strategies import fuzz_schedules
 from torch.overrides import TorchFunctionMode
 
 import usf_fast
 from usf_fast import Schedule, Step
 from usf_fast.analytic import gmm_2d, gmm_image
-from test_schedule import schedules
 
 NS = usf_fast.NoiseScheduleVP("linear")
 
@@ -67,7 +67,7 @@ def test_each_decision_changes_the_output(model, noise, name):
 
 
 @settings(max_examples=60, deadline=None)
-@given(schedules())
+@given(fuzz_schedules())
 def test_model_called_exactly_nfe_times(s):
     model, net = counted(gmm_2d().as_model(NS))
     with warnings.catch_warnings():

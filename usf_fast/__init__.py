@@ -10,7 +10,7 @@ from ._version import __version__
 from .api import sample
 from .graph import GraphSampler
 from .model import DiffusionModel
-from .noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleVP
+from .noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleFlow, NoiseScheduleVP
 from .reference import reference_sample
 from .schedule import Schedule, Step
 
@@ -27,5 +27,5 @@ def __getattr__(name: str):
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-__all__ = ["GraphSampler", "DiffusionModel", "NoiseSchedule", "NoiseScheduleEDM", "NoiseScheduleVP", "Schedule", "Step", "reference_sample",
+__all__ = ["GraphSampler", "DiffusionModel", "NoiseSchedule", "NoiseScheduleEDM", "NoiseScheduleFlow", "NoiseScheduleVP", "Schedule", "Step", "reference_sample",
            "presets", "sample", "__version__"]

@@ -20,15 +20,17 @@ from .backends import BACKENDS, backend_status, resolve_backend
 from .metrics import make_metric, reference_distance, reference_samples
 from .model import DiffusionModel
 from .models import EMBEDDED_MODELS, embedded_model
-from .noise_schedules import NoiseScheduleEDM, NoiseScheduleVP
+from .noise_schedules import NoiseScheduleEDM, NoiseScheduleFlow, NoiseScheduleVP
 from .schedule import Schedule
 
-NOISE_SCHEDULES = ("linear", "cosine", "edm")
+NOISE_SCHEDULES = ("linear", "cosine", "edm", "flow")
 
 
 def _noise_schedule(name: str):
     if name == "edm":
         return NoiseScheduleEDM()
+    if name == "flow":   # rectified flow; the embedded mixtures then predict the velocity
+        return NoiseScheduleFlow()
     return NoiseScheduleVP(name)
 
 
@@ -165,10 +167,10 @@ def _write_picture(model, x, path, title, n):
 def cmd_compare(args) -> int:
     ns, model, noise = _model_and_noise(args)
     nfes = [int(v) for v in args.nfe.split(",")]
-    spacings = args.spacings.split(",")
+    spacings = args.spacings.split(",") if args.spacings else list(P.spacings_for(ns))
     for sp in spacings:
-        if sp not in P.SPACINGS:
-            raise ValueError(f"--spacings: {sp!r} must be among {', '.join(P.SPACINGS)}")
+        if sp not in P.spacings_for(ns):
+            raise ValueError(f"--spacings: {sp!r} must be among {', '.join(P.spacings_for(ns))}")
     ref = reference_samples(model, noise, ns.t_max, ns.t_min)
     rows = []
     jobs = [(n, label, sp, s) for n in nfes for label, sp, s in P.standard_schedules(ns, n, spacings)]
@@ -302,7 +304,7 @@ def _search(args, rank: int, device: str) -> int:
 
 def cmd_show(args) -> int:
     s = Schedule.from_json(args.schedule)
-    time_name = "sigma" if (s.meta.get("noise_schedule") or {}).get("type") == "edm" else "t"
+    time_name = "sigma" if (s.meta.get("noise_schedule") or {}).get("type") in ("edm", "flow") else "t"
     print(s.summary(time_name))
     return 0
 
@@ -327,7 +329,7 @@ def cmd_info(args) -> int:
 def cmd_presets(args) -> int:
     for name, doc in P.describe():
         print(f"{name:14s} {doc}")
-    print(f"\nspacings: {', '.join(P.SPACINGS)}")
+    print(f"\nspacings: {', '.join(P.SPACINGS)} (flow models also: {', '.join(P.FLOW_SPACINGS)})")
     print("embedded models: " + ", ".join(f"{k} ({v[1]})" for k, v in EMBEDDED_MODELS.items()))
     return 0
 
@@ -348,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--preset", default="unipc", choices=sorted(P.PRESETS))
     q.add_argument("--nfe", type=int, default=5)
     q.add_argument("--order", type=int)
-    q.add_argument("--spacing", choices=P.SPACINGS)
+    q.add_argument("--spacing", choices=P.ALL_SPACINGS)
     q.add_argument("--option", action="append", metavar="KEY=VALUE", help="extra preset option (repeatable)")
     q.add_argument("--schedule", help="schedule JSON file (instead of --preset)")
     q.add_argument("--dtype", default="float32", choices=("float32", "float64"))
@@ -364,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("compare", help="table of every preset (best spacing) at several NFEs")
     model_args(q, 500)
     q.add_argument("--nfe", default="4,5,6,8", help="comma-separated NFE values")
-    q.add_argument("--spacings", default=",".join(P.SPACINGS))
+    q.add_argument("--spacings", help="comma-separated (default: every spacing of the noise schedule)")
     q.add_argument("--progress", action="store_true")
     q.set_defaults(func=cmd_compare)
 

@@ -16,8 +16,20 @@ from .walk import analytic_first_step
 
 __all__ = ["DiffusionModel", "PREDICTIONS", "TIME_INPUTS"]
 
-PREDICTIONS = ("eps", "x0", "v", "score")
+PREDICTIONS = ("eps", "x0", "v", "score", "flow")
 TIME_INPUTS = ("continuous", "discrete", "sigma")
+
+
+def _check_prediction(prediction: str, ns: NoiseSchedule) -> None:
+    """The velocity of rectified flow and the v of VP models are defined on their own paths only."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction={prediction!r}: must be one of {', '.join(PREDICTIONS)}")
+    if prediction == "flow" and ns.kind != "flow":
+        raise ValueError(f"prediction='flow': the velocity v = ε − x0 needs a NoiseScheduleFlow, got {ns!r} "
+                         "(eps, x0, v, score on VP/EDM schedules)")
+    if prediction == "v" and ns.kind != "vp":
+        raise ValueError(f"prediction='v': v = α·ε − σ·x0 is the VP parameterisation, got {ns!r} "
+                         "(flow models predict prediction='flow')")
 
 
 class DiffusionModel:
@@ -26,9 +38,10 @@ class DiffusionModel:
     Args:
         net: callable; x is (B, ...) and t is a (B,) tensor of per-sample times in the net's own
             time input (see `time_input`), same dtype and device as x.
-        noise_schedule: a `NoiseScheduleVP` or `NoiseScheduleEDM`.
+        noise_schedule: a `NoiseScheduleVP`, `NoiseScheduleEDM` or `NoiseScheduleFlow`.
         prediction: what the net returns: "eps" (ε̂), "x0" (x̂0; EDM denoisers D(x, σ)),
-            "v" (v = α ε − σ x0) or "score" (∇_x log p_t).
+            "v" (v = α ε − σ x0, VP only), "score" (∇_x log p_t) or "flow" (the velocity
+            v = ε − x0 of SD3/FLUX/Wan, on a `NoiseScheduleFlow` only).
         time_input: "continuous" (t itself; σ for EDM), "discrete" (DDPM index (t − 1/N)·N, float),
             "sigma" (σ_t/α_t, the EDM noise level), or a callable mapping a t tensor to the input.
         guidance_scale: classifier-free guidance w; out = out_u + w·(out_c − out_u). Needs `cond`
@@ -44,9 +57,9 @@ class DiffusionModel:
         if not callable(net):
             raise ValueError("net: must be callable as net(x, t) or net(x, t, cond)")
         if not isinstance(noise_schedule, NoiseSchedule):
-            raise ValueError(f"noise_schedule: must be a NoiseScheduleVP or NoiseScheduleEDM, got {type(noise_schedule).__name__}")
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction={prediction!r}: must be one of {', '.join(PREDICTIONS)}")
+            raise ValueError("noise_schedule: must be a NoiseScheduleVP, NoiseScheduleEDM or NoiseScheduleFlow, got "
+                             f"{type(noise_schedule).__name__}")
+        _check_prediction(prediction, noise_schedule)
         if not callable(time_input) and time_input not in TIME_INPUTS:
             raise ValueError(f"time_input={time_input!r}: must be one of {', '.join(TIME_INPUTS)} or a callable")
         if guidance_scale is not None:
@@ -112,6 +125,8 @@ class DiffusionModel:
         elif p == "v":
             n2 = a * a + s * s
             e_x, e_o = s / n2, a / n2
+        elif p == "flow":   # v = ε − x0 and x = (1 − t)·x0 + t·ε: ε̂ = x + α·v, x̂0 = x − σ·v
+            return 1.0, a, 1.0, -s
         else:  # score: ε̂ = −σ·∇log p
             e_x, e_o = 0.0, -s
         # x̂0 = (x − σ ε̂)/α

@@ -7,7 +7,8 @@ timesteps give the same sample — the tests check this.
 
 Common options:
     spacing: "logSNR" (uniform in λ), "time_uniform", "time_quadratic", "karras" (uniform in
-        σ^{1/ρ}, σ = e^{−λ}; `rho`, default 7).
+        σ^{1/ρ}, σ = e^{−λ}; `rho`, default 7); on a NoiseScheduleFlow also "flow_shift" (uniform in σ,
+        then SD3/FLUX's shift σ' = s·σ/(1 + (s − 1)·σ); `shift`, default 3).
     timesteps: explicit N+1 decreasing times instead of `spacing` (multistep presets).
     t_start, t_end: time range (default: the noise schedule's t_max, t_min).
     afs: analytical first step (one NFE fewer per schedule, so one step more for the same NFE).
@@ -24,14 +25,28 @@ import numpy as np
 from .noise_schedules import NoiseSchedule
 from .schedule import Schedule, Step
 
-__all__ = ["SPACINGS", "timesteps", "ddim", "dpm_solver", "dpm_solver_pp", "unipc", "PRESETS",
+__all__ = ["ALL_SPACINGS", "FLOW_SPACINGS", "flow_shift", "spacings_for", "SPACINGS", "timesteps", "ddim", "dpm_solver", "dpm_solver_pp", "unipc", "PRESETS",
            "get", "describe", "standard_variants", "standard_schedules"]
 
 SPACINGS = ("logSNR", "time_uniform", "time_quadratic", "karras")
+FLOW_SPACINGS = ("flow_shift",)
+ALL_SPACINGS = SPACINGS + FLOW_SPACINGS
+
+
+def spacings_for(noise_schedule: NoiseSchedule) -> tuple[str, ...]:
+    """The spacings a comparison on this noise schedule includes (flow models: the shifted grid too)."""
+    return ALL_SPACINGS if noise_schedule.kind == "flow" else SPACINGS
+
+
+def flow_shift(sigma, shift: float):
+    """σ' = s·σ / (1 + (s − 1)·σ): the timestep shift of SD3 (s = 3) and FLUX-dev. diffusers'
+    dynamic shifting with `mu` is the same map with s = e^mu (exponential time shift) or s = mu
+    (linear)."""
+    return shift * sigma / (1.0 + (shift - 1.0) * sigma)
 
 
 def timesteps(noise_schedule: NoiseSchedule, num_steps: int, spacing: str = "logSNR", *,
-              t_start: float | None = None, t_end: float | None = None, rho: float = 7.0) -> np.ndarray:
+              t_start: float | None = None, t_end: float | None = None, rho: float = 7.0, shift: float = 3.0) -> np.ndarray:
     """num_steps + 1 decreasing times from t_start to t_end (float64)."""
     ns = noise_schedule
     if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
@@ -48,6 +63,8 @@ def timesteps(noise_schedule: NoiseSchedule, num_steps: int, spacing: str = "log
         ts = t0 + u * (t1 - t0)
     elif spacing == "time_quadratic":
         ts = (math.sqrt(t0) + u * (math.sqrt(t1) - math.sqrt(t0))) ** 2
+    elif spacing == "flow_shift":
+        ts = _flow_shift_grid(ns, t0, t1, u, shift)
     elif spacing == "karras":
         if not (isinstance(rho, (int, float)) and rho > 0):
             raise ValueError(f"rho={rho!r}: must be > 0")
@@ -55,13 +72,23 @@ def timesteps(noise_schedule: NoiseSchedule, num_steps: int, spacing: str = "log
         sig = (s0 ** (1 / rho) + u * (s1 ** (1 / rho) - s0 ** (1 / rho))) ** rho
         ts = ns.inverse_lambda(-np.log(sig))
     else:
-        raise ValueError(f"spacing={spacing!r}: must be one of {', '.join(SPACINGS)}")
+        raise ValueError(f"spacing={spacing!r}: must be one of {', '.join(ALL_SPACINGS)}")
     ts = np.asarray(ts, dtype=np.float64).copy()
     ts[0], ts[-1] = t0, t1  # exact ends (no round-off outside the range)
     if np.any(np.diff(ts) >= 0):
         raise ValueError(f"spacing={spacing!r} with {num_steps} steps gives non-decreasing times on this "
                          "noise schedule (too many steps for its resolution?)")
     return ts
+
+
+def _flow_shift_grid(ns, t0: float, t1: float, u: np.ndarray, shift: float) -> np.ndarray:
+    """Uniform in the unshifted σ, mapped by `flow_shift`; the ends land exactly on t0 and t1."""
+    if ns.kind != "flow":
+        raise ValueError(f"spacing='flow_shift': the shifted σ grid of flow models needs a NoiseScheduleFlow, got {ns!r}")
+    if not (isinstance(shift, (int, float)) and not isinstance(shift, bool) and math.isfinite(shift) and shift > 0):
+        raise ValueError(f"shift={shift!r}: must be a finite number > 0 (SD3: 3.0; FLUX dynamic shifting: e^mu)")
+    unshift = lambda s: s / (shift - (shift - 1.0) * s)  # noqa: E731  (the inverse of flow_shift)
+    return flow_shift(unshift(t0) + u * (unshift(t1) - unshift(t0)), shift)
 
 
 def _num_steps(nfe, afs: bool, denoise_to_zero: bool, name: str) -> int:
@@ -74,9 +101,9 @@ def _num_steps(nfe, afs: bool, denoise_to_zero: bool, name: str) -> int:
     return n
 
 
-def _grid(ns, n, spacing, timesteps_, t_start, t_end, rho, name):
+def _grid(ns, n, spacing, timesteps_, t_start, t_end, rho, shift, name):
     if timesteps_ is None:
-        return timesteps(ns, n, spacing, t_start=t_start, t_end=t_end, rho=rho)
+        return timesteps(ns, n, spacing, t_start=t_start, t_end=t_end, rho=rho, shift=shift)
     ts = np.asarray(timesteps_, dtype=np.float64)
     if ts.ndim != 1 or len(ts) != n + 1:
         raise ValueError(f"{name}: timesteps has {ts.size} values; this NFE needs {n + 1} (steps + 1)")
@@ -88,10 +115,10 @@ def _meta(ns, name, **options):
     return {"preset": name, "options": opts, "noise_schedule": ns.fingerprint()}
 
 
-def _multistep(ns, name, nfe, orders_fn, step_fn, *, spacing, timesteps_, t_start, t_end, rho, afs,
+def _multistep(ns, name, nfe, orders_fn, step_fn, *, spacing, timesteps_, t_start, t_end, rho, shift, afs,
                denoise_to_zero, options):
     n = _num_steps(nfe, afs, denoise_to_zero, name)
-    ts = _grid(ns, n, spacing, timesteps_, t_start, t_end, rho, name)
+    ts = _grid(ns, n, spacing, timesteps_, t_start, t_end, rho, shift, name)
     # Denoise-to-zero is a final first-order jump to σ = 0 (diffusers' final_sigmas_type="zero"),
     # so the order pattern is that of n + 1 steps whose last one is the jump.
     n_orders = n + int(denoise_to_zero)
@@ -108,13 +135,13 @@ def _check_choice(name, field, value, allowed):
 
 
 def ddim(noise_schedule: NoiseSchedule, nfe: int, *, prediction: str = "data", spacing: str = "logSNR",
-         timesteps: Sequence[float] | None = None, t_start=None, t_end=None, rho: float = 7.0,
+         timesteps: Sequence[float] | None = None, t_start=None, t_end=None, rho: float = 7.0, shift: float = 3.0,
          afs: bool = False, denoise_to_zero: bool = False) -> Schedule:
     """DDIM (η = 0): first order everywhere (noise and data prediction coincide at order 1)."""
     _check_choice("ddim", "prediction", prediction, ("data", "noise"))
     return _multistep(noise_schedule, "ddim", nfe, lambda i, n: 1,
                       lambda i, o, n: Step(prediction=prediction, order=1),
-                      spacing=spacing, timesteps_=timesteps, t_start=t_start, t_end=t_end, rho=rho,
+                      spacing=spacing, timesteps_=timesteps, t_start=t_start, t_end=t_end, rho=rho, shift=shift,
                       afs=afs, denoise_to_zero=denoise_to_zero, options={"prediction": prediction})
 
 
@@ -148,7 +175,7 @@ def _dpm_step(prediction, solver_type):
     return step
 
 
-def _singlestep(ns, name, nfe, order, prediction, solver_type, *, spacing, t_start, t_end, rho, afs,
+def _singlestep(ns, name, nfe, order, prediction, solver_type, *, spacing, t_start, t_end, rho, shift, afs,
                 denoise_to_zero, lower_order_final, options):
     """DPM-Solver's singlestep pattern: K outer steps of orders summing to the step budget (lower
     orders last, as DPM-Solver; with lower_order_final=False the remainder comes first); inside
@@ -168,9 +195,9 @@ def _singlestep(ns, name, nfe, order, prediction, solver_type, *, spacing, t_sta
     t0 = ns.t_max if t_start is None else t_start
     t1 = ns.t_min if t_end is None else t_end
     if spacing == "logSNR":
-        outer = timesteps(ns, len(orders), spacing, t_start=t0, t_end=t1, rho=rho)
+        outer = timesteps(ns, len(orders), spacing, t_start=t0, t_end=t1, rho=rho, shift=shift)
     else:  # as DPM-Solver: pick the outer times from the grid of all points
-        grid = timesteps(ns, total, spacing, t_start=t0, t_end=t1, rho=rho)
+        grid = timesteps(ns, total, spacing, t_start=t0, t_end=t1, rho=rho, shift=shift)
         outer = grid[np.cumsum([0] + orders)]
     ts, steps = [float(outer[0])], []
     lam = ns.marginal_lambda
@@ -202,27 +229,27 @@ def _singlestep(ns, name, nfe, order, prediction, solver_type, *, spacing, t_sta
 
 def dpm_solver(noise_schedule: NoiseSchedule, nfe: int, *, order: int = 3, method: str = "singlestep",
                solver_type: str = "dpmsolver", spacing: str = "logSNR", timesteps: Sequence[float] | None = None,
-               t_start=None, t_end=None, rho: float = 7.0, lower_order_final: bool = True,
+               t_start=None, t_end=None, rho: float = 7.0, shift: float = 3.0, lower_order_final: bool = True,
                afs: bool = False, denoise_to_zero: bool = False) -> Schedule:
     """DPM-Solver (noise prediction), singlestep orders 1–3 (default) or multistep."""
     return _dpm_family("dpm_solver", "noise", noise_schedule, nfe, order, method, solver_type, spacing,
-                       timesteps, t_start, t_end, rho, lower_order_final, afs, denoise_to_zero)
+                       timesteps, t_start, t_end, rho, shift, lower_order_final, afs, denoise_to_zero)
 
 
 def dpm_solver_pp(noise_schedule: NoiseSchedule, nfe: int, *, order: int = 2, method: str = "multistep",
                   solver_type: str = "midpoint", spacing: str = "logSNR",
-                  timesteps: Sequence[float] | None = None, t_start=None, t_end=None, rho: float = 7.0,
+                  timesteps: Sequence[float] | None = None, t_start=None, t_end=None, rho: float = 7.0, shift: float = 3.0,
                   lower_order_final: bool = True, afs: bool = False,
                   denoise_to_zero: bool = False) -> Schedule:
     """DPM-Solver++ (data prediction): 2M/3M (method="multistep", order 2/3) or 2S/3S
     (method="singlestep"); solver_type "midpoint" (default, as diffusers), "heun" (Taylor form
     for second-order steps, as diffusers) or "taylor" (exact Taylor terms everywhere)."""
     return _dpm_family("dpm_solver_pp", "data", noise_schedule, nfe, order, method, solver_type, spacing,
-                       timesteps, t_start, t_end, rho, lower_order_final, afs, denoise_to_zero)
+                       timesteps, t_start, t_end, rho, shift, lower_order_final, afs, denoise_to_zero)
 
 
 def _dpm_family(name, prediction, ns, nfe, order, method, solver_type, spacing, timesteps_, t_start, t_end,
-                rho, lower_order_final, afs, denoise_to_zero):
+                rho, shift, lower_order_final, afs, denoise_to_zero):
     _check_choice(name, "order", order, (1, 2, 3))
     _check_choice(name, "method", method, ("singlestep", "multistep"))
     st = _solver_type(name, solver_type)
@@ -231,16 +258,16 @@ def _dpm_family(name, prediction, ns, nfe, order, method, solver_type, spacing, 
         if timesteps_ is not None:
             raise ValueError(f"{name}: timesteps= is supported with method='multistep' only")
         return _singlestep(ns, name, nfe, order, prediction, st, spacing=spacing, t_start=t_start,
-                           t_end=t_end, rho=rho, afs=afs, denoise_to_zero=denoise_to_zero,
+                           t_end=t_end, rho=rho, shift=shift, afs=afs, denoise_to_zero=denoise_to_zero,
                            lower_order_final=lower_order_final, options=options)
     return _multistep(ns, name, nfe, _dpm_multistep_orders(order, lower_order_final), _dpm_step(prediction, st),
-                      spacing=spacing, timesteps_=timesteps_, t_start=t_start, t_end=t_end, rho=rho, afs=afs,
+                      spacing=spacing, timesteps_=timesteps_, t_start=t_start, t_end=t_end, rho=rho, shift=shift, afs=afs,
                       denoise_to_zero=denoise_to_zero, options=options)
 
 
 def unipc(noise_schedule: NoiseSchedule, nfe: int, *, order: int = 3, variant: str = "bh2",
           prediction: str = "data", corrector: bool = True, spacing: str = "logSNR",
-          timesteps: Sequence[float] | None = None, t_start=None, t_end=None, rho: float = 7.0,
+          timesteps: Sequence[float] | None = None, t_start=None, t_end=None, rho: float = 7.0, shift: float = 3.0,
           lower_order_final: bool = True, afs: bool = False, denoise_to_zero: bool = False) -> Schedule:
     """UniPC: multistep UniP predictor of order p plus the UniC pseudo-corrector (order p+1, no
     extra NFE) after every step but the last, as diffusers' UniPCMultistepScheduler.
@@ -265,7 +292,7 @@ def unipc(noise_schedule: NoiseSchedule, nfe: int, *, order: int = 3, variant: s
                     corrector_relax=variant if o == 1 else "taylor")
 
     return _multistep(noise_schedule, "unipc", nfe, orders, step, spacing=spacing, timesteps_=timesteps,
-                      t_start=t_start, t_end=t_end, rho=rho, afs=afs, denoise_to_zero=denoise_to_zero,
+                      t_start=t_start, t_end=t_end, rho=rho, shift=shift, afs=afs, denoise_to_zero=denoise_to_zero,
                       options={"order": order, "variant": variant, "prediction": prediction,
                                "corrector": corrector, "lower_order_final": lower_order_final})
 
@@ -294,9 +321,11 @@ def standard_variants() -> list[tuple[str, dict]]:
     ]
 
 
-def standard_schedules(noise_schedule: NoiseSchedule, nfe: int, spacings=SPACINGS, **options) -> list[tuple[str, str, Schedule]]:
-    """(variant label, spacing, schedule) for every `standard_variants` entry over `spacings`;
-    combinations a preset cannot build at this NFE (e.g. a singlestep order) are skipped."""
+def standard_schedules(noise_schedule: NoiseSchedule, nfe: int, spacings=None, **options) -> list[tuple[str, str, Schedule]]:
+    """(variant label, spacing, schedule) for every `standard_variants` entry over `spacings`
+    (default: `spacings_for(noise_schedule)`); combinations a preset cannot build at this NFE
+    (e.g. a singlestep order) are skipped."""
+    spacings = spacings_for(noise_schedule) if spacings is None else spacings
     out = []
     for name, opts in standard_variants():
         label = name + "".join(f" {k}={v}" for k, v in opts.items())

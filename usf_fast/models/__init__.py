@@ -15,21 +15,26 @@ __all__ = ["EMBEDDED_MODELS", "embedded_model", "GaussianMixture", "MixtureNet",
 
 
 def _digits(noise_schedule: NoiseSchedule, prediction: str) -> DiffusionModel:
-    if prediction != "eps":
+    if prediction not in ("eps", None):
         raise ValueError(f"prediction={prediction!r}: the digits model is an ε-prediction network")
     return digits_model(noise_schedule)
 
 
 EMBEDDED_MODELS = {
-    "gmm-image": (lambda ns, p: gmm_image().as_model(ns, p), "Gaussian mixture, 3x16x16 images, 6 components (exact ε̂)"),
-    "gmm-2d": (lambda ns, p: gmm_2d().as_model(ns, p), "Gaussian mixture on a 2-D ring, 8 components (exact ε̂)"),
+    "gmm-image": (lambda ns, p: gmm_image().as_model(ns, p),
+                  "Gaussian mixture, 3x16x16 images, 6 components (exact outputs; velocity on --noise-schedule flow)"),
+    "gmm-2d": (lambda ns, p: gmm_2d().as_model(ns, p), "Gaussian mixture on a 2-D ring, 8 components (exact outputs)"),
     "digits": (_digits, "trained UNet on scikit-learn digits, 1x8x8, VP linear only (usf_fast.models.digits)"),
 }
 
 
 def embedded_model(name: str = "gmm-image", noise_schedule: NoiseSchedule | None = None,
-                   prediction: str = "eps") -> DiffusionModel:
-    """An embedded model by name (see EMBEDDED_MODELS); default noise schedule VP linear."""
+                   prediction: str | None = None) -> DiffusionModel:
+    """An embedded model by name (see EMBEDDED_MODELS); default noise schedule VP linear; default
+    prediction "eps", or "flow" (the velocity) on a `NoiseScheduleFlow`."""
     if name not in EMBEDDED_MODELS:
         raise ValueError(f"model={name!r}: embedded models are {', '.join(EMBEDDED_MODELS)}")
-    return EMBEDDED_MODELS[name][0](noise_schedule or NoiseScheduleVP("linear"), prediction)
+    ns = noise_schedule or NoiseScheduleVP("linear")
+    if prediction is None:
+        prediction = "flow" if ns.kind == "flow" else "eps"
+    return EMBEDDED_MODELS[name][0](ns, prediction)

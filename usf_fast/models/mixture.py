@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..metrics import frechet_distance
-from ..model import PREDICTIONS, DiffusionModel
+from ..model import DiffusionModel
 from ..noise_schedules import NoiseSchedule
 
 __all__ = ["GaussianMixture", "MixtureNet", "gmm_image", "gmm_2d"]
@@ -142,10 +142,9 @@ class GaussianMixture(torch.nn.Module):
         return frechet_distance(x.mean(0), np.cov(x, rowvar=False), mean, cov)
 
     def as_model(self, noise_schedule: NoiseSchedule, prediction: str = "eps") -> DiffusionModel:
-        """`DiffusionModel` whose net returns the exact output for `prediction` (eps, x0, v, score);
-        the net takes continuous times (σ for EDM) and computes α, σ on the tensor's device."""
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction={prediction!r}: must be one of {', '.join(PREDICTIONS)}")
+        """`DiffusionModel` whose net returns the exact output for `prediction` (eps, x0, v, score;
+        flow: the velocity ε − x0 on a `NoiseScheduleFlow`); the net takes continuous times (σ for
+        EDM and flow) and computes α, σ on the tensor's device."""
         return DiffusionModel(MixtureNet(self, noise_schedule, prediction), noise_schedule, prediction=prediction,
                               time_input="continuous", data_mean=self.data_mean, sample_shape=self.shape)
 
@@ -162,6 +161,8 @@ class MixtureNet:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         ns = self.noise_schedule
+        if self.prediction == "flow":   # x̂0 divides by α ≈ 1e-6 near t = 1: float64 throughout
+            return self._velocity(x.double(), t.double()).to(x.dtype)
         alpha, sigma = ns.marginal_alpha(t), ns.marginal_std(t)
         e = self.gmm.eps(x, alpha, sigma)
         shp = (-1,) + (1,) * (x.dim() - 1)
@@ -173,6 +174,14 @@ class MixtureNet:
         if self.prediction == "v":
             return a * e - s * (x - s * e) / a
         return -e / s   # score
+
+    def _velocity(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """v = ε̂ − x̂0 on the rectified-flow path (α = 1 − t, σ = t)."""
+        alpha, sigma = self.noise_schedule.marginal_alpha(t), self.noise_schedule.marginal_std(t)
+        e = self.gmm.eps(x, alpha, sigma)
+        shp = (-1,) + (1,) * (x.dim() - 1)
+        a, s = alpha.reshape(shp), sigma.reshape(shp)
+        return e - (x - s * e) / a
 
     def frechet_distance(self, samples: torch.Tensor) -> float:
         return self.gmm.frechet_distance(samples)

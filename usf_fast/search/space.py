@@ -123,7 +123,7 @@ class SearchSpace:
                     ("unipc", {"order": 2, "variant": "bh2"}), ("unipc", {"order": 3, "variant": "bh2"}),
                     ("unipc", {"order": 3, "variant": "bh2", "prediction": "noise"})]
         for name, opts in variants:
-            for sp in P.SPACINGS:
+            for sp in P.spacings_for(self.noise_schedule):
                 for afs in ((False, True) if self.afs else (False,)):
                     try:
                         s = P.get(name, self.noise_schedule, self.nfe, spacing=sp, afs=afs,

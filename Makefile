@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: a CUDA build that also runs on CPU-only machines (wheel cache here)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 setuptools wheel ninja pybind11
-	# no build isolation: the C++/CUDA backends compile against this venv's torch
-	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} $(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	# no build isolation: the C++/CUDA backends compile against this venv's torch; PYTHONWARNINGS
+	# hides setuptools' notes on editable layouts (usf_fast.kernels lives in kernels/), not errors
+	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-build-isolation -e '.[dev]'
 	touch $(STAMP)
 
 # a second `make run` resumes (and reprints) the search in out/search instead of deleting it

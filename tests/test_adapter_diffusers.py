@@ -90,7 +90,7 @@ def test_config_round_trip(tmp_path):
 
 
 def test_step_makes_no_host_reads():
-    from test_sampler import HostReadDetector
+    from test_reference import HostReadDetector
     sched = USFScheduler.from_config(CONFIG, schedule=SCHEDULES["unipc"])
     sched.set_timesteps(5)
     x = torch.randn(1, 3, 8, 8)

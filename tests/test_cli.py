@@ -170,3 +170,8 @@ def test_resume_of_a_multi_nfe_search_starts_the_nfe_a_killed_run_never_reached(
     summary = (out / "summary.txt").read_text()
     assert "NFE 4:" in summary and "run now" in summary
     assert usf_fast.Schedule.from_json(out / "best.json").nfe == 4
+
+
+def test_resume_where_there_is_no_log_at_all_is_one_clear_line(tmp_path, capsys):
+    assert main(["search", "--model", "gmm-2d", "--nfe", "3,4", "--out", str(tmp_path / "typo"), "--resume"]) == 2
+    assert "--resume: no search log (log_nfe<N>.jsonl)" in capsys.readouterr().err

@@ -1,6 +1,7 @@
-"""Every executor of a schedule gives the reference sampler's result: the plan on each backend, the
-dense program, the graph runner and the diffusers scheduler, on the same presets and random
-schedules (tests/strategies.py) over the whole decision space.
+"""Every executor of a schedule gives the reference sampler's result: the plan on each backend built
+here (torch and C++ on a CPU; CUDA and Triton, and the captured graph, where a GPU exists), the dense
+program, the graph runner and the diffusers scheduler, on the same presets and random schedules
+(tests/strategies.py) over the whole decision space.
 
 The model is an exact Gaussian mixture on diffusers' discrete VP schedule, so the diffusers
 scheduler runs it too. float64 executors must agree to round-off, float32 ones to float32.
@@ -80,6 +81,22 @@ EXECUTORS = {
 }
 if "cpu" in available_backends("cpu"):
     EXECUTORS["plan/cpu float32"] = (plan("cpu"), torch.float32, 2e-5)
+
+
+def on_cuda(run):
+    """The executor on CUDA tensors (the mixture follows its input's device), result back on the CPU."""
+    return lambda model, schedule, noise: run(model, schedule, noise.cuda()).cpu()
+
+
+def graph_on_cuda(model, schedule, noise):   # the captured CUDA graph
+    return usf_fast.GraphSampler(model, schedule.nfe, noise.shape, device="cuda").run(schedule, noise.cuda()).cpu()
+
+
+if torch.cuda.is_available():   # bench/gpu_check.sh runs this file on the GPU machine
+    for name in ("cuda", "triton"):
+        if name in available_backends("cuda"):
+            EXECUTORS[f"plan/{name} float32 (GPU)"] = (on_cuda(plan(name)), torch.float32, 2e-5)
+    EXECUTORS["graph runner CUDA graph float32 (GPU)"] = (graph_on_cuda, torch.float32, 2e-5)
 PRESETS = {
     "unipc-3": usf_fast.presets.unipc(NS, 5),
     "dpm++3m afs": usf_fast.presets.dpm_solver_pp(NS, 5, order=3, afs=True),

@@ -7,13 +7,12 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from hypothesis import given, settings
+from strategies import schedules
 
 import usf_fast
 from usf_fast import Schedule, Step, presets
 from usf_fast.metrics import reference_solution
 from usf_fast.models import embedded_model, gmm_2d
-
-from strategies import schedules
 
 NS = usf_fast.NoiseScheduleFlow()
 

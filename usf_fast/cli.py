@@ -17,7 +17,7 @@ from . import presets as P
 from ._version import __version__
 from .api import sample
 from .backends import BACKENDS, backend_status, resolve_backend
-from .metrics import make_metric, reference_distance, reference_samples
+from .metrics import reference_distance, reference_samples, sample_metrics
 from .model import DiffusionModel
 from .models import EMBEDDED_MODELS, embedded_model
 from .noise_schedules import NoiseScheduleEDM, NoiseScheduleFlow, NoiseScheduleVP
@@ -67,17 +67,6 @@ def _model_and_noise(args):
     return ns, model, noise
 
 
-def _metrics(model, x, ref) -> dict:
-    """ref_rmse; the model's Fréchet distance (exact moments, or digits features); exact NLL (mixtures)."""
-    gmm = getattr(model.net, "gmm", None)
-    frechet = make_metric("fd", model)
-    m = {"ref_rmse": reference_distance(x, ref) if ref is not None else float("nan"),
-         "frechet": frechet(x) if x.shape[0] > 1 else float("nan")}
-    if gmm is not None:
-        m["nll"] = float(-gmm.log_prob(x.double()).mean()) / gmm.dim
-    return m
-
-
 def cmd_sample(args) -> int:
     if args.grid_size < 1:
         raise ValueError(f"--grid-size {args.grid_size}: must be >= 1")
@@ -96,7 +85,7 @@ def cmd_sample(args) -> int:
               "samples; --no-reference skips it)", flush=True)
         ref = reference_samples(model, noise, schedule.timesteps[0], schedule.timesteps[-1],
                                 batch_size=max(1, min(100, args.num_samples)), progress=True)
-    m = _metrics(model, x, ref)
+    m = sample_metrics(model, x, ref)
     _print_metrics(m, args.model)
     _write_outputs(args, model, schedule, x, m)
     return 0
@@ -267,6 +256,10 @@ def _search(args, rank: int, device: str) -> int:
         if n < 1:
             raise ValueError(f"--nfe {n}: must be >= 1")
     metric_options = {"stats": args.fid_stats, "weights": args.fid_weights, "device": device} if args.metric == "fid" else None
+    logs = [os.path.join(args.out, f"log_nfe{n}.jsonl") for n in nfes]
+    if args.resume and not any(os.path.exists(p) for p in logs):
+        raise ValueError(f"--resume: no search log (log_nfe<N>.jsonl) in {args.out}; nothing to resume "
+                         "(run without --resume to start a search)")
     os.makedirs(args.out, exist_ok=True)
     results = {}
     t0 = time.time()

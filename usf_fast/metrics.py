@@ -25,14 +25,14 @@ from .presets import unipc
 from .reference import reference_sample
 
 __all__ = ["reference_samples", "reference_distance", "frechet_distance", "reference_solution", "ReferenceDistance",
-           "ExactFrechet", "FID", "CallableMetric", "METRICS", "make_metric"]
+           "ExactFrechet", "FID", "CallableMetric", "METRICS", "make_metric", "sample_metrics"]
 
 
 def reference_samples(model: DiffusionModel, noise: torch.Tensor, t_start: float, t_end: float,
                       nfe: int = 200, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
     """High-accuracy ODE solution from the same noise: float64 UniPC-3 with `nfe` steps, logSNR
     spacing. At 200 NFE it agrees with an adaptive DOP853 solve to < 1e-6 RMS on the embedded
-    models (tests/test_analytic.py checks it), at a fraction of the cost."""
+    models (the tests check it), at a fraction of the cost."""
     schedule = unipc(model.noise_schedule, nfe, order=3, t_start=t_start, t_end=t_end, lower_order_final=False)
     chunks = noise.split(batch_size or noise.shape[0])
     chunks = tqdm(chunks, desc=f"reference solve (float64, {nfe} NFE)", unit="chunk", disable=not progress)
@@ -157,6 +157,18 @@ def make_metric(metric, model: DiffusionModel | None = None, **options):
             raise ValueError("metric='fid': needs fid_stats= (--fid-stats: an .npz with mu and sigma of the dataset's Inception features)")
         return FID(options["stats"], options.get("weights"), options.get("device", "cpu"))
     raise ValueError(f"metric={metric!r}: must be one of {', '.join(METRICS)} or a callable f(samples) -> float")
+
+
+def sample_metrics(model: DiffusionModel, samples: torch.Tensor, reference: torch.Tensor | None = None) -> dict:
+    """The numbers `usf-fast sample` prints: ref_rmse (NaN without a reference), the model's Fréchet
+    distance (the embedded models) and the exact negative log-likelihood per dimension in nats
+    (models whose net has `nll_per_dim`: the mixtures)."""
+    out = {"ref_rmse": reference_distance(samples, reference) if reference is not None else float("nan"),
+           "frechet": make_metric("fd", model)(samples) if samples.shape[0] > 1 else float("nan")}
+    nll = getattr(model.net, "nll_per_dim", None)
+    if nll is not None:
+        out["nll"] = nll(samples)
+    return out
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:

@@ -131,11 +131,6 @@ class Program:
     schedule: object                             # the `Schedule` it was traced from
 
     @property
-    def evals(self) -> list[int]:
-        """Ids of the eval nodes, in evaluation order."""
-        return [k for k, n in enumerate(self.nodes) if n.kind == "eval"]
-
-    @property
     def nfe(self) -> int:
         return sum(n.kind == "eval" for n in self.nodes)
 

@@ -100,7 +100,6 @@ class Schedule:
         self.denoise_to_zero = denoise_to_zero
         self.name = name
         self.meta = dict(meta or {})
-        self._nfe: int | None = None
 
     # ---- derived facts -------------------------------------------------------------------
     @property
@@ -110,9 +109,7 @@ class Schedule:
     @property
     def nfe(self) -> int:
         """Model evaluations `sample` makes, exactly: the evaluations of the schedule's walk."""
-        if self._nfe is None:
-            self._nfe = count_evaluations(self)
-        return self._nfe
+        return count_evaluations(self)
 
     def evaluates_last_point(self) -> bool:
         return self.steps[-1].corrector != "none"

@@ -235,7 +235,7 @@ def _run_unet(unet, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
     """The UNet in its own dtype, the output in x's: the search's float64 reference solve (and a
     float32 sampler around a float16 UNet) then call it as they call any net."""
     dtype = getattr(unet, "dtype", x.dtype)
-    return unet(x.to(dtype), t.to(dtype), **kwargs).sample.to(x.dtype)
+    return unet(x.to(dtype), t.float(), **kwargs).sample.to(x.dtype)   # timesteps stay float32, as in diffusers
 
 
 def wrap_unet(unet, scheduler_config, *, cond=None, uncond=None, guidance_scale: float | None = None) -> DiffusionModel:

@@ -142,7 +142,7 @@ def _load(cls, path: str | None, default_file: str, what: str):
 
 
 def load_digits_unet(path: str | None = None) -> TinyUNet:
-    """The trained digits UNet (float32, eval mode). `path`: another checkpoint from `digits_train`."""
+    """The trained digits UNet (float32, eval mode). `path`: another checkpoint from `usf_fast.models.train_digits`."""
     return _load(TinyUNet, path, UNET_FILE, "digits UNet")
 
 

@@ -186,6 +186,10 @@ class MixtureNet:
     def frechet_distance(self, samples: torch.Tensor) -> float:
         return self.gmm.frechet_distance(samples)
 
+    def nll_per_dim(self, samples: torch.Tensor) -> float:
+        """Exact negative log-likelihood of the samples under the data distribution, nats per dimension."""
+        return float(-self.gmm.log_prob(samples.double()).mean()) / self.gmm.dim
+
 
 # ---- embedded models ------------------------------------------------------------------------
 

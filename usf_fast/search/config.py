@@ -57,14 +57,26 @@ class SearchConfig:
             raise ValueError(f"nfe={self.nfe!r}: must be an integer >= 1")
         if self.predictor not in PREDICTORS:
             raise ValueError(f"predictor={self.predictor!r}: must be one of {', '.join(PREDICTORS)}")
-        if self.screen is None:   # the GP picks by expected improvement; the MLPs screen a quarter
-            object.__setattr__(self, "screen", self.proposals if self.predictor == "gp" else 4)
-        _positive_int("screen", self.screen, "1 = any proposal of a parent")
+        if self.screen is not None:
+            _positive_int("screen", self.screen, "1 = any proposal of a parent")
         _positive_int("chunk", self.chunk, "candidates per batch")
         _positive_int("budget", self.budget, "real evaluations")
+        for name in ("population", "proposals", "per_generation", "heldout"):
+            _positive_int(name, getattr(self, name), "a count")
+        if (not isinstance(self.samples, (tuple, list)) or len(self.samples) != 2
+                or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in self.samples)):
+            raise ValueError(f"samples={self.samples!r}: must be two positive integers (stage 1, stage 2)")
         if self.max_minutes is not None and not (isinstance(self.max_minutes, (int, float))
                                                  and math.isfinite(self.max_minutes) and self.max_minutes >= 0):
             raise ValueError(f"max_minutes={self.max_minutes!r}: must be a finite number >= 0")
+
+    @property
+    def screen_for_picks(self) -> int:
+        """`screen`, or its default: the GP picks by expected improvement (any proposal), the MLPs
+        from the best quarter of a parent's proposals."""
+        if self.screen is not None:
+            return self.screen
+        return self.proposals if self.predictor == "gp" else 4
 
     def replace(self, **changes) -> "SearchConfig":
         return dataclasses.replace(self, **changes)
@@ -81,4 +93,4 @@ class SearchConfig:
             "predictor": ({"gp": "gp/batch-ei"}.get(self.predictor, self.predictor) if guided else None),
             "probe": self.probe, "novelty": self.novelty, "population": self.population,
             "proposals": self.proposals, "per_generation": self.per_generation,
-            "screen": self.screen if guided else None}}
+            "screen": self.screen_for_picks if guided else None}}

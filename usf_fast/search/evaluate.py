@@ -10,6 +10,7 @@ Metrics (lower is better) come from `usf_fast.metrics.make_metric`.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -34,7 +35,6 @@ class NoiseSet:
     def reference(self, model: DiffusionModel, t_start: float, t_end: float, device="cpu") -> torch.Tensor:
         """The high-accuracy solution from this noise (float64, solved on `device`, kept on the CPU)."""
         if self._ref is None:
-            import warnings
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 ref = reference_samples(model, self.noise.to(device), t_start, t_end, batch_size=512).cpu()

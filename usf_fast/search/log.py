@@ -43,6 +43,9 @@ class SearchLog:
             warnings.warn(f"log {self.path}: dropping an unfinished last line (the search was killed while "
                           "writing it); that evaluation will be redone", RuntimeWarning, stacklevel=3)
         head = {k: v for k, v in parsed[0].items() if k != "type"}
+        if "settings" not in head:
+            raise ValueError(f"log {self.path}: written by an older usf_fast (its header has no settings); it cannot be "
+                             "resumed by this version: delete it (or its --out folder) or choose another --out")
         for key in ("nfe", "seed", "metric", "settings"):
             if head.get(key) != self.header.get(key):
                 raise ValueError(f"log {self.path}: written by a search with {key}={head.get(key)!r}, this one has "

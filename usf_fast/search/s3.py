@@ -24,6 +24,7 @@ result as one process.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ class SearchResult:
 
     def summary(self) -> str:
         lines = [f"S3 search, NFE {self.nfe}: {self.evaluations} search evaluations and {self.heldout_evaluations} "
-                 f"held-out ones, {self.new_evaluations} of them run now (the rest read from the log), "
+                 f"held-out ones; {self.new_evaluations} distinct evaluations of both kinds run now (the rest read from the log), "
                  f"{self.seconds:.0f} s",
                  f"best: {self.best_source}  held-out metric {self.best_metric:.5g}",
                  f"best preset: {self.best_preset[0]}  {self.best_preset[1]:.5g}  "
@@ -242,6 +243,7 @@ class S3Search:
         of an evaluated schedule's or another proposal's)."""
         c, rng, space = self.config, self.rng, self.space
         out = _Proposals()
+        keys = set()
         props_p = np.empty((c.proposals, known_p.shape[1]))
         for _ in range(c.proposals * 3):
             if len(out.schedules) >= c.proposals:
@@ -256,7 +258,7 @@ class S3Search:
             else:
                 a, child = len(parents), space.random(rng)
             k = schedule_key(child)
-            if k in known or k in out.keys:
+            if k in known or k in keys:
                 continue
             if c.novelty > 0:
                 pc = self.probe_of(child, k)
@@ -267,6 +269,7 @@ class S3Search:
             out.schedules.append(child)
             out.owner.append(a)
             out.keys.append(k)
+            keys.add(k)
         return out
 
     def choose(self, props: _Proposals, parents: list, parent_keys: list, pool: list, n_pick: int) -> list[int]:
@@ -301,7 +304,7 @@ class S3Search:
             self.regressor.fit(np.stack([self.row_of(s, k) for s, _, k in pool]), [m for _, m, _ in pool])
             self.taus.append(self.regressor.tau)
             scores = self.regressor.predict(self._rows(props))
-        return _pick_per_parent(props.owner, n_pick, self.rng, scores, c.screen)
+        return _pick_per_parent(props.owner, n_pick, self.rng, scores, c.screen_for_picks)
 
     def evolve(self, pool: list, fidelity: str, stage: str, until: int) -> None:
         """Generations on `fidelity` until `until` evaluations are requested. pool: list of
@@ -345,6 +348,8 @@ class S3Search:
         """Stage 1: the presets, then evolution on few samples; stage 2: the survivors on more
         samples, evolution continues there; final: finalists and every preset on held-out noise."""
         c = self.config
+        if self.requested or self.new:
+            raise ValueError("S3Search.run: a search object runs once; make a new S3Search (its log resumes it)")
         if c.progress and self.rank == 0:
             self.bar = tqdm(total=c.budget, desc=f"S3 NFE {c.nfe}", unit="eval")
         seeds = self.space.seeds()
@@ -418,4 +423,8 @@ def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = No
         device: where the samples are computed (the reference solve too); the model's network
             must accept tensors there (the embedded models follow their input).
     """
+    unknown = set(options) - {f.name for f in dataclasses.fields(SearchConfig)}
+    if unknown:
+        raise ValueError(f"s3_search: unknown option(s) {sorted(unknown)}; the options are SearchConfig's fields: "
+                         + ", ".join(f.name for f in dataclasses.fields(SearchConfig) if f.name != "nfe"))
     return S3Search(model, SearchConfig(nfe=nfe, **options), space).run()

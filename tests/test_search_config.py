@@ -1,0 +1,55 @@
+"""SearchConfig: every option validated by name, defaults that replace() cannot freeze, and the
+identity a resumed search must share with its log."""
+import json
+
+import pytest
+
+from usf_fast.models import embedded_model
+from usf_fast.search import SearchConfig, SearchSpace, s3_search
+from usf_fast.search.log import SearchLog
+
+MODEL = embedded_model("gmm-2d")
+
+
+def test_the_screen_default_follows_the_predictor_through_replace():
+    gp = SearchConfig(nfe=4)
+    assert gp.screen is None and gp.screen_for_picks == gp.proposals
+    assert gp.replace(predictor="improve").screen_for_picks == 4
+    assert gp.replace(proposals=64).screen_for_picks == 64
+    assert SearchConfig(nfe=4, screen=2).replace(predictor="gp").screen_for_picks == 2
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"nfe": 0}, "nfe=0: must be an integer >= 1"),
+    ({"predictor": "mlp"}, "predictor='mlp': must be one of improve, metric, gp"),
+    ({"per_generation": 0}, "per_generation=0: must be a positive integer"),
+    ({"population": -1}, "population=-1: must be a positive integer"),
+    ({"samples": (256,)}, r"samples=\(256,\): must be two positive integers"),
+    ({"heldout": 0}, "heldout=0: must be a positive integer"),
+    ({"max_minutes": float("nan")}, "max_minutes=nan: must be a finite number >= 0"),
+    ({"screen": 0}, "screen=0: must be a positive integer"),
+])
+def test_bad_options_name_the_field(kw, match):
+    with pytest.raises(ValueError, match=match):
+        SearchConfig(**{"nfe": 4, **kw})
+
+
+def test_an_unknown_search_option_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"s3_search: unknown option\(s\) \['budgett'\]; the options are"):
+        s3_search(MODEL, 4, budgett=10)
+
+
+def test_the_identity_is_a_readable_dict_of_what_decides_the_evaluations():
+    c = SearchConfig(nfe=4, seed=3, budget=40, device="cpu", chunk=2)
+    ident = c.identity(SearchSpace(MODEL.noise_schedule, 4), "ref")
+    assert json.loads(json.dumps(ident)) == ident
+    assert ident["nfe"] == 4 and ident["seed"] == 3 and ident["settings"]["budget"] == 40
+    assert "chunk" not in ident["settings"] and "device" not in ident["settings"]   # where, not what
+    assert c.replace(chunk=8, device="cpu").identity(SearchSpace(MODEL.noise_schedule, 4), "ref") == ident
+
+
+def test_a_log_from_before_the_settings_header_is_refused_with_what_to_do(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text(json.dumps({"type": "header", "nfe": 4, "seed": 0, "metric": "ref", "space": "(1, 2)"}) + "\n")
+    with pytest.raises(ValueError, match="written by an older usf_fast .* delete it"):
+        SearchLog(log, {"nfe": 4, "seed": 0, "metric": "ref", "settings": {}}, resume=True)

@@ -27,9 +27,9 @@ def _check_prediction(prediction: str, ns: NoiseSchedule) -> None:
     if prediction == "flow" and ns.kind != "flow":
         raise ValueError(f"prediction='flow': the velocity v = ε − x0 needs a NoiseScheduleFlow, got {ns!r} "
                          "(eps, x0, v, score on VP/EDM schedules)")
-    if prediction == "v" and ns.kind != "vp":
-        raise ValueError(f"prediction='v': v = α·ε − σ·x0 is the VP parameterisation, got {ns!r} "
-                         "(flow models predict prediction='flow')")
+    if prediction == "v" and ns.kind == "flow":   # a flow model's "v" is ε − x0: never silently the other one
+        raise ValueError(f"prediction='v': v = α·ε − σ·x0 is not a flow model's velocity, got {ns!r}; "
+                         "flow models (SD3, FLUX) predict v = ε − x0: prediction='flow'")
 
 
 class DiffusionModel:
@@ -40,7 +40,7 @@ class DiffusionModel:
             time input (see `time_input`), same dtype and device as x.
         noise_schedule: a `NoiseScheduleVP`, `NoiseScheduleEDM` or `NoiseScheduleFlow`.
         prediction: what the net returns: "eps" (ε̂), "x0" (x̂0; EDM denoisers D(x, σ)),
-            "v" (v = α ε − σ x0, VP only), "score" (∇_x log p_t) or "flow" (the velocity
+            "v" (v = α ε − σ x0; not on flow schedules), "score" (∇_x log p_t) or "flow" (the velocity
             v = ε − x0 of SD3/FLUX/Wan, on a `NoiseScheduleFlow` only).
         time_input: "continuous" (t itself; σ for EDM), "discrete" (DDPM index (t − 1/N)·N, float),
             "sigma" (σ_t/α_t, the EDM noise level), or a callable mapping a t tensor to the input.

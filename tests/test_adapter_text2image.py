@@ -121,7 +121,7 @@ def test_preset_matches_diffusers_scheduler_in_the_text_to_image_pipeline(which)
     assert float((b - a).norm() / a.norm()) <= 1e-5
 
 
-def test_pipeline_with_a_flow_matching_config_is_refused():
+def test_a_flow_matching_config_gives_a_flow_scheduler():
     from diffusers import FlowMatchEulerDiscreteScheduler
-    with pytest.raises(ValueError, match="flow-matching config"):
-        USFScheduler.from_config(FlowMatchEulerDiscreteScheduler().config)
+    sched = USFScheduler.from_config(FlowMatchEulerDiscreteScheduler(shift=3.0).config)
+    assert sched.kind == "flow" and sched.config.shift == 3.0 and sched.config.prediction_type == "flow_prediction"

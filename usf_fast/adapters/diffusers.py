@@ -13,7 +13,9 @@ model input — after the last evaluation, the result. All coefficients are host
 from __future__ import annotations
 
 import math
+import warnings
 
+import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
@@ -22,7 +24,7 @@ from .. import presets as P
 from ..checks import check_noise_schedule, check_schedule_range
 from ..dense import dense_program, input_width
 from ..model import DiffusionModel
-from ..noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleVP
+from ..noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleFlow, NoiseScheduleVP
 from ..schedule import Schedule
 from .edm import edm_coefficients, edm_precond
 
@@ -46,21 +48,31 @@ def _betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_bet
                      "'scaled_linear', 'squaredcos_cap_v2' or trained_betas")
 
 
-FLOW_KEYS = ("shift", "use_dynamic_shifting", "base_shift", "max_shift")
 EDM_PREDICTION = ("epsilon", "v_prediction")  # EDM preconditioned outputs F, as diffusers' EDM schedulers
+FLOW_UNSUPPORTED = ("invert_sigmas", "shift_terminal", "stochastic_sampling")
+
+
+def _is_flow(cfg: dict) -> bool:
+    """FlowMatchEuler-style configs (a `shift`, no betas) and the flow modes of DPM-Solver / UniPC."""
+    return bool(cfg.get("use_flow_sigmas") or cfg.get("prediction_type") == "flow_prediction"
+                or ("shift" in cfg and "beta_schedule" not in cfg and cfg.get("sigma_data") is None))
 
 
 def config_kind(config) -> str:
-    """"vp" (beta configs: DDPM, DDIM, DPM-Solver, UniPC, Euler, ...) or "edm" (sigma_data configs:
-    EDMEuler, EDMDPMSolverMultistep); anything else is a ValueError naming what it is."""
+    """"vp" (beta configs: DDPM, DDIM, DPM-Solver, UniPC, Euler, ...), "edm" (sigma_data configs:
+    EDMEuler, EDMDPMSolverMultistep) or "flow" (FlowMatchEuler, and DPM-Solver / UniPC with
+    use_flow_sigmas); anything else is a ValueError naming what it is. Keys are read by value
+    (diffusers gives VP DPM-Solver configs a use_dynamic_shifting=False key)."""
     cfg = dict(config)
     for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
         if cfg.get(key):
-            raise ValueError(f"scheduler config has {key}=True; USFScheduler runs its own timesteps on the VP "
-                             "schedule (drop that option, or pass a usf_fast karras-spaced schedule)")
-    if any(k in cfg for k in FLOW_KEYS):
-        raise ValueError("scheduler config is a flow-matching config (shift / dynamic shifting): not a VP or EDM "
-                         "diffusion; USFScheduler supports VP (beta) and EDM (sigma_data) configs")
+            raise ValueError(f"scheduler config has {key}=True; USFScheduler runs its own timesteps on the "
+                             "model's noise schedule (drop that option, or pass a usf_fast karras-spaced schedule)")
+    if _is_flow(cfg):
+        for key in FLOW_UNSUPPORTED:
+            if cfg.get(key):
+                raise ValueError(f"scheduler config has {key}={cfg[key]!r}: not supported by USFScheduler's flow mode")
+        return "flow"
     if cfg.get("sigma_data") is not None:
         return "edm"
     if "sigma_max" in cfg and "beta_schedule" not in cfg:
@@ -73,28 +85,45 @@ def noise_schedule_from_diffusers_config(config) -> NoiseSchedule:
     """The noise schedule of a diffusers scheduler config: discrete VP (the same float32 betas) or
     EDM (sigma_min, sigma_max)."""
     cfg = dict(config)
-    if config_kind(cfg) == "edm":
+    kind = config_kind(cfg)
+    if kind == "edm":
         return NoiseScheduleEDM(cfg.get("sigma_min", 0.002), cfg.get("sigma_max", 80.0))
+    if kind == "flow":
+        return NoiseScheduleFlow()
     betas = _betas(cfg.get("num_train_timesteps", 1000), cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02),
                    cfg.get("beta_schedule", "linear"), cfg.get("trained_betas"))
     alphas_cumprod = torch.cumprod(1.0 - betas, 0).double()
     return NoiseScheduleVP("discrete", alphas_cumprod=alphas_cumprod)
 
 
-def _check_prediction(prediction_type: str, edm: bool) -> None:
-    allowed = EDM_PREDICTION if edm else tuple(PREDICTION)
+def _check_prediction(prediction_type: str, kind: str) -> None:
+    allowed = {"vp": tuple(PREDICTION), "edm": EDM_PREDICTION, "flow": ("flow_prediction",)}[kind]
     if prediction_type not in allowed:
         raise ValueError(f"prediction_type={prediction_type!r}: must be one of {', '.join(allowed)}"
-                         + (" for an EDM config" if edm else ""))
+                         + {"vp": "", "edm": " for an EDM config", "flow": " for a flow-matching config"}[kind])
+
+
+def _flow_shift(cfg, mu) -> float:
+    """The flow grid's shift: the static `shift`, or from the pipeline's `mu` with dynamic shifting
+    (e^mu for the exponential time shift FLUX uses, mu for the linear one)."""
+    if not cfg.use_dynamic_shifting:
+        return float(cfg.shift)
+    if mu is None:
+        raise ValueError("set_timesteps: this flow scheduler uses dynamic shifting (use_dynamic_shifting=True) and "
+                         "needs mu= (the FLUX pipeline passes it)")
+    return math.exp(mu) if cfg.time_shift_type == "exponential" else float(mu)
 
 
 class USFScheduler(SchedulerMixin, ConfigMixin):
     """A diffusers scheduler that runs a usf_fast `Schedule` (preset or searched).
 
     Args (config): the VP fields of diffusers schedulers (num_train_timesteps, beta_start,
-    beta_end, beta_schedule, trained_betas, prediction_type) or the EDM ones (sigma_min,
-    sigma_max, sigma_data; set `sigma_data` for an EDM config), plus `schedule` (a `Schedule` or
-    its dict) or `preset` + `preset_options` (built in `set_timesteps` for the requested steps).
+    beta_end, beta_schedule, trained_betas, prediction_type), the EDM ones (sigma_min, sigma_max,
+    sigma_data; set `sigma_data` for an EDM config) or the flow ones (kind="flow", shift,
+    use_dynamic_shifting, time_shift_type; prediction_type "flow_prediction"), plus `schedule` (a
+    `Schedule` or its dict) or `preset` + `preset_options` (built in `set_timesteps` for the
+    requested steps; on flow configs on the `flow_shift` grid, or on the pipeline's `sigmas`).
+    `from_config` reads the kind from any diffusers scheduler config.
     """
 
     config_name = "scheduler_config.json"
@@ -105,10 +134,21 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
                  beta_schedule: str = "linear", trained_betas=None, prediction_type: str = "epsilon",
                  schedule=None, preset: str = "unipc", preset_options: dict | None = None,
-                 sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float | None = None):
-        self.edm = sigma_data is not None
-        _check_prediction(prediction_type, self.edm)
-        if self.edm:
+                 sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float | None = None,
+                 kind: str | None = None, shift: float = 1.0, use_dynamic_shifting: bool = False,
+                 time_shift_type: str = "exponential"):
+        self.kind = kind or ("edm" if sigma_data is not None else "vp")
+        if self.kind not in ("vp", "edm", "flow"):
+            raise ValueError(f"kind={kind!r}: must be 'vp', 'edm' or 'flow'")
+        self.edm, self.flow = self.kind == "edm", self.kind == "flow"
+        _check_prediction(prediction_type, self.kind)
+        if self.flow:
+            if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
+                raise ValueError(f"shift={shift!r}: must be a finite number > 0")
+            if time_shift_type not in ("exponential", "linear"):
+                raise ValueError(f"time_shift_type={time_shift_type!r}: must be 'exponential' or 'linear'")
+            self.noise_schedule = NoiseScheduleFlow()
+        elif self.edm:
             self.noise_schedule = NoiseScheduleEDM(sigma_min, sigma_max)
         else:
             self.noise_schedule = noise_schedule_from_diffusers_config(
@@ -125,6 +165,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         # preconditioned output F into D = c_skip x + c_out F, a data prediction.
         if self.edm:
             self._model = DiffusionModel(lambda x, t: x, self.noise_schedule, "x0", "sigma")
+        elif self.flow:
+            self._model = DiffusionModel(lambda x, t: x, self.noise_schedule, "flow", "continuous")
         else:
             self._model = DiffusionModel(lambda x, t: x, self.noise_schedule, PREDICTION[prediction_type], "discrete")
         self.init_noise_sigma = float(self.noise_schedule.prior_std(self.noise_schedule.t_max))
@@ -137,10 +179,17 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         """As diffusers' `from_config`, but the kind of the source config (VP or EDM) is read from all
         its keys: diffusers drops keys left at their defaults when a config moves between classes."""
         cfg = dict(config or {})
-        if config_kind(cfg) == "edm":
+        kind = config_kind(cfg)
+        if kind == "edm":
             for key, default in (("sigma_min", 0.002), ("sigma_max", 80.0), ("sigma_data", 0.5)):
                 kwargs.setdefault(key, cfg.get(key, default))
             kwargs.setdefault("prediction_type", cfg.get("prediction_type", "epsilon"))
+        elif kind == "flow":   # FlowMatchEuler names it shift, DPM-Solver / UniPC flow_shift
+            kwargs.setdefault("kind", "flow")
+            kwargs.setdefault("prediction_type", "flow_prediction")
+            kwargs.setdefault("shift", cfg.get("shift", cfg.get("flow_shift", 1.0)))
+            kwargs.setdefault("use_dynamic_shifting", bool(cfg.get("use_dynamic_shifting", False)))
+            kwargs.setdefault("time_shift_type", cfg.get("time_shift_type", "exponential"))
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def _check_schedule(self, s: Schedule):
@@ -151,19 +200,20 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
     def schedule(self) -> Schedule | None:
         return self._schedule
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device=None, **kwargs):
-        s = self._schedule
-        if s is None:
-            if num_inference_steps is None:
-                raise ValueError("set_timesteps: give num_inference_steps (the NFE) when no schedule is configured")
-            s = P.get(self.config.preset, self.noise_schedule, int(num_inference_steps),
-                      **(self.config.preset_options or {}))
-            self._active = s
-        else:
-            if num_inference_steps is not None and int(num_inference_steps) != s.nfe:
-                raise ValueError(f"set_timesteps: num_inference_steps={num_inference_steps} but the configured "
-                                 f"schedule has NFE {s.nfe}; call the pipeline with num_inference_steps={s.nfe}")
-            self._active = s
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas=None, mu: float | None = None,
+                      timesteps=None):
+        """Build the program of the configured schedule, or of the preset for `num_inference_steps`
+        evaluations. Flow configs: the preset runs on the `flow_shift` grid (shift, or e^mu / mu with
+        dynamic shifting), or on the pipeline's `sigmas` shifted likewise, ending with the jump to
+        σ = 0 (denoise-to-zero) as diffusers' flow schedulers do."""
+        if timesteps is not None:
+            raise ValueError("set_timesteps: custom timesteps= are not supported by USFScheduler; pass a usf_fast "
+                             "Schedule (schedule=) with the times you want")
+        if not self.flow and (sigmas is not None or mu is not None):
+            raise ValueError(f"set_timesteps: {'sigmas' if sigmas is not None else 'mu'}= is a flow-matching "
+                             f"pipeline's; this USFScheduler has a {self.kind} config (use the pipeline's own "
+                             "scheduler config: USFScheduler.from_config(pipe.scheduler.config, ...))")
+        self._active = self._pick_schedule(num_inference_steps, sigmas, mu)
         prog = dense_program(self._active, self._model)
         self._A = [prog.A[e, :input_width(e)].tolist() for e in range(prog.nfe)]
         self._F = prog.F.tolist()
@@ -171,12 +221,52 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         self.init_noise_sigma = float(self.noise_schedule.prior_std(self._active.timesteps[0]))
         if self.edm:  # the network's noise input c_noise = log(σ)/4, as diffusers' EDM schedulers
             self.timesteps = torch.tensor([self._edm(e)[3] for e in range(prog.nfe)], dtype=torch.float32, device=device)
+        elif self.flow:  # σ·num_train_timesteps, as diffusers' flow schedulers
+            self.timesteps = torch.tensor(prog.times * self.config.num_train_timesteps, dtype=torch.float32,
+                                          device=device)
         else:
             n_train = self.noise_schedule.total_N
             self.timesteps = torch.tensor((prog.times - 1.0 / n_train) * n_train, dtype=torch.float32, device=device)
         self.num_inference_steps = prog.nfe
         self._step_index = 0
         self._basis = None
+
+    def _pick_schedule(self, num_inference_steps, sigmas, mu) -> Schedule:
+        s = self._schedule
+        if s is not None:
+            if num_inference_steps is not None and int(num_inference_steps) != s.nfe:
+                raise ValueError(f"set_timesteps: num_inference_steps={num_inference_steps} but the configured "
+                                 f"schedule has NFE {s.nfe}; call the pipeline with num_inference_steps={s.nfe}")
+            if sigmas is not None or mu is not None:
+                warnings.warn("set_timesteps: the configured schedule runs at its own times; the pipeline's "
+                              f"{'sigmas' if sigmas is not None else 'mu'} are not used", RuntimeWarning, stacklevel=3)
+            return s
+        if sigmas is not None:
+            num_inference_steps = len(sigmas) if num_inference_steps is None else num_inference_steps
+            if int(num_inference_steps) != len(sigmas):
+                raise ValueError(f"set_timesteps: {len(sigmas)} sigmas for num_inference_steps={num_inference_steps}")
+        if num_inference_steps is None:
+            raise ValueError("set_timesteps: give num_inference_steps (the NFE) when no schedule is configured")
+        opts = dict(self.config.preset_options or {})
+        n = int(num_inference_steps)
+        if not self.flow:
+            return P.get(self.config.preset, self.noise_schedule, n, **opts)
+        shift = _flow_shift(self.config, mu)
+        if sigmas is None:
+            opts.setdefault("spacing", "flow_shift")
+            return P.get(self.config.preset, self.noise_schedule, n, shift=shift, **opts)
+        return P.get(self.config.preset, self.noise_schedule, n, timesteps=self._flow_times(sigmas, shift),
+                     denoise_to_zero=True, **opts)
+
+    def _flow_times(self, sigmas, shift: float) -> list[float]:
+        """The pipeline's σ's, shifted as diffusers does; the first clipped to t_max < 1."""
+        ts = P.flow_shift(np.asarray(sigmas, dtype=np.float64), shift)
+        ns = self.noise_schedule
+        ts[0] = min(ts[0], ns.t_max)
+        if not (np.all(np.diff(ts) < 0) and ts[-1] >= ns.t_min):
+            raise ValueError(f"sigmas: need strictly decreasing values that stay >= {ns.t_min} after the shift, "
+                             f"got {ts.tolist()}")
+        return ts.tolist()
 
     @staticmethod
     def _combine(coefs, basis):
@@ -247,7 +337,11 @@ def wrap_unet(unet, scheduler_config, *, cond=None, uncond=None, guidance_scale:
     ns = noise_schedule_from_diffusers_config(cfg)
     ptype = cfg.get("prediction_type", "epsilon")
     edm = isinstance(ns, NoiseScheduleEDM)
-    _check_prediction(ptype, edm)
+    if ns.kind == "flow":
+        raise ValueError("wrap_unet: a flow-matching config; flow networks (SD3/FLUX transformers) are wrapped as "
+                         "usf_fast.DiffusionModel(fn, usf_fast.NoiseScheduleFlow(), prediction='flow', "
+                         "time_input=lambda t: 1000 * t)")
+    _check_prediction(ptype, "edm" if edm else "vp")
     if cond is None:
         raw = lambda x, t: _run_unet(unet, x, t)  # noqa: E731
     else:

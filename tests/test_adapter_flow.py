@@ -1,0 +1,112 @@
+"""USFScheduler on flow-matching configs (FlowMatchEuler, DPM-Solver / UniPC flow modes): the kind
+read from the config, the shifted grids (static shift, FLUX's dynamic mu, the pipeline's sigmas),
+σ·1000 timesteps, and clear errors where a pipeline and a scheduler do not match."""
+import numpy as np
+import pytest
+import torch
+from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
+
+import usf_fast
+from usf_fast.adapters.diffusers import USFScheduler, config_kind, wrap_unet
+from usf_fast.models import gmm_image
+
+NS = usf_fast.NoiseScheduleFlow()
+MODEL = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS, "flow")
+EULER = FlowMatchEulerDiscreteScheduler(shift=3.0).config
+
+
+def _f32_time(t: torch.Tensor) -> torch.Tensor:
+    """σ as the pipeline hands it to the net: σ·1000 in a float32 tensor."""
+    return (t * 1000).float().double() / 1000
+
+
+PIPELINE_MODEL = usf_fast.DiffusionModel(lambda x, t: MODEL.net(x, _f32_time(t).to(x)), NS, prediction="flow")
+
+
+def _loop(sched, noise):
+    """The loop of a flow pipeline: timesteps σ·1000 to the net, `step` for the rest."""
+    x = noise * sched.init_noise_sigma
+    for t in sched.timesteps:
+        sigma = torch.as_tensor(t, dtype=x.dtype).reshape(1).expand(x.shape[0]) / 1000
+        x = sched.step(MODEL.net(sched.scale_model_input(x, t), sigma), t, x).prev_sample
+    return x
+
+
+def _noise():
+    return torch.randn(3, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+
+def test_the_kind_is_read_from_the_values_of_any_scheduler_config():
+    assert config_kind(EULER) == "flow"
+    assert config_kind(DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction").config) == "flow"
+    assert config_kind(DPMSolverMultistepScheduler().config) == "vp"     # has use_dynamic_shifting=False
+    sched = USFScheduler.from_config(DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=5.0,
+                                                                 prediction_type="flow_prediction").config)
+    assert sched.kind == "flow" and sched.config.shift == 5.0 and sched.noise_schedule == NS
+
+
+SEARCHED_LIKE = usf_fast.Schedule([NS.t_max, 0.8, 0.55, 0.3, 0.1, 0.02],
+                                  [usf_fast.Step(order=1, corrector="pseudo"), usf_fast.Step(order=2, prediction="noise"),
+                                   usf_fast.Step(order=3, corrector="pseudo", relax="linear", relax_coef=0.3),
+                                   usf_fast.Step(order=2), usf_fast.Step(order=1)], afs=True)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: USFScheduler.from_config(EULER, preset="unipc", preset_options={"order": 3}),
+    lambda: USFScheduler.from_config(EULER, preset="dpm_solver_pp", preset_options={"order": 2, "afs": True}),
+    lambda: USFScheduler.from_config(EULER, schedule=SEARCHED_LIKE),
+], ids=["unipc-3", "dpm++2m-afs", "searched-like"])
+def test_the_pipeline_loop_is_usf_sample_on_the_same_noise(make):
+    sched = make()
+    sched.set_timesteps(sched.schedule.nfe if sched.schedule is not None else 5)
+    np.testing.assert_allclose(sched.timesteps.numpy(), np.array(sched._times) * 1000, rtol=1e-6)   # σ·1000
+    ref = usf_fast.sample(PIPELINE_MODEL, sched._active, _noise(), backend="reference")
+    out = _loop(sched, _noise())
+    assert float((out - ref).norm() / ref.norm()) < 1e-10
+
+
+def test_ddim_on_the_flux_sigmas_and_mu_is_flow_match_euler_with_dynamic_shifting():
+    """FLUX's pipeline: set_timesteps(sigmas=linspace(1, 1/N, N), mu=...) through retrieve_timesteps."""
+    cfg = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).config
+    # FLUX starts at σ = 1, where the mixture's velocity divides by α = 0; ours clips it to t_max
+    first = USFScheduler.from_config(cfg, preset="ddim")
+    retrieve_timesteps(first, 6, "cpu", sigmas=np.linspace(1.0, 1 / 6, 6), mu=0.9)
+    assert first._active.timesteps[0] == NS.t_max
+    sigmas, mu = np.linspace(0.98, 1 / 6, 6), 0.9
+    theirs = FlowMatchEulerDiscreteScheduler.from_config(cfg)
+    retrieve_timesteps(theirs, 6, "cpu", sigmas=sigmas, mu=mu)
+    ours = USFScheduler.from_config(cfg, preset="ddim")
+    timesteps, n = retrieve_timesteps(ours, 6, "cpu", sigmas=sigmas, mu=mu)
+    assert n == 6 and ours._active.nfe == 6 and ours._active.denoise_to_zero
+    torch.testing.assert_close(timesteps[1:], theirs.timesteps[1:], rtol=1e-6, atol=1e-3)
+    x = _noise().float()
+    for i, t in enumerate(theirs.timesteps):
+        x = theirs.step(MODEL.net(x.double(), theirs.sigmas[i].double().expand(3)).float(), t, x).prev_sample
+    out = _loop(ours, _noise())
+    assert float((out - x.double()).norm() / out.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda s: s.set_timesteps(5, mu=0.5), "mu= is a flow-matching pipeline's; this USFScheduler has a vp config"),
+    (lambda s: s.set_timesteps(5, sigmas=[0.9, 0.5]), "sigmas= is a flow-matching pipeline's"),
+    (lambda s: s.set_timesteps(5, timesteps=[999, 500]), "custom timesteps= are not supported"),
+])
+def test_a_vp_scheduler_handed_flow_arguments_is_a_clear_error(call, match):
+    from diffusers import DDPMScheduler
+    with pytest.raises(ValueError, match=match):
+        call(USFScheduler.from_config(DDPMScheduler().config))
+
+
+def test_flow_errors_name_what_is_wrong():
+    dyn = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).config
+    with pytest.raises(ValueError, match="dynamic shifting .* needs mu="):
+        USFScheduler.from_config(dyn).set_timesteps(5)
+    with pytest.raises(ValueError, match="prediction_type='epsilon': must be one of flow_prediction"):
+        USFScheduler.from_config(EULER, prediction_type="epsilon")
+    with pytest.raises(ValueError, match="shift_terminal=0.1: not supported"):
+        config_kind(FlowMatchEulerDiscreteScheduler(shift_terminal=0.1).config)
+    with pytest.raises(ValueError, match="wrap_unet: a flow-matching config"):
+        wrap_unet(lambda x, t: x, EULER)
+    with pytest.warns(RuntimeWarning, match="the configured schedule runs at its own times"):
+        USFScheduler.from_config(dyn, schedule=SEARCHED_LIKE).set_timesteps(SEARCHED_LIKE.nfe, mu=0.5)

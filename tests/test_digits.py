@@ -97,3 +97,27 @@ def test_bad_input(tmp_path):
     schedule_for_cosine = usf_fast.presets.unipc(usf_fast.NoiseScheduleVP("cosine"), 5)
     with pytest.raises(ValueError, match="made for noise schedule"):
         usf_fast.sample(MODEL, schedule_for_cosine, noise=NOISE[:4])
+
+
+# ---- the rectified-flow digits model ------------------------------------------------------------
+
+FLOW = embedded_model("digits-flow")
+
+
+def test_the_flow_model_loads_offline_on_the_flow_schedule():
+    assert os.path.exists(os.path.join(D.WEIGHTS_DIR, D.FLOW_UNET_FILE))
+    assert FLOW.prediction == "flow" and FLOW.noise_schedule == usf_fast.NoiseScheduleFlow()
+    assert FLOW.sample_shape == (1, 8, 8)
+    with pytest.raises(ValueError, match="digits-flow model was trained on a NoiseScheduleFlow"):
+        embedded_model("digits-flow", usf_fast.NoiseScheduleVP("linear"))
+    with pytest.raises(ValueError, match="predicts the velocity"):
+        embedded_model("digits-flow", prediction="eps")
+
+
+def test_flow_fd_falls_as_nfe_rises():
+    ns = FLOW.noise_schedule
+    fds = []
+    for nfe in (3, 5, 8, 12):
+        x = usf_fast.sample(FLOW, usf_fast.presets.unipc(ns, nfe, spacing="flow_shift"), noise=NOISE)
+        fds.append(FD(x))
+    assert all(a > b for a, b in zip(fds, fds[1:])), fds

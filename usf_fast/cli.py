@@ -26,7 +26,10 @@ from .schedule import Schedule
 NOISE_SCHEDULES = ("linear", "cosine", "edm", "flow")
 
 
-def _noise_schedule(name: str):
+def _noise_schedule(name: str | None):
+    """--noise-schedule: None = the model's own (VP linear; flow for digits-flow)."""
+    if name is None:
+        return None
     if name == "edm":
         return NoiseScheduleEDM()
     if name == "flow":   # rectified flow; the embedded mixtures then predict the velocity
@@ -60,8 +63,8 @@ def _build_schedule(args, ns) -> Schedule:
 
 
 def _model_and_noise(args):
-    ns = _noise_schedule(args.noise_schedule)
-    model = embedded_model(args.model, ns)
+    model = embedded_model(args.model, _noise_schedule(args.noise_schedule))
+    ns = model.noise_schedule
     g = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(args.num_samples, *model.sample_shape, generator=g, dtype=torch.float64)
     return ns, model, noise
@@ -77,7 +80,7 @@ def cmd_sample(args) -> int:
     with torch.no_grad():
         x = sample(model, schedule, noise=noise.to(dtype), backend=args.backend)
     print(schedule.summary(ns.time_name))
-    print(f"model {args.model} ({args.noise_schedule}), {args.num_samples} samples, {args.dtype}, "
+    print(f"model {args.model} ({_label(model.noise_schedule)}), {args.num_samples} samples, {args.dtype}, "
           f"backend {args.backend}, {time.perf_counter() - t0:.2f} s\nNFE {schedule.nfe}", flush=True)
     ref = None
     if not args.no_reference:
@@ -93,7 +96,7 @@ def cmd_sample(args) -> int:
 
 def _print_metrics(m: dict, model_name: str) -> None:
     print(f"ref_rmse {m['ref_rmse']:.6g}   (RMS distance to a high-accuracy ODE solution from the same noise)")
-    space = "the digits feature network's space" if model_name == "digits" else "the exact data moments"
+    space = "the digits feature network's space" if model_name.startswith("digits") else "the exact data moments"
     print(f"frechet  {m['frechet']:.6g}   (Fréchet distance of the samples to the data, in {space})")
     if "nll" in m:
         print(f"nll      {m['nll']:.6g}   (exact negative log-likelihood per dimension, nats)")
@@ -169,7 +172,7 @@ def cmd_compare(args) -> int:
             x = sample(model, s, noise=noise.float(), check_finite=False)
         err = reference_distance(x, ref) if bool(torch.isfinite(x).all()) else float("inf")
         results.setdefault(label, {}).setdefault(n, []).append((err, sp))
-    print(f"model {args.model} ({args.noise_schedule}), {args.num_samples} samples; "
+    print(f"model {args.model} ({_label(model.noise_schedule)}), {args.num_samples} samples; "
           f"RMS distance to the high-accuracy ODE solution, best spacing next to it")
     width = max(len(k) for k in results)
     print(" " * width + "".join(f"  {'NFE ' + str(n):<24s}" for n in nfes))
@@ -191,7 +194,11 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def load_model(spec: str, noise_schedule: str = "linear"):
+def _label(ns) -> str:
+    return getattr(ns, "schedule", ns.kind)
+
+
+def load_model(spec: str, noise_schedule: str | None = None):
     """An embedded model name, or 'package.module:factory' (a callable returning a DiffusionModel)."""
     if spec in EMBEDDED_MODELS:
         return embedded_model(spec, _noise_schedule(noise_schedule))
@@ -334,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     def model_args(q, default_n):
         q.add_argument("--model", default="gmm-image", choices=sorted(EMBEDDED_MODELS),
                        help="embedded model (default gmm-image)")
-        q.add_argument("--noise-schedule", default="linear", choices=NOISE_SCHEDULES)
+        q.add_argument("--noise-schedule", choices=NOISE_SCHEDULES,
+                       help="default: the model's own (linear; flow for digits-flow)")
         q.add_argument("--num-samples", type=int, default=default_n)
         q.add_argument("--seed", type=int, default=0)
 
@@ -366,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("search", help="S3 search for the best schedule at an NFE budget")
     q.add_argument("--model", default="gmm-image",
                    help=f"embedded model ({', '.join(sorted(EMBEDDED_MODELS))}) or package.module:factory")
-    q.add_argument("--noise-schedule", default="linear", choices=NOISE_SCHEDULES, help="for embedded models")
+    q.add_argument("--noise-schedule", choices=NOISE_SCHEDULES,
+                   help="for embedded models (default: the model's own: linear; flow for digits-flow)")
     q.add_argument("--nfe", default="5", help="NFE budget, or a comma-separated list (one search each)")
     q.add_argument("--shape", help="per-sample shape D1,D2,... (optional for embedded models)")
     q.add_argument("--out", required=True, help="output folder (logs, best.json, summary, plots)")

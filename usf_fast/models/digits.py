@@ -22,14 +22,15 @@ from torch import nn
 
 from ..metrics import frechet_distance
 from ..model import DiffusionModel
-from ..noise_schedules import NoiseScheduleVP
+from ..noise_schedules import NoiseScheduleFlow, NoiseScheduleVP
 
-__all__ = ["DIGITS_SHAPE", "TinyUNet", "FeatureNet", "digits_data", "digits_model", "load_digits_unet",
+__all__ = ["DIGITS_SHAPE", "TinyUNet", "FeatureNet", "digits_data", "digits_model", "digits_flow_model", "load_digits_unet",
            "load_feature_net", "DigitsFrechet", "WEIGHTS_DIR"]
 
 DIGITS_SHAPE = (1, 8, 8)
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 UNET_FILE = "digits_unet.pt"
+FLOW_UNET_FILE = "digits_flow_unet.pt"
 FEATURES_FILE = "digits_features.pt"
 TRAIN_HINT = "python -m usf_fast.models.train_digits --out usf_fast/weights"
 
@@ -141,8 +142,11 @@ def _load(cls, path: str | None, default_file: str, what: str):
     return net.eval().requires_grad_(False)
 
 
-def load_digits_unet(path: str | None = None) -> TinyUNet:
-    """The trained digits UNet (float32, eval mode). `path`: another checkpoint from `usf_fast.models.train_digits`."""
+def load_digits_unet(path: str | None = None, flow: bool = False) -> TinyUNet:
+    """The trained digits UNet (float32, eval mode): ε-prediction, or with `flow` the rectified-flow
+    one. `path`: another checkpoint from `usf_fast.models.train_digits`."""
+    if flow:
+        return _load(TinyUNet, path, FLOW_UNET_FILE, "digits flow UNet")
     return _load(TinyUNet, path, UNET_FILE, "digits UNet")
 
 
@@ -188,6 +192,17 @@ def digits_model(noise_schedule: NoiseScheduleVP | None = None, weights: str | N
     if ns != NoiseScheduleVP("linear"):
         raise ValueError(f"noise_schedule={ns!r}: the digits model was trained on NoiseScheduleVP('linear') only")
     return DiffusionModel(_DigitsNet(load_digits_unet(weights)), ns, "eps", "continuous", sample_shape=DIGITS_SHAPE)
+
+
+def digits_flow_model(noise_schedule: NoiseScheduleFlow | None = None, weights: str | None = None) -> DiffusionModel:
+    """The digits UNet retrained with the rectified-flow objective, as a `DiffusionModel` (the
+    velocity ε − x0, continuous σ, per-sample shape (1, 8, 8)). Trained on `NoiseScheduleFlow()`'s
+    range; another range within it is fine."""
+    ns = noise_schedule or NoiseScheduleFlow()
+    if not isinstance(ns, NoiseScheduleFlow):
+        raise ValueError(f"noise_schedule={ns!r}: the digits-flow model was trained on a NoiseScheduleFlow")
+    return DiffusionModel(_DigitsNet(load_digits_unet(weights, flow=True)), ns, "flow", "continuous",
+                          sample_shape=DIGITS_SHAPE)
 
 
 # ---- Fréchet distance in feature space -------------------------------------------------------

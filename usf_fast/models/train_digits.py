@@ -8,7 +8,8 @@ byte-identical; elsewhere they differ by float rounding only. Data: scikit-learn
 all 1,797 images (the model is a generator; there is no test split to protect).
 
 UNet: ε-prediction on VP linear (β 0.1 → 20), t ~ U(t_min, 1), Adam with warm-up and cosine decay,
-EMA of the weights (what ships). Feature network: a digit classifier trained with noise and shift
+EMA of the weights (what ships); the flow UNet the same with the rectified-flow objective (target
+v = ε − x0 at x_t = (1 − t)·x0 + t·ε, t ~ U over `NoiseScheduleFlow`'s range). Feature network: a digit classifier trained with noise and shift
 augmentation so its features stay meaningful on imperfect samples.
 """
 from __future__ import annotations
@@ -22,8 +23,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..noise_schedules import NoiseScheduleVP
-from .digits import FEATURES_FILE, UNET_FILE, FeatureNet, TinyUNet, digits_data
+from ..noise_schedules import NoiseScheduleFlow, NoiseScheduleVP
+from .digits import FEATURES_FILE, FLOW_UNET_FILE, UNET_FILE, FeatureNet, TinyUNet, digits_data
 
 __all__ = ["train_unet", "train_features", "main"]
 
@@ -42,16 +43,21 @@ def _lr(step: int, steps: int, peak: float, warmup: int = 200) -> float:
 
 
 def train_unet(steps: int = 8000, batch: int = 128, lr: float = 2e-3, ema: float = 0.999, seed: int = 0,
-               threads: int = 2, ch: int = 32, progress: bool = True) -> dict:
-    """Train the digits UNet; returns the checkpoint dict (EMA weights) that `load_digits_unet` reads."""
+               threads: int = 2, ch: int = 32, progress: bool = True, objective: str = "eps") -> dict:
+    """Train the digits UNet; returns the checkpoint dict (EMA weights) that `load_digits_unet` reads.
+
+    objective: "eps" (ε-prediction on VP linear, the `digits` model) or "flow" (the rectified-flow
+    velocity ε − x0 on `NoiseScheduleFlow`, the `digits-flow` model)."""
+    if objective not in ("eps", "flow"):
+        raise ValueError(f"objective={objective!r}: must be 'eps' or 'flow'")
     g = _setup(seed, threads)
     data, _ = digits_data()
-    ns = NoiseScheduleVP("linear")
+    ns = NoiseScheduleVP("linear") if objective == "eps" else NoiseScheduleFlow()
     net = TinyUNet(ch=ch)
     avg = {k: v.detach().clone() for k, v in net.state_dict().items()}
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     losses = []
-    bar = tqdm(range(steps), desc="digits UNet", disable=not progress, mininterval=2)
+    bar = tqdm(range(steps), desc=f"digits UNet ({objective})", disable=not progress, mininterval=2)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, lr)
@@ -60,7 +66,8 @@ def train_unet(steps: int = 8000, batch: int = 128, lr: float = 2e-3, ema: float
         eps = torch.randn(x0.shape, generator=g)
         a = ns.marginal_alpha(t.double()).float()[:, None, None, None]
         s = ns.marginal_std(t.double()).float()[:, None, None, None]
-        loss = (net(a * x0 + s * eps, t) - eps).pow(2).mean()
+        target = eps if objective == "eps" else eps - x0
+        loss = (net(a * x0 + s * eps, t) - target).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -75,7 +82,7 @@ def train_unet(steps: int = 8000, batch: int = 128, lr: float = 2e-3, ema: float
             bar.set_postfix(loss=f"{sum(losses[-200:]) / len(losses[-200:]):.4f}")
     return {"config": {"ch": ch}, "state_dict": avg,
             "meta": {"steps": steps, "batch": batch, "lr": lr, "ema": ema, "seed": seed, "threads": threads,
-                     "final_loss": sum(losses[-500:]) / len(losses[-500:]), "torch": str(torch.__version__)}}
+                     "objective": objective, "final_loss": sum(losses[-500:]) / len(losses[-500:]), "torch": str(torch.__version__)}}
 
 
 def train_features(steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed: int = 0, threads: int = 2,
@@ -108,12 +115,14 @@ def train_features(steps: int = 3000, batch: int = 128, lr: float = 2e-3, seed: 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m usf_fast.models.train_digits", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="usf_fast/weights", help="folder for digits_unet.pt and digits_features.pt")
+    p.add_argument("--out", default="usf_fast/weights",
+                   help="folder for digits_unet.pt, digits_flow_unet.pt and digits_features.pt")
     p.add_argument("--unet-steps", type=int, default=8000)
     p.add_argument("--feature-steps", type=int, default=3000)
+    p.add_argument("--flow-steps", type=int, default=8000, help="steps of the flow UNet")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--only", choices=("unet", "features"), help="train one of the two")
+    p.add_argument("--only", choices=("unet", "unet-flow", "features"), help="train one of the three")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     if args.only in (None, "features"):
@@ -126,7 +135,12 @@ def main(argv=None) -> int:
         ckpt = train_unet(args.unet_steps, seed=args.seed, threads=args.threads)
         torch.save(ckpt, os.path.join(args.out, UNET_FILE))
         print(f"UNet: final loss {ckpt['meta']['final_loss']:.4f} ({time.time() - t0:.0f} s)")
-    print(f"wrote {args.out}/{UNET_FILE}, {FEATURES_FILE}")
+    if args.only in (None, "unet-flow"):
+        t0 = time.time()
+        ckpt = train_unet(args.flow_steps, seed=args.seed, threads=args.threads, objective="flow")
+        torch.save(ckpt, os.path.join(args.out, FLOW_UNET_FILE))
+        print(f"flow UNet: final loss {ckpt['meta']['final_loss']:.4f} ({time.time() - t0:.0f} s)")
+    print(f"wrote {args.out}")
     return 0
 
 

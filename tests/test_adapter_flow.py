@@ -110,3 +110,31 @@ def test_flow_errors_name_what_is_wrong():
         wrap_unet(lambda x, t: x, EULER)
     with pytest.warns(RuntimeWarning, match="the configured schedule runs at its own times"):
         USFScheduler.from_config(dyn, schedule=SEARCHED_LIKE).set_timesteps(SEARCHED_LIKE.nfe, mu=0.5)
+
+
+def test_an_afs_schedule_in_a_pipeline_that_skips_scale_model_input_is_a_clear_error():
+    """diffusers' flow pipelines (and DDPM/DDIM) never call scale_model_input: without it the net's
+    first input would be the raw noise instead of the AFS step's state."""
+    sched = USFScheduler.from_config(EULER, schedule=SEARCHED_LIKE)
+    sched.set_timesteps(SEARCHED_LIKE.nfe)
+    x, t = _noise(), sched.timesteps[0]
+    with pytest.raises(ValueError, match="did not call scale_model_input .* afs=False"):
+        sched.step(MODEL.net(x, torch.full((3,), float(t) / 1000, dtype=x.dtype)), t, x)
+    plain = USFScheduler.from_config(EULER, preset="unipc")   # no AFS: the loop needs no scale_model_input
+    plain.set_timesteps(5)
+    x = _noise()
+    for t in plain.timesteps:
+        x = plain.step(MODEL.net(x, torch.full((3,), float(t) / 1000, dtype=x.dtype)), t, x).prev_sample
+    ref = usf_fast.sample(PIPELINE_MODEL, plain._active, _noise(), backend="reference")
+    assert plain._active.denoise_to_zero and float((x - ref).norm() / ref.norm()) < 1e-10
+
+
+def test_flow_configs_keep_their_own_prediction_type_and_options_cannot_clash_with_sigmas():
+    eps_flow = DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="epsilon").config
+    with pytest.raises(ValueError, match="prediction_type='epsilon': must be one of flow_prediction"):
+        USFScheduler.from_config(eps_flow)
+    sched = USFScheduler.from_config(EULER, preset="unipc", preset_options={"afs": True})
+    with pytest.raises(ValueError, match=r"preset_options \['afs'\]: the pipeline's sigmas= fix the grid"):
+        sched.set_timesteps(sigmas=[0.9, 0.6, 0.3])
+    with pytest.raises(ValueError, match="time_input='sigma': not a flow model's time"):
+        usf_fast.DiffusionModel(lambda x, t: x, NS, prediction="flow", time_input="sigma")

@@ -60,6 +60,9 @@ class DiffusionModel:
             raise ValueError("noise_schedule: must be a NoiseScheduleVP, NoiseScheduleEDM or NoiseScheduleFlow, got "
                              f"{type(noise_schedule).__name__}")
         _check_prediction(prediction, noise_schedule)
+        if noise_schedule.kind == "flow" and time_input in ("discrete", "sigma"):
+            raise ValueError(f"time_input={time_input!r}: not a flow model's time; use 'continuous' (σ itself, FLUX) or "
+                             "a callable such as lambda t: 1000 * t (SD3, Wan)")
         if not callable(time_input) and time_input not in TIME_INPUTS:
             raise ValueError(f"time_input={time_input!r}: must be one of {', '.join(TIME_INPUTS)} or a callable")
         if guidance_scale is not None:

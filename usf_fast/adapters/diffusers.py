@@ -99,8 +99,10 @@ def noise_schedule_from_diffusers_config(config) -> NoiseSchedule:
 def _check_prediction(prediction_type: str, kind: str) -> None:
     allowed = {"vp": tuple(PREDICTION), "edm": EDM_PREDICTION, "flow": ("flow_prediction",)}[kind]
     if prediction_type not in allowed:
+        hint = " (a flow config: kind='flow', or USFScheduler.from_config(<a flow scheduler's config>))" \
+            if prediction_type == "flow_prediction" else ""
         raise ValueError(f"prediction_type={prediction_type!r}: must be one of {', '.join(allowed)}"
-                         + {"vp": "", "edm": " for an EDM config", "flow": " for a flow-matching config"}[kind])
+                         + {"vp": "", "edm": " for an EDM config", "flow": " for a flow-matching config"}[kind] + hint)
 
 
 def _flow_shift(cfg, mu) -> float:
@@ -176,8 +178,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """As diffusers' `from_config`, but the kind of the source config (VP or EDM) is read from all
-        its keys: diffusers drops keys left at their defaults when a config moves between classes."""
+        """As diffusers' `from_config`, but the kind of the source config (VP, EDM or flow) is read from
+        all its keys: diffusers drops keys left at their defaults when a config moves between classes."""
         cfg = dict(config or {})
         kind = config_kind(cfg)
         if kind == "edm":
@@ -186,7 +188,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             kwargs.setdefault("prediction_type", cfg.get("prediction_type", "epsilon"))
         elif kind == "flow":   # FlowMatchEuler names it shift, DPM-Solver / UniPC flow_shift
             kwargs.setdefault("kind", "flow")
-            kwargs.setdefault("prediction_type", "flow_prediction")
+            kwargs.setdefault("prediction_type", cfg.get("prediction_type", "flow_prediction"))
             kwargs.setdefault("shift", cfg.get("shift", cfg.get("flow_shift", 1.0)))
             kwargs.setdefault("use_dynamic_shifting", bool(cfg.get("use_dynamic_shifting", False)))
             kwargs.setdefault("time_shift_type", cfg.get("time_shift_type", "exponential"))
@@ -230,6 +232,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = prog.nfe
         self._step_index = 0
         self._basis = None
+        self._first_input_scaled = False
 
     def _pick_schedule(self, num_inference_steps, sigmas, mu) -> Schedule:
         s = self._schedule
@@ -252,9 +255,15 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if not self.flow:
             return P.get(self.config.preset, self.noise_schedule, n, **opts)
         shift = _flow_shift(self.config, mu)
-        if sigmas is None:
+        if sigmas is None:   # the flow_shift grid, then the jump to σ = 0 as diffusers' flow schedulers
             opts.setdefault("spacing", "flow_shift")
-            return P.get(self.config.preset, self.noise_schedule, n, shift=shift, **opts)
+            opts.setdefault("shift", shift)
+            opts.setdefault("denoise_to_zero", True)
+            return P.get(self.config.preset, self.noise_schedule, n, **opts)
+        clash = sorted({"timesteps", "denoise_to_zero", "shift", "spacing", "afs", "method"} & set(opts))
+        if clash:
+            raise ValueError(f"preset_options {clash}: the pipeline's sigmas= fix the grid (multistep, ending with the "
+                             "jump to σ = 0); drop these options, or configure a schedule= instead")
         return P.get(self.config.preset, self.noise_schedule, n, timesteps=self._flow_times(sigmas, shift),
                      denoise_to_zero=True, **opts)
 
@@ -267,6 +276,10 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"sigmas: need strictly decreasing values that stay >= {ns.t_min} after the shift, "
                              f"got {ts.tolist()}")
         return ts.tolist()
+
+    def _afs_first(self) -> bool:
+        """Does the first evaluation see something other than the noise (an AFS schedule)?"""
+        return bool(self._A) and self._A[0] != [1.0, 0.0]
 
     @staticmethod
     def _combine(coefs, basis):
@@ -285,8 +298,9 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if self._step_index is None:
             raise ValueError("scale_model_input: call set_timesteps first")
         x = sample
-        if self._step_index == 0 and self._A and self._A[0] != [1.0, 0.0]:
+        if self._step_index == 0 and self._afs_first():
             x = self._combine(self._A[0], [sample / self.init_noise_sigma, None])
+            self._first_input_scaled = True
         if self.edm and self._step_index < self.num_inference_steps:
             x = x * self._edm(self._step_index)[2]
         return x
@@ -299,6 +313,11 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if e >= self.num_inference_steps:
             raise ValueError(f"step: all {self.num_inference_steps} evaluations of the schedule are done")
         if e == 0:
+            if self._afs_first() and not self._first_input_scaled:
+                raise ValueError("step: this schedule starts with the analytical first step (afs=True), so the network's "
+                                 "first input is scale_model_input(latents), but the pipeline did not call "
+                                 "scale_model_input (diffusers' DDPM/DDIM and flow pipelines do not): use a schedule "
+                                 "with afs=False in this pipeline")
             self._basis = [sample / self.init_noise_sigma, None]  # ε; the data mean is 0 for pipelines
             x_e = self._combine(self._A[0], self._basis)
         else:

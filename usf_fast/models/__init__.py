@@ -21,6 +21,9 @@ def _digits_flow(noise_schedule: NoiseSchedule, prediction: str) -> DiffusionMod
 
 
 def _digits(noise_schedule: NoiseSchedule, prediction: str) -> DiffusionModel:
+    if noise_schedule.kind == "flow":
+        raise ValueError(f"noise_schedule={noise_schedule!r}: the digits model was trained on VP linear; the "
+                         "rectified-flow one is 'digits-flow'")
     if prediction not in ("eps", None):
         raise ValueError(f"prediction={prediction!r}: the digits model is an ε-prediction network")
     return digits_model(noise_schedule)

@@ -53,3 +53,25 @@ def test_a_log_from_before_the_settings_header_is_refused_with_what_to_do(tmp_pa
     log.write_text(json.dumps({"type": "header", "nfe": 4, "seed": 0, "metric": "ref", "space": "(1, 2)"}) + "\n")
     with pytest.raises(ValueError, match="written by an older usf_fast .* delete it"):
         SearchLog(log, {"nfe": 4, "seed": 0, "metric": "ref", "settings": {}}, resume=True)
+
+
+@pytest.mark.parametrize("other,key", [
+    (lambda: embedded_model("gmm-2d", __import__("usf_fast").NoiseScheduleVP("cosine")), "model"),
+    (lambda: embedded_model("gmm-image"), "shape"),
+])
+def test_another_models_log_is_never_resumed(tmp_path, other, key):
+    log = tmp_path / "log.jsonl"
+    small = dict(budget=20, samples=(8, 16), heldout=16, proposals=32, progress=False, log_path=log)
+    s3_search(MODEL, 3, **small)
+    with pytest.raises(ValueError, match=f"written by a search with {key}="):
+        s3_search(other(), 3, resume=True, **small)
+
+
+def test_one_search_per_log_at_a_time(tmp_path):
+    log = tmp_path / "log.jsonl"
+    header = {"nfe": 3, "seed": 0, "metric": "ref", "settings": {}}
+    first = SearchLog(log, header)
+    with pytest.raises(ValueError, match="is in use by another running search"):
+        SearchLog(log, header, resume=True)
+    first.close()
+    SearchLog(log, header, resume=True).close()   # free again once the first is done

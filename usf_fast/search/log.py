@@ -6,6 +6,7 @@ reused, so no evaluation is lost or repeated.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -20,8 +21,11 @@ class SearchLog:
         self.header = header
         self.writer = writer
         self.records: list[dict] = []
+        self._lock = None
         if self.path is None:
             return
+        if writer:
+            self._take_lock()
         exists = os.path.exists(self.path) and os.path.getsize(self.path) > 0
         if not resume and not writer:
             return  # other processes of a torchrun job: rank 0 creates and checks the log
@@ -37,6 +41,29 @@ class SearchLog:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             self._append(dict(header, type="header"))
 
+    def _take_lock(self) -> None:
+        """One search per log: an exclusive lock on `<log>.lock`, held until `close` (or the end of
+        the process), so two runs on one --out never both append."""
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        fd = os.open(self.path + ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ValueError(f"log {self.path} is in use by another running search; wait for it to finish "
+                             "(then --resume) or choose another --out") from None
+        self._lock = fd
+
+    def close(self) -> None:
+        """Release the lock (the log itself is closed after every line)."""
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            os.close(self._lock)
+            self._lock = None
+
+    def __del__(self):
+        self.close()
+
     def _read(self):
         parsed, tail, good_bytes = _parse(self.path)
         if tail.strip():
@@ -46,7 +73,7 @@ class SearchLog:
         if "settings" not in head:
             raise ValueError(f"log {self.path}: written by an older usf_fast (its header has no settings); it cannot be "
                              "resumed by this version: delete it (or its --out folder) or choose another --out")
-        for key in ("nfe", "seed", "metric", "settings"):
+        for key in ("nfe", "seed", "metric", "settings", "shape", "model"):
             if head.get(key) != self.header.get(key):
                 raise ValueError(f"log {self.path}: written by a search with {key}={head.get(key)!r}, this one has "
                                  f"{key}={self.header.get(key)!r}; resume with the same settings")

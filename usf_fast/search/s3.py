@@ -150,8 +150,11 @@ class S3Search:
         self.sets = {name: NoiseSet(self.shape, n, 1000 * c.seed + k, name)
                      for k, (name, n) in enumerate((("s1", c.samples[0]), ("s2", c.samples[1]), ("heldout", c.heldout)), 1)}
         self.metric_name = getattr(self.metric, "name", str(c.metric))
-        self.log = SearchLog(c.log_path, dict(self.config.identity(self.space, self.metric_name), shape=list(self.shape)),
-                             resume=c.resume, writer=(self.rank == 0))
+        # the model's noise schedule, parameterisation and sample shape are part of what a log is
+        # about: another model's log is never reused
+        header = dict(self.config.identity(self.space, self.metric_name), shape=list(self.shape),
+                      model={"noise_schedule": self.ns.fingerprint(), "prediction": model.prediction})
+        self.log = SearchLog(c.log_path, header, resume=c.resume, writer=(self.rank == 0))
         self.cache = self.log.cached()
         self.requested = self.new = 0
         self.deadline = None if c.max_minutes is None else self.t_begin + 60.0 * c.max_minutes
@@ -427,4 +430,8 @@ def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = No
     if unknown:
         raise ValueError(f"s3_search: unknown option(s) {sorted(unknown)}; the options are SearchConfig's fields: "
                          + ", ".join(f.name for f in dataclasses.fields(SearchConfig) if f.name != "nfe"))
-    return S3Search(model, SearchConfig(nfe=nfe, **options), space).run()
+    search = S3Search(model, SearchConfig(nfe=nfe, **options), space)
+    try:
+        return search.run()
+    finally:
+        search.log.close()

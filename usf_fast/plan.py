@@ -132,6 +132,7 @@ class _PlanLowering:
         self.program = program
         self.readers = program.readers()
         self.ops: list[_Emit] = []
+        self.symbolic: set[int] = set()   # state nodes that may still be unmaterialised expressions
         self.n_buffers = 0
         self.value: dict[int, dict] = {START: {self.new_buffer(): 1.0}}   # node → expression over buffers
         if not program.schedule.afs or model.has_zero_mean:
@@ -159,10 +160,13 @@ class _PlanLowering:
         return {b: c for b, c in expr.items() if abs(c) > 1e-14 * big}
 
     def pending(self, now: int, exclude: int) -> list[int]:
-        """Symbolic states that an op after node `now` still reads, by point."""
+        """Symbolic states that an op after node `now` still reads, by point. Only the symbolic
+        states seen so far are candidates, and one no later op reads leaves them for good (`now`
+        only grows), so a long schedule compiles in linear time."""
         nodes = self.program.nodes
-        out = [k for k, n in enumerate(nodes) if n.kind == "state" and k != exclude and k in self.value
-               and not _is_buffer(self.value[k]) and any(r > now for r in self.readers.get(k, ()))]
+        for k in [k for k in self.symbolic if not any(r > now for r in self.readers.get(k, ()))]:
+            self.symbolic.discard(k)
+        out = [k for k in self.symbolic if k != exclude and not _is_buffer(self.value[k])]
         return sorted(out, key=lambda k: (nodes[k].point, k))
 
     def materialise(self, expr: dict, step: int, pending: list[int]) -> int:
@@ -181,6 +185,8 @@ class _PlanLowering:
         for k, node in enumerate(self.program.nodes):
             if node.kind == "state":
                 self.value[k] = self.inline(node.terms, filtered=True)
+                if not _is_buffer(self.value[k]):
+                    self.symbolic.add(k)
             elif node.kind == "eval":
                 src = self.value[node.source]
                 if not _is_buffer(src):

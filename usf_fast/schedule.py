@@ -21,6 +21,7 @@ Global: afs (analytical first step: x̂0 = data mean at t_max, saves one NFE), d
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -260,7 +261,7 @@ def _resolve_step(s: Step | dict, i: int) -> Step:
     if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= i - 1:
         raise ValueError(f"{where}.start={s.start!r}: must be a point index 0..{i - 1}")
     if s.points is None:
-        points = tuple(j for j in range(i - 1, -1, -1) if j != start)[: s.order - 1]
+        points = tuple(itertools.islice((j for j in range(i - 1, -1, -1) if j != start), s.order - 1))
         if len(points) < s.order - 1:
             raise ValueError(f"{where}.order={s.order}: needs {s.order - 1} earlier model outputs besides "
                              f"the start point, only {len(points)} available at this step "

@@ -242,6 +242,7 @@ def _assign_slots(raw_ops: list[_Emit], result: int, schedule: Schedule) -> Plan
     slot_of = {x_t: 0}
     free: list[int] = []
     live = {x_t}
+    n_slots = 1
 
     def release(k):
         for b in list(live):
@@ -250,11 +251,13 @@ def _assign_slots(raw_ops: list[_Emit], result: int, schedule: Schedule) -> Plan
                 free.append(slot_of[b])
 
     def alloc(b):
+        nonlocal n_slots
         if free:
             s = min(free)
             free.remove(s)
         else:
-            s = len(set(slot_of.values()))
+            s = n_slots
+            n_slots += 1
         slot_of[b] = s
         live.add(b)
 
@@ -268,7 +271,7 @@ def _assign_slots(raw_ops: list[_Emit], result: int, schedule: Schedule) -> Plan
         alloc(op.out)          # the model writes a new tensor: it cannot share the state's slot
         ops.append(Const(slot_of[op.out]) if op.kind == "const" else
                    Eval(slot_of[next(iter(op.expr))], op.point, schedule.timesteps[op.point], slot_of[op.out]))
-    return Plan(ops, len(set(slot_of.values())), 0, slot_of[result], schedule.nfe, schedule)
+    return Plan(ops, n_slots, 0, slot_of[result], schedule.nfe, schedule)
 
 
 def _combine_op(op: _Emit, slot_of: dict, release, alloc, k: int) -> Combine:

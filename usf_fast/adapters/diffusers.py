@@ -360,7 +360,7 @@ def wrap_unet(unet, scheduler_config, *, cond=None, uncond=None, guidance_scale:
         raise ValueError("wrap_unet: a flow-matching config; flow networks (SD3/FLUX transformers) are wrapped as "
                          "usf_fast.DiffusionModel(fn, usf_fast.NoiseScheduleFlow(), prediction='flow', "
                          "time_input=lambda t: 1000 * t)")
-    _check_prediction(ptype, "edm" if edm else "vp")
+    _check_prediction(ptype, ns.kind)
     if cond is None:
         raw = lambda x, t: _run_unet(unet, x, t)  # noqa: E731
     else:

@@ -134,7 +134,74 @@ def test_flow_configs_keep_their_own_prediction_type_and_options_cannot_clash_wi
     with pytest.raises(ValueError, match="prediction_type='epsilon': must be one of flow_prediction"):
         USFScheduler.from_config(eps_flow)
     sched = USFScheduler.from_config(EULER, preset="unipc", preset_options={"afs": True})
-    with pytest.raises(ValueError, match=r"preset_options \['afs'\]: the pipeline's sigmas= fix the grid"):
+    with pytest.raises(ValueError, match=r"preset_options \[.afs.\]: the pipeline.s grid is multistep"):
         sched.set_timesteps(sigmas=[0.9, 0.6, 0.3])
     with pytest.raises(ValueError, match="time_input='sigma': not a flow model's time"):
         usf_fast.DiffusionModel(lambda x, t: x, NS, prediction="flow", time_input="sigma")
+
+
+FLOW_SCHEDULERS = {
+    "flow_euler": lambda **kw: FlowMatchEulerDiscreteScheduler(**kw),
+    "flow_dpm": lambda **kw: DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction",
+                                                         **{("flow_shift" if k == "shift" else k): v for k, v in kw.items()}),
+    "flow_unipc": lambda **kw: __import__("diffusers").UniPCMultistepScheduler(
+        use_flow_sigmas=True, prediction_type="flow_prediction",
+        **{("flow_shift" if k == "shift" else k): v for k, v in kw.items()}),
+}
+
+
+@pytest.mark.parametrize("grid", list(FLOW_SCHEDULERS))
+@pytest.mark.parametrize("n,shift", [(4, 3.0), (7, 1.0), (12, 5.0)])
+def test_diffusers_flow_grids_are_reproduced_point_for_point(grid, n, shift):
+    theirs = FLOW_SCHEDULERS[grid](shift=shift)
+    theirs.set_timesteps(n)
+    want = theirs.sigmas[:-1].double().numpy()
+    np.testing.assert_allclose(usf_fast.presets.diffusers_flow_sigmas(grid, n, shift), want, rtol=2e-7)
+    sched = USFScheduler.from_config(theirs.config, preset="ddim")
+    assert sched.config.flow_grid == grid
+    sched.set_timesteps(n)   # the scheduler's own grid, σ·1000 as its timesteps (the first clipped to t_max);
+    # diffusers' DPM-Solver / UniPC flow modes hand the net int64 timesteps (σ·1000 truncated), ours float
+    torch.testing.assert_close(sched.timesteps.double(), theirs.sigmas[:-1].double() * 1000, rtol=2e-6, atol=0)
+    assert theirs.timesteps.dtype == (torch.float32 if grid == "flow_euler" else torch.int64)
+    ts = usf_fast.presets.timesteps(NS, n - 1, grid, shift=shift)
+    np.testing.assert_allclose(ts, np.minimum(want, NS.t_max), rtol=2e-7)
+
+
+def test_flow_euler_with_dynamic_shifting_keeps_its_unshifted_end():
+    theirs = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    theirs.set_timesteps(5, mu=0.8)
+    ours = usf_fast.presets.diffusers_flow_sigmas("flow_euler", 5, float(np.exp(0.8)), dynamic=True)
+    np.testing.assert_allclose(ours, theirs.sigmas[:-1].double().numpy(), rtol=2e-7)
+
+
+@pytest.mark.parametrize("grid,preset,opts", [
+    ("flow_euler", "ddim", {}),
+    ("flow_dpm", "dpm_solver_pp", {"order": 2}),
+    ("flow_dpm", "dpm_solver_pp", {"order": 3}),
+    ("flow_unipc", "unipc", {"order": 2, "variant": "bh2"}),
+])
+def test_a_preset_on_the_schedulers_own_grid_equals_that_scheduler(grid, preset, opts):
+    """No sigmas from the pipeline (SD3, Wan, Sana): the same grid and the same sample as the
+    diffusers scheduler the config came from, on the same net and noise."""
+    n = 6
+    theirs = FLOW_SCHEDULERS[grid](shift=3.0, **({"solver_order": opts["order"]} if grid != "flow_euler" else {}))
+    theirs.set_timesteps(n)
+    x = _noise().float()   # the net at the exact σ's (DPM / UniPC would hand it truncated int σ·1000);
+    for i, t in enumerate(theirs.timesteps):   # Euler's σ = 1 is t_max for the mixture (α = 0 there)
+        sigma = _f32_time(theirs.sigmas[i].double().clamp(max=NS.t_max)).expand(3)
+        x = theirs.step(MODEL.net(x.double(), sigma).float(), t, x).prev_sample
+    ours = USFScheduler.from_config(theirs.config, preset=preset, preset_options=opts)
+    ours.set_timesteps(n)
+    out = _loop(ours, _noise())
+    assert float((out - x.double()).norm() / out.norm()) < 1e-5
+
+
+def test_diffusers_grids_refuse_their_ends_and_singlestep():
+    with pytest.raises(ValueError, match="fixes its own ends"):
+        usf_fast.presets.timesteps(NS, 4, "flow_dpm", t_end=0.1)
+    with pytest.raises(ValueError, match="singlestep method needs one of"):
+        usf_fast.presets.dpm_solver_pp(NS, 6, spacing="flow_unipc", method="singlestep")
+    with pytest.raises(ValueError, match="needs a NoiseScheduleFlow"):
+        usf_fast.presets.timesteps(usf_fast.NoiseScheduleVP("linear"), 4, "flow_euler")
+    with pytest.raises(ValueError, match="grid='nope': must be one of flow_euler"):
+        usf_fast.presets.diffusers_flow_sigmas("nope", 4)

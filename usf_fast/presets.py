@@ -8,7 +8,10 @@ timesteps give the same sample — the tests check this.
 Common options:
     spacing: "logSNR" (uniform in λ), "time_uniform", "time_quadratic", "karras" (uniform in
         σ^{1/ρ}, σ = e^{−λ}; `rho`, default 7); on a NoiseScheduleFlow also "flow_shift" (uniform in σ,
-        then SD3/FLUX's shift σ' = s·σ/(1 + (s − 1)·σ); `shift`, default 3).
+        then SD3/FLUX's shift σ' = s·σ/(1 + (s − 1)·σ); `shift`, default 3) and diffusers' own shifted
+        grids "flow_euler" (FlowMatchEulerDiscreteScheduler), "flow_dpm" (DPMSolverMultistep with
+        use_flow_sigmas), "flow_unipc" (UniPCMultistep with use_flow_sigmas), point for point
+        (`diffusers_flow_sigmas`; they fix their own ends: no t_start / t_end).
     timesteps: explicit N+1 decreasing times instead of `spacing` (multistep presets).
     t_start, t_end: time range (default: the noise schedule's t_max, t_min).
     afs: analytical first step (one NFE fewer per schedule, so one step more for the same NFE).
@@ -25,11 +28,12 @@ import numpy as np
 from .noise_schedules import NoiseSchedule
 from .schedule import Schedule, Step
 
-__all__ = ["ALL_SPACINGS", "FLOW_SPACINGS", "flow_shift", "spacings_for", "SPACINGS", "timesteps", "ddim", "dpm_solver", "dpm_solver_pp", "unipc", "PRESETS",
+__all__ = ["ALL_SPACINGS", "DIFFUSERS_FLOW_GRIDS", "FLOW_SPACINGS", "diffusers_flow_sigmas", "flow_shift", "spacings_for", "SPACINGS", "timesteps", "ddim", "dpm_solver", "dpm_solver_pp", "unipc", "PRESETS",
            "get", "describe", "standard_variants", "standard_schedules"]
 
 SPACINGS = ("logSNR", "time_uniform", "time_quadratic", "karras")
-FLOW_SPACINGS = ("flow_shift",)
+DIFFUSERS_FLOW_GRIDS = ("flow_euler", "flow_dpm", "flow_unipc")
+FLOW_SPACINGS = ("flow_shift",) + DIFFUSERS_FLOW_GRIDS
 ALL_SPACINGS = SPACINGS + FLOW_SPACINGS
 
 
@@ -43,6 +47,44 @@ def flow_shift(sigma, shift: float):
     dynamic shifting with `mu` is the same map with s = e^mu (exponential time shift) or s = mu
     (linear)."""
     return shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
+
+def diffusers_flow_sigmas(grid: str, num_points: int, shift: float = 3.0, *, dynamic: bool = False,
+                          num_train_timesteps: int = 1000) -> np.ndarray:
+    """The σ's (float64, before the final σ = 0) that diffusers' flow schedulers evaluate the net at
+    for `num_points` steps with this shift (with dynamic shifting, shift = e^mu or mu):
+
+    - "flow_euler": FlowMatchEulerDiscreteScheduler, shift(linspace(1, σ_min, N)) with
+      σ_min = 1/T, itself shifted once more when the shift is static (so its last point is shifted twice);
+    - "flow_dpm": DPMSolverMultistepScheduler(use_flow_sigmas), shift(flip(1 − linspace(1, 1/T, N + 1))[:-1]),
+      i.e. from shift(1 − 1/T) down to shift((1 − 1/T)/N);
+    - "flow_unipc": UniPCMultistepScheduler(use_flow_sigmas), shift(linspace(1, 1/T, N + 1)[:-1]), a
+      first point at σ = 1 moved to 1 − 1e-6 as UniPC does.
+
+    FlowMatchEuler's first point σ = 1 is returned as is; the presets move it to the noise
+    schedule's t_max (1 − 1e-6 by default).
+    """
+    if grid not in DIFFUSERS_FLOW_GRIDS:
+        raise ValueError(f"grid={grid!r}: must be one of {', '.join(DIFFUSERS_FLOW_GRIDS)}")
+    _check_shift(shift)
+    T, n = int(num_train_timesteps), int(num_points)
+    if grid == "flow_euler":
+        s_min = 1.0 / T if dynamic else flow_shift(1.0 / T, shift)
+        u = np.linspace(1.0, float(np.float32(s_min)), n)  # diffusers keeps σ_min as a float32 value
+    elif grid == "flow_dpm":
+        u = np.flip(1.0 - np.linspace(1.0, 1.0 / T, n + 1))[:-1]
+    else:
+        u = np.linspace(1.0, 1.0 / T, n + 1)[:-1]
+    sigmas = flow_shift(np.asarray(u, dtype=np.float64), shift)
+    if grid == "flow_unipc" and abs(sigmas[0] - 1.0) < 1e-6:
+        sigmas[0] -= 1e-6
+    return sigmas
+
+
+def _check_shift(shift) -> None:
+    if not (isinstance(shift, (int, float, np.floating)) and not isinstance(shift, bool) and math.isfinite(shift)
+            and shift > 0):
+        raise ValueError(f"shift={shift!r}: must be a finite number > 0 (SD3: 3.0; FLUX dynamic shifting: e^mu)")
 
 
 def timesteps(noise_schedule: NoiseSchedule, num_steps: int, spacing: str = "logSNR", *,
@@ -65,6 +107,8 @@ def timesteps(noise_schedule: NoiseSchedule, num_steps: int, spacing: str = "log
         ts = (math.sqrt(t0) + u * (math.sqrt(t1) - math.sqrt(t0))) ** 2
     elif spacing == "flow_shift":
         ts = _flow_shift_grid(ns, t0, t1, u, shift)
+    elif spacing in DIFFUSERS_FLOW_GRIDS:
+        return _diffusers_flow_grid(ns, spacing, num_steps + 1, shift, t_start, t_end)
     elif spacing == "karras":
         if not (isinstance(rho, (int, float)) and rho > 0):
             raise ValueError(f"rho={rho!r}: must be > 0")
@@ -85,10 +129,23 @@ def _flow_shift_grid(ns, t0: float, t1: float, u: np.ndarray, shift: float) -> n
     """Uniform in the unshifted σ, mapped by `flow_shift`; the ends land exactly on t0 and t1."""
     if ns.kind != "flow":
         raise ValueError(f"spacing='flow_shift': the shifted σ grid of flow models needs a NoiseScheduleFlow, got {ns!r}")
-    if not (isinstance(shift, (int, float)) and not isinstance(shift, bool) and math.isfinite(shift) and shift > 0):
-        raise ValueError(f"shift={shift!r}: must be a finite number > 0 (SD3: 3.0; FLUX dynamic shifting: e^mu)")
+    _check_shift(shift)
     unshift = lambda s: s / (shift - (shift - 1.0) * s)  # noqa: E731  (the inverse of flow_shift)
     return flow_shift(unshift(t0) + u * (unshift(t1) - unshift(t0)), shift)
+
+
+def _diffusers_flow_grid(ns, spacing: str, num_points: int, shift: float, t_start, t_end) -> np.ndarray:
+    """`diffusers_flow_sigmas` on a NoiseScheduleFlow: the first point clipped to t_max."""
+    if ns.kind != "flow":
+        raise ValueError(f"spacing={spacing!r}: diffusers' flow grid needs a NoiseScheduleFlow, got {ns!r}")
+    if t_start is not None or t_end is not None:
+        raise ValueError(f"spacing={spacing!r} fixes its own ends (as diffusers does): drop t_start / t_end")
+    ts = diffusers_flow_sigmas(spacing, num_points, shift)
+    ts[0] = min(ts[0], ns.t_max)
+    if not (np.all(np.diff(ts) < 0) and ts[-1] >= ns.t_min):
+        raise ValueError(f"spacing={spacing!r} with {num_points} points ends at {ts[-1]:.3g}, below this noise "
+                         f"schedule's t_min={ns.t_min} (use a NoiseScheduleFlow with a smaller t_min)")
+    return ts
 
 
 def _num_steps(nfe, afs: bool, denoise_to_zero: bool, name: str) -> int:
@@ -192,6 +249,9 @@ def _singlestep(ns, name, nfe, order, prediction, solver_type, *, spacing, t_sta
     else:
         orders = [1] * total
     orders = [o for o in orders if o > 0]
+    if spacing in DIFFUSERS_FLOW_GRIDS:
+        raise ValueError(f"{name}: spacing={spacing!r} is a multistep scheduler's grid; the singlestep method needs "
+                         f"one of {', '.join(SPACINGS + ('flow_shift',))}")
     t0 = ns.t_max if t_start is None else t_start
     t1 = ns.t_min if t_end is None else t_end
     if spacing == "logSNR":

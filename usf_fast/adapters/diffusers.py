@@ -105,6 +105,16 @@ def _check_prediction(prediction_type: str, kind: str) -> None:
                          + {"vp": "", "edm": " for an EDM config", "flow": " for a flow-matching config"}[kind] + hint)
 
 
+def _flow_grid_of(cfg: dict) -> str:
+    """Which diffusers flow scheduler a config came from (its default grid): UniPC and DPM-Solver
+    flow configs carry their solver fields, FlowMatchEuler's neither."""
+    if "flow_grid" in cfg:
+        return cfg["flow_grid"]
+    if "predict_x0" in cfg or "disable_corrector" in cfg:
+        return "flow_unipc"
+    return "flow_dpm" if "algorithm_type" in cfg else "flow_euler"
+
+
 def _flow_shift(cfg, mu) -> float:
     """The flow grid's shift: the static `shift`, or from the pipeline's `mu` with dynamic shifting
     (e^mu for the exponential time shift FLUX uses, mu for the linear one)."""
@@ -122,9 +132,11 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
     Args (config): the VP fields of diffusers schedulers (num_train_timesteps, beta_start,
     beta_end, beta_schedule, trained_betas, prediction_type), the EDM ones (sigma_min, sigma_max,
     sigma_data; set `sigma_data` for an EDM config) or the flow ones (kind="flow", shift,
-    use_dynamic_shifting, time_shift_type; prediction_type "flow_prediction"), plus `schedule` (a
-    `Schedule` or its dict) or `preset` + `preset_options` (built in `set_timesteps` for the
-    requested steps; on flow configs on the `flow_shift` grid, or on the pipeline's `sigmas`).
+    use_dynamic_shifting, time_shift_type, flow_grid; prediction_type "flow_prediction"), plus
+    `schedule` (a `Schedule` or its dict) or `preset` + `preset_options` (built in `set_timesteps`
+    for the requested steps; on flow configs on the pipeline's `sigmas` or, without them, on the
+    grid of the scheduler the config came from — `flow_grid`, see `presets.diffusers_flow_sigmas` —
+    or on a `spacing` given in preset_options).
     `from_config` reads the kind from any diffusers scheduler config.
     """
 
@@ -138,7 +150,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                  schedule=None, preset: str = "unipc", preset_options: dict | None = None,
                  sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float | None = None,
                  kind: str | None = None, shift: float = 1.0, use_dynamic_shifting: bool = False,
-                 time_shift_type: str = "exponential"):
+                 time_shift_type: str = "exponential", flow_grid: str = "flow_euler"):
         self.kind = kind or ("edm" if sigma_data is not None else "vp")
         if self.kind not in ("vp", "edm", "flow"):
             raise ValueError(f"kind={kind!r}: must be 'vp', 'edm' or 'flow'")
@@ -149,6 +161,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"shift={shift!r}: must be a finite number > 0")
             if time_shift_type not in ("exponential", "linear"):
                 raise ValueError(f"time_shift_type={time_shift_type!r}: must be 'exponential' or 'linear'")
+            if flow_grid not in P.DIFFUSERS_FLOW_GRIDS:
+                raise ValueError(f"flow_grid={flow_grid!r}: must be one of {', '.join(P.DIFFUSERS_FLOW_GRIDS)}")
             self.noise_schedule = NoiseScheduleFlow()
         elif self.edm:
             self.noise_schedule = NoiseScheduleEDM(sigma_min, sigma_max)
@@ -192,6 +206,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             kwargs.setdefault("shift", cfg.get("shift", cfg.get("flow_shift", 1.0)))
             kwargs.setdefault("use_dynamic_shifting", bool(cfg.get("use_dynamic_shifting", False)))
             kwargs.setdefault("time_shift_type", cfg.get("time_shift_type", "exponential"))
+            kwargs.setdefault("flow_grid", _flow_grid_of(cfg))
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def _check_schedule(self, s: Schedule):
@@ -205,9 +220,9 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas=None, mu: float | None = None,
                       timesteps=None):
         """Build the program of the configured schedule, or of the preset for `num_inference_steps`
-        evaluations. Flow configs: the preset runs on the `flow_shift` grid (shift, or e^mu / mu with
-        dynamic shifting), or on the pipeline's `sigmas` shifted likewise, ending with the jump to
-        σ = 0 (denoise-to-zero) as diffusers' flow schedulers do."""
+        evaluations. Flow configs: the preset runs on the pipeline's `sigmas`, or on the grid of the
+        scheduler the config came from (`flow_grid`), shifted by `shift` (e^mu / mu with dynamic
+        shifting), ending with the jump to σ = 0 (denoise-to-zero) as diffusers' flow schedulers do."""
         if timesteps is not None:
             raise ValueError("set_timesteps: custom timesteps= are not supported by USFScheduler; pass a usf_fast "
                              "Schedule (schedule=) with the times you want")
@@ -255,17 +270,24 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if not self.flow:
             return P.get(self.config.preset, self.noise_schedule, n, **opts)
         shift = _flow_shift(self.config, mu)
-        if sigmas is None:   # the flow_shift grid, then the jump to σ = 0 as diffusers' flow schedulers
-            opts.setdefault("spacing", "flow_shift")
+        if sigmas is None and "spacing" in opts:   # the user's spacing on the shifted scale
             opts.setdefault("shift", shift)
             opts.setdefault("denoise_to_zero", True)
             return P.get(self.config.preset, self.noise_schedule, n, **opts)
-        clash = sorted({"timesteps", "denoise_to_zero", "shift", "spacing", "afs", "method"} & set(opts))
+        fixed = {"timesteps", "denoise_to_zero", "method"} | ({"afs", "shift", "spacing"} if sigmas is not None else set())
+        clash = sorted(fixed & set(opts))
         if clash:
-            raise ValueError(f"preset_options {clash}: the pipeline's sigmas= fix the grid (multistep, ending with the "
-                             "jump to σ = 0); drop these options, or configure a schedule= instead")
-        return P.get(self.config.preset, self.noise_schedule, n, timesteps=self._flow_times(sigmas, shift),
-                     denoise_to_zero=True, **opts)
+            raise ValueError(f"preset_options {clash}: the {'pipeline' if sigmas is not None else 'scheduler'}'s "
+                             "grid is multistep and ends with the jump to σ = 0; drop these options, or configure "
+                             "a schedule= instead")
+        if sigmas is None:   # the grid of the scheduler this config came from, point for point (AFS: one more)
+            ts = P.diffusers_flow_sigmas(self.config.flow_grid, n + int(bool(opts.get("afs", False))), shift,
+                                         dynamic=bool(self.config.use_dynamic_shifting),
+                                         num_train_timesteps=self.config.num_train_timesteps)
+            ts[0] = min(ts[0], self.noise_schedule.t_max)
+        else:
+            ts = self._flow_times(sigmas, shift)
+        return P.get(self.config.preset, self.noise_schedule, n, timesteps=list(ts), denoise_to_zero=True, **opts)
 
     def _flow_times(self, sigmas, shift: float) -> list[float]:
         """The pipeline's σ's, shifted as diffusers does; the first clipped to t_max < 1."""

@@ -89,8 +89,8 @@ def test_ddim_on_the_flux_sigmas_and_mu_is_flow_match_euler_with_dynamic_shiftin
 
 @pytest.mark.parametrize("call,match", [
     (lambda s: s.set_timesteps(5, mu=0.5), "mu= is a flow-matching pipeline's; this USFScheduler has a vp config"),
-    (lambda s: s.set_timesteps(5, sigmas=[0.9, 0.5]), "sigmas= is a flow-matching pipeline's"),
-    (lambda s: s.set_timesteps(5, timesteps=[999, 500]), "custom timesteps= are not supported"),
+    (lambda s: s.set_timesteps(sigmas=np.linspace(1, 0.25, 4), mu=0.5), "mu= is a flow-matching pipeline's"),
+    (lambda s: s.set_timesteps(5, timesteps=[999, 500]), "2 timesteps for num_inference_steps=5"),
 ])
 def test_a_vp_scheduler_handed_flow_arguments_is_a_clear_error(call, match):
     from diffusers import DDPMScheduler

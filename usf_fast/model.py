@@ -32,6 +32,19 @@ def _check_prediction(prediction: str, ns: NoiseSchedule) -> None:
                          "flow models (SD3, FLUX) predict v = ε − x0: prediction='flow'")
 
 
+def _cat_cond(uncond, cond):
+    """[uncond, cond] along the batch: tensors, or dicts / tuples of tensors member by member."""
+    if isinstance(cond, dict):
+        if not isinstance(uncond, dict) or set(uncond) != set(cond):
+            raise ValueError(f"uncond: must be a dict with the keys of cond ({', '.join(map(str, cond))})")
+        return {k: _cat_cond(uncond[k], cond[k]) for k in cond}
+    if isinstance(cond, (tuple, list)):
+        if not isinstance(uncond, (tuple, list)) or len(uncond) != len(cond):
+            raise ValueError(f"uncond: must be a tuple of {len(cond)} like cond")
+        return type(cond)(_cat_cond(u, c) for u, c in zip(uncond, cond))
+    return torch.cat([uncond, cond])
+
+
 class DiffusionModel:
     """Wrap `net(x, t[, cond])` for sampling.
 
@@ -45,8 +58,10 @@ class DiffusionModel:
         time_input: "continuous" (t itself; σ for EDM), "discrete" (DDPM index (t − 1/N)·N, float),
             "sigma" (σ_t/α_t, the EDM noise level), or a callable mapping a t tensor to the input.
         guidance_scale: classifier-free guidance w; out = out_u + w·(out_c − out_u). Needs `cond`
-            and `uncond` (tensors with batch dimension B, concatenated so the net runs once).
-        cond, uncond: conditioning passed as the net's third argument.
+            and `uncond` (batch dimension B, concatenated as [uncond, cond] so the net runs once).
+        cond, uncond: conditioning passed as the net's third argument: a tensor, or a dict / tuple
+            of tensors (e.g. SD3's encoder_hidden_states and pooled_projections), concatenated
+            member by member under guidance.
         data_mean: x̂0 used by the analytical first step (tensor broadcastable to x, or a float).
         sample_shape: the per-sample shape, if known (the search and the CLI use it as default).
     """
@@ -106,7 +121,7 @@ class DiffusionModel:
         if self.guidance_scale is None:
             out = self.net(x, t_in) if self.cond is None else self.net(x, t_in, self.cond)
         else:
-            both = self.net(torch.cat([x, x]), torch.cat([t_in, t_in]), torch.cat([self.uncond, self.cond]))
+            both = self.net(torch.cat([x, x]), torch.cat([t_in, t_in]), _cat_cond(self.uncond, self.cond))
             out_u, out_c = both.chunk(2)
             out = out_u + self.guidance_scale * (out_c - out_u)
         if out.shape != x.shape:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from .coefficients import RELAX_KINDS
-from .walk import count_evaluations
+from .walk import count_evaluations, evaluation_points
 
 __all__ = ["Step", "Schedule", "SCHEDULE_FORMAT", "SCHEDULE_VERSION"]
 
@@ -111,6 +111,45 @@ class Schedule:
     def nfe(self) -> int:
         """Model evaluations `sample` makes, exactly: the evaluations of the schedule's walk."""
         return count_evaluations(self)
+
+    def evaluation_points(self) -> tuple[int, ...]:
+        """The point index of each model evaluation, in order (an implicit corrector's point twice)."""
+        return evaluation_points(self)
+
+    def tail(self, evaluation: int) -> "Schedule":
+        """The schedule that continues this one from the point of its `evaluation`-th evaluation
+        (0-based) with no history: what img2img (`strength`), inpainting and the SDXL refiner run
+        when they start a pipeline part-way (docs/design.md, "Starting part-way"). Its state there
+        is given (the noised image, or the base pipeline's latents), so there is no analytical
+        first step; the steps are this schedule's from that point on, a reference to a point before
+        it moves to the latest point, and orders are capped by the points available — a warm-up,
+        as diffusers' multistep schedulers do after `set_begin_index`. It evaluates the model at
+        the same times as evaluations `evaluation`.. of this schedule, so its NFE is the rest."""
+        pts = self.evaluation_points()
+        if not isinstance(evaluation, int) or isinstance(evaluation, bool) or not 0 <= evaluation < len(pts):
+            raise ValueError(f"evaluation={evaluation!r}: must be an evaluation index 0..{len(pts) - 1}")
+        if evaluation == 0 and not self.afs:
+            return self
+        p = pts[evaluation]
+        if evaluation + 1 < len(pts) and pts[evaluation + 1] == p:
+            raise ValueError(f"evaluation={evaluation}: is the predicted state of an implicit corrector at point {p}; "
+                             f"start at evaluation {evaluation + 1} (its corrected state) instead")
+        if p == self.num_steps:
+            raise ValueError(f"evaluation={evaluation}: is the final denoise-to-zero evaluation; nothing is left to run")
+        steps = []
+        for i, st in enumerate(self.steps[p:], start=1):
+            start, points = st.start - p, tuple(j - p for j in st.points)
+            if start < 0 or any(j < 0 for j in points):   # history before the cut: latest point, warm-up order
+                order = min(st.order, i)
+                steps.append(st.replace(start=None, points=None, order=order))
+            else:
+                steps.append(st.replace(start=start, points=points))
+        out = Schedule(self.timesteps[p:], steps, afs=False, denoise_to_zero=self.denoise_to_zero,
+                       name=f"{self.name or 'schedule'}[from evaluation {evaluation}]", meta=self.meta)
+        if out.nfe != len(pts) - evaluation:   # a corrector's evaluation order would not line up
+            raise ValueError(f"evaluation={evaluation}: the rest of this schedule cannot start there "
+                             f"({out.nfe} evaluations instead of {len(pts) - evaluation})")
+        return out
 
     def evaluates_last_point(self) -> bool:
         return self.steps[-1].corrector != "none"

@@ -67,6 +67,11 @@ def walk(schedule, weights, x, evaluate: Callable, analytic_first: Callable, ste
 
 def count_evaluations(schedule) -> int:
     """Model evaluations of `schedule`: the evaluations its walk makes."""
+    return len(evaluation_points(schedule))
+
+
+def evaluation_points(schedule) -> tuple[int, ...]:
+    """The point index of each evaluation the walk makes, in order."""
     calls = []
 
     def evaluate(j, x):
@@ -74,4 +79,4 @@ def count_evaluations(schedule) -> int:
         return None, None, None
 
     walk(schedule, None, None, evaluate, lambda x: (None, None))
-    return len(calls)
+    return tuple(calls)

@@ -188,7 +188,9 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         self.init_noise_sigma = float(self.noise_schedule.prior_std(self.noise_schedule.t_max))
         self.timesteps = None
         self.num_inference_steps = None
-        self._step_index = None
+        self._times = None
+        self._begin_index = 0
+        self._first_input = None   # "scaled" (scale_model_input ran) or the AFS factor first_input used
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
@@ -222,36 +224,112 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         """Build the program of the configured schedule, or of the preset for `num_inference_steps`
         evaluations. Flow configs: the preset runs on the pipeline's `sigmas`, or on the grid of the
         scheduler the config came from (`flow_grid`), shifted by `shift` (e^mu / mu with dynamic
-        shifting), ending with the jump to σ = 0 (denoise-to-zero) as diffusers' flow schedulers do."""
-        if timesteps is not None:
-            raise ValueError("set_timesteps: custom timesteps= are not supported by USFScheduler; pass a usf_fast "
-                             "Schedule (schedule=) with the times you want")
-        if not self.flow and (sigmas is not None or mu is not None):
-            raise ValueError(f"set_timesteps: {'sigmas' if sigmas is not None else 'mu'}= is a flow-matching "
-                             f"pipeline's; this USFScheduler has a {self.kind} config (use the pipeline's own "
-                             "scheduler config: USFScheduler.from_config(pipe.scheduler.config, ...))")
-        self._active = self._pick_schedule(num_inference_steps, sigmas, mu)
-        prog = dense_program(self._active, self._model)
+        shifting), ending with the jump to σ = 0 (denoise-to-zero) as diffusers' flow schedulers do.
+        Custom `timesteps=` (the pipeline's convention: DDPM index on VP configs, σ·1000 on flow
+        configs) or `sigmas=` (k-diffusion σ on VP / EDM configs, flow σ before the shift on flow
+        configs) run the preset on those times; a configured schedule has its own times."""
+        if not self.flow and mu is not None:
+            raise ValueError("set_timesteps: mu= is a flow-matching pipeline's; this USFScheduler has a "
+                             f"{self.kind} config (use the pipeline's own scheduler config: "
+                             "USFScheduler.from_config(pipe.scheduler.config, ...))")
+        if timesteps is not None and sigmas is not None:
+            raise ValueError("set_timesteps: give timesteps= or sigmas=, not both")
+        self._use(self._pick_schedule(num_inference_steps, sigmas, mu, timesteps), device)
+        self._full = self._active
+
+    def _use(self, schedule: Schedule, device=None, begin: int = 0):
+        """Lower `schedule` to its dense tables (host floats) and reset the step counter."""
+        self._active = schedule
+        prog = dense_program(schedule, self._model)
         self._A = [prog.A[e, :input_width(e)].tolist() for e in range(prog.nfe)]
         self._F = prog.F.tolist()
         self._times = prog.times.tolist()
-        self.init_noise_sigma = float(self.noise_schedule.prior_std(self._active.timesteps[0]))
+        self._begin_index = begin
+        if begin == 0:
+            self.init_noise_sigma = float(self.noise_schedule.prior_std(schedule.timesteps[0]))
+            self.timesteps = self._pipeline_timesteps(prog.times, device)
+            self.num_inference_steps = prog.nfe
+        self._e = 0
+        self._basis = None
+
+    def _pipeline_timesteps(self, times: np.ndarray, device) -> torch.Tensor:
+        """The evaluation times in the pipeline's convention (what it hands the net)."""
         if self.edm:  # the network's noise input c_noise = log(σ)/4, as diffusers' EDM schedulers
-            self.timesteps = torch.tensor([self._edm(e)[3] for e in range(prog.nfe)], dtype=torch.float32, device=device)
+            vals = [edm_coefficients(t, self.config.sigma_data, False)[3] for t in times]
         elif self.flow:  # σ·num_train_timesteps, as diffusers' flow schedulers
-            self.timesteps = torch.tensor(prog.times * self.config.num_train_timesteps, dtype=torch.float32,
-                                          device=device)
+            vals = times * self.config.num_train_timesteps
         else:
             n_train = self.noise_schedule.total_N
-            self.timesteps = torch.tensor((prog.times - 1.0 / n_train) * n_train, dtype=torch.float32, device=device)
-        self.num_inference_steps = prog.nfe
-        self._step_index = 0
-        self._basis = None
-        self._first_input_scaled = False
+            vals = (times - 1.0 / n_train) * n_train
+        return torch.tensor(np.asarray(vals, dtype=np.float64), dtype=torch.float32, device=device)
 
-    def _pick_schedule(self, num_inference_steps, sigmas, mu) -> Schedule:
+    @property
+    def sigmas(self) -> torch.Tensor | None:
+        """σ at each evaluation then 0, as diffusers' schedulers: the flow σ (= t) on flow configs,
+        the k-diffusion σ = σ_t/α_t on VP and EDM configs."""
+        if self._times is None:
+            return None
+        ns = self.noise_schedule
+        sig = [float(t) if self.flow else float(ns.edm_sigma(t)) for t in self._full_times]
+        return torch.tensor(sig + [0.0], dtype=torch.float32)
+
+    @property
+    def _full_times(self) -> list[float]:
+        return dense_program(self._full, self._model).times.tolist() if self._begin_index else self._times
+
+    @property
+    def begin_index(self) -> int | None:
+        """The evaluation the pipeline starts at (`set_begin_index`), as diffusers."""
+        return None if self._times is None else self._begin_index
+
+    @property
+    def step_index(self) -> int | None:
+        """The index into `timesteps` of the next `step`, as diffusers."""
+        return None if self._times is None else self._begin_index + self._e
+
+    def set_begin_index(self, begin_index: int = 0):
+        """Start part-way (img2img / inpainting `strength`, the SDXL refiner's `denoising_start`): the
+        pipeline runs `timesteps[begin_index:]` from a state it supplies. Presets are rebuilt on the
+        rest of their grid; a configured schedule continues with `Schedule.tail` (the same times,
+        history cleared, orders warmed up again); either way the evaluations happen at exactly the
+        pipeline's `timesteps[begin_index:]`."""
+        if self._times is None:
+            raise ValueError("set_begin_index: call set_timesteps first")
+        full = self._full
+        n = full.nfe
+        if not isinstance(begin_index, (int, np.integer)) or isinstance(begin_index, bool) or not 0 <= begin_index < n:
+            raise ValueError(f"set_begin_index: begin_index={begin_index!r} must be an evaluation index 0..{n - 1}")
+        k = int(begin_index)
+        if k == 0:
+            if self._begin_index:
+                self._use(full)
+            return
+        tail = self._preset_tail(full, k) if self._schedule is None else None
+        tail = full.tail(k) if tail is None else tail
+        want = self._full_times[k:]
+        self._use(tail, begin=k)
+        if not np.allclose(self._times, want, rtol=1e-12, atol=0):   # never evaluate off the pipeline's times
+            raise RuntimeError(f"set_begin_index({k}): the continued schedule's times {self._times} differ from "
+                               f"the pipeline's {want}")
+
+    def _preset_tail(self, full: Schedule, k: int) -> Schedule | None:
+        """The configured preset on the rest of its grid (multistep presets), or None."""
+        opts = dict(full.meta.get("options") or {})
+        if opts.get("method", "multistep") != "multistep":
+            return None
+        p = full.evaluation_points()[k]
+        for key in ("nfe", "spacing", "afs", "t_start", "t_end", "rho", "shift"):
+            opts.pop(key, None)
+        return P.get(full.meta["preset"], self.noise_schedule, full.nfe - k, timesteps=list(full.timesteps[p:]),
+                     afs=False, **opts)
+
+    def _pick_schedule(self, num_inference_steps, sigmas, mu, timesteps) -> Schedule:
         s = self._schedule
         if s is not None:
+            if timesteps is not None or (sigmas is not None and not self.flow):
+                raise ValueError(f"set_timesteps: custom {'timesteps' if timesteps is not None else 'sigmas'}= with "
+                                 "a configured (searched) schedule: it runs at its own times; drop them, or use a "
+                                 "preset= to run on custom times")
             if num_inference_steps is not None and int(num_inference_steps) != s.nfe:
                 raise ValueError(f"set_timesteps: num_inference_steps={num_inference_steps} but the configured "
                                  f"schedule has NFE {s.nfe}; call the pipeline with num_inference_steps={s.nfe}")
@@ -259,14 +337,22 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                 warnings.warn("set_timesteps: the configured schedule runs at its own times; the pipeline's "
                               f"{'sigmas' if sigmas is not None else 'mu'} are not used", RuntimeWarning, stacklevel=3)
             return s
-        if sigmas is not None:
-            num_inference_steps = len(sigmas) if num_inference_steps is None else num_inference_steps
-            if int(num_inference_steps) != len(sigmas):
-                raise ValueError(f"set_timesteps: {len(sigmas)} sigmas for num_inference_steps={num_inference_steps}")
+        custom = sigmas if sigmas is not None else timesteps
+        if custom is not None:
+            name = "sigmas" if sigmas is not None else "timesteps"
+            custom = np.asarray(custom.detach().cpu() if torch.is_tensor(custom) else custom, dtype=np.float64)
+            if custom.ndim != 1 or len(custom) < 1 or not np.all(np.isfinite(custom)):
+                raise ValueError(f"set_timesteps: {name}= must be a non-empty list of finite numbers")
+            num_inference_steps = len(custom) if num_inference_steps is None else num_inference_steps
+            if int(num_inference_steps) != len(custom):
+                raise ValueError(f"set_timesteps: {len(custom)} {name} for num_inference_steps={num_inference_steps}")
         if num_inference_steps is None:
             raise ValueError("set_timesteps: give num_inference_steps (the NFE) when no schedule is configured")
         opts = dict(self.config.preset_options or {})
         n = int(num_inference_steps)
+        if timesteps is not None or (sigmas is not None and not self.flow):
+            return self._preset_on_times(n, self._custom_times(custom, "sigmas" if sigmas is not None else "timesteps"),
+                                         opts)
         if not self.flow:
             return P.get(self.config.preset, self.noise_schedule, n, **opts)
         shift = _flow_shift(self.config, mu)
@@ -288,6 +374,33 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         else:
             ts = self._flow_times(sigmas, shift)
         return P.get(self.config.preset, self.noise_schedule, n, timesteps=list(ts), denoise_to_zero=True, **opts)
+
+    def _custom_times(self, values: np.ndarray, name: str) -> list[float]:
+        """A pipeline's custom timesteps / sigmas as times of the noise schedule."""
+        ns = self.noise_schedule
+        if name == "timesteps":
+            if self.edm:
+                raise ValueError("set_timesteps: timesteps= on an EDM config are its c_noise values; pass sigmas= instead")
+            ts = values / self.config.num_train_timesteps if self.flow else (values + 1.0) / ns.total_N
+        else:   # VP / EDM: the k-diffusion σ = e^{−λ}
+            if np.any(values <= 0):
+                raise ValueError(f"sigmas: must be > 0 (the final σ = 0 is the scheduler's own), got {values.tolist()}")
+            ts = np.asarray(ns.inverse_lambda(-np.log(values)), dtype=np.float64)
+        if not (np.all(np.diff(ts) < 0) and ts[0] <= ns.t_max * (1 + 1e-9) and ts[-1] >= ns.t_min * (1 - 1e-9)):
+            raise ValueError(f"{name}: need strictly decreasing values within the noise schedule's range "
+                             f"[{ns.t_min}, {ns.t_max}] (as times), got times {ts.tolist()}")
+        return np.clip(ts, ns.t_min, ns.t_max).tolist()
+
+    def _preset_on_times(self, n: int, ts: list[float], opts: dict) -> Schedule:
+        """The preset evaluated at exactly these n times: the grid's n points, then the jump to
+        σ = 0 (denoise-to-zero), as diffusers' schedulers end."""
+        clash = sorted({"timesteps", "denoise_to_zero", "afs", "method", "spacing", "t_start", "t_end"} & set(opts))
+        if clash:
+            raise ValueError(f"preset_options {clash}: custom timesteps / sigmas fix the grid (multistep, ending with "
+                             "the jump to σ = 0); drop these options")
+        if len(ts) < 2 and n > 1:
+            raise ValueError("set_timesteps: need at least 2 custom times")
+        return P.get(self.config.preset, self.noise_schedule, n, timesteps=ts, denoise_to_zero=True, **opts)
 
     def _flow_times(self, sigmas, shift: float) -> list[float]:
         """The pipeline's σ's, shifted as diffusers does; the first clipped to t_max < 1."""
@@ -317,31 +430,93 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The network input: before the first evaluation of an AFS schedule the model input is already
         a step away from the noise; EDM configs scale it by c_in(σ). Identity otherwise."""
-        if self._step_index is None:
+        if self._times is None:
             raise ValueError("scale_model_input: call set_timesteps first")
         x = sample
-        if self._step_index == 0 and self._afs_first():
+        if self._e == 0 and self._afs_first():
+            if isinstance(self._first_input, float):
+                raise ValueError("scale_model_input: the latents came from first_input(noise), which is already the "
+                                 "AFS step's state; in a pipeline that calls scale_model_input pass the plain noise")
             x = self._combine(self._A[0], [sample / self.init_noise_sigma, None])
-            self._first_input_scaled = True
-        if self.edm and self._step_index < self.num_inference_steps:
-            x = x * self._edm(self._step_index)[2]
+            self._first_input = "scaled"
+        if self.edm and self._e < len(self._times):
+            x = x * self._edm(self._e)[2]
         return x
 
+    def first_input(self, noise: torch.Tensor) -> torch.Tensor:
+        """The latents to hand a pipeline that never calls `scale_model_input` (SD3, FLUX, DDPM, DDIM)
+        when the schedule starts with the analytical first step: the net's first input is then the
+        AFS state, a multiple of the noise, e.g. `pipe(..., latents=sched.first_input(noise))` (FLUX:
+        packed noise). `step` recovers the noise from it. Without AFS this is `noise·init_noise_sigma`.
+        Needs the evaluation times: a configured schedule, or after `set_timesteps`."""
+        if self._times is None:
+            if self._schedule is None:
+                raise ValueError("first_input: a preset's times are known after set_timesteps; call it first, "
+                                 "or configure a schedule=")
+            self._use(self._schedule)
+            self._full = self._active
+        if not self._afs_first():
+            return noise * self.init_noise_sigma
+        self._first_input = float(self._A[0][0])   # x_0 = A[0][0]·ε: the data mean is 0 in pipelines
+        return noise * self._first_input
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """x_t = α_t·x_0 + σ_t·ε at the given timesteps (values of `self.timesteps`, as img2img and
+        inpainting pass them): diffusers' add_noise on VP and EDM configs, scale_noise on flow ones."""
+        t = self._times_of(timesteps, original_samples)
+        ns = self.noise_schedule
+        alpha = torch.as_tensor(ns.marginal_alpha(t), dtype=original_samples.dtype, device=original_samples.device)
+        sigma = torch.as_tensor(ns.marginal_std(t), dtype=original_samples.dtype, device=original_samples.device)
+        shape = (-1,) + (1,) * (original_samples.dim() - 1)
+        return alpha.reshape(shape) * original_samples + sigma.reshape(shape) * noise.to(original_samples.dtype)
+
+    def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Flow img2img (SD3, FLUX): σ·noise + (1 − σ)·sample at the timestep, as FlowMatchEuler."""
+        if not self.flow:
+            raise ValueError(f"scale_noise: a flow-matching pipeline's call; this USFScheduler has a {self.kind} config")
+        if noise is None:
+            raise ValueError("scale_noise: noise= is required")
+        return self.add_noise(sample, noise, timestep)
+
+    def _times_of(self, timesteps, like: torch.Tensor) -> np.ndarray:
+        """Times of the noise schedule for `self.timesteps` values (one per sample, or one for all)."""
+        if self._times is None:
+            raise ValueError("add_noise: call set_timesteps first")
+        vals = np.atleast_1d(np.asarray(timesteps.detach().cpu().double() if torch.is_tensor(timesteps) else timesteps,
+                                        dtype=np.float64))
+        mine = self.timesteps.detach().cpu().double().numpy()
+        full = np.asarray(self._full_times)
+        idx = np.abs(vals[:, None] - mine[None, :]).argmin(axis=1)
+        if not np.allclose(mine[idx], vals, rtol=1e-6, atol=1e-6):
+            raise ValueError(f"add_noise: timesteps {vals.tolist()} are not among this scheduler's timesteps "
+                             f"{mine.tolist()} (pass values of scheduler.timesteps)")
+        t = full[idx]
+        if len(t) == 1:
+            t = np.repeat(t, like.shape[0])
+        if len(t) != like.shape[0]:
+            raise ValueError(f"add_noise: {len(t)} timesteps for a batch of {like.shape[0]}")
+        return t
+
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
-             **kwargs) -> SchedulerOutput | tuple:
-        if self._step_index is None:
+             generator=None, eta: float = 0.0, **kwargs) -> SchedulerOutput | tuple:
+        """Append the evaluation's input and output to the basis and return the next model input
+        (after the last evaluation, the result). This is an ODE sampler: `eta` must be 0 and other
+        stochastic options are refused; `generator` is accepted (DDPM/DDIM pipelines always pass
+        one) and unused."""
+        if self._times is None:
             raise ValueError("step: call set_timesteps first")
-        e = self._step_index
-        if e >= self.num_inference_steps:
-            raise ValueError(f"step: all {self.num_inference_steps} evaluations of the schedule are done")
+        if eta != 0:
+            raise ValueError(f"step: eta={eta!r}: USFScheduler is a deterministic ODE sampler; eta must be 0")
+        if kwargs:
+            raise ValueError(f"step: {', '.join(sorted(kwargs))}: not supported by USFScheduler (an ODE sampler)")
+        e = self._e
+        if e >= len(self._times):
+            raise ValueError(f"step: all {len(self._times)} evaluations of the schedule are done "
+                             "(set_timesteps starts a new run)")
         if e == 0:
-            if self._afs_first() and not self._first_input_scaled:
-                raise ValueError("step: this schedule starts with the analytical first step (afs=True), so the network's "
-                                 "first input is scale_model_input(latents), but the pipeline did not call "
-                                 "scale_model_input (diffusers' DDPM/DDIM and flow pipelines do not): use a schedule "
-                                 "with afs=False in this pipeline")
-            self._basis = [sample / self.init_noise_sigma, None]  # ε; the data mean is 0 for pipelines
-            x_e = self._combine(self._A[0], self._basis)
+            mode, self._first_input = self._first_input, None
+            self._basis = self._first_basis(sample, mode)
+            x_e = sample if isinstance(mode, float) and self._afs_first() else self._combine(self._A[0], self._basis)
         else:
             x_e = sample
         out = model_output.to(x_e.dtype)
@@ -349,14 +524,30 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             c_skip, c_out, _, _ = self._edm(e)
             out = c_skip * x_e + c_out * out
         self._basis += [x_e, out]
-        self._step_index += 1
-        if e + 1 < self.num_inference_steps:
+        self._e += 1
+        if e + 1 < len(self._times):
             nxt = self._combine(self._A[e + 1], self._basis)
         else:
             nxt = self._combine(self._F, self._basis)
         if not return_dict:
             return (nxt,)
         return SchedulerOutput(prev_sample=nxt)
+
+    def _first_basis(self, sample: torch.Tensor, mode) -> list:
+        """[ε, data mean] from the pipeline's first latents."""
+        if self._afs_first():
+            if isinstance(mode, float):
+                if not math.isclose(mode, self._A[0][0], rel_tol=1e-12):
+                    raise ValueError("step: the latents came from first_input(noise) for other times than this run's "
+                                     "(set_timesteps changed the grid): call first_input after set_timesteps")
+                return [sample / mode, None]
+            if mode != "scaled":
+                raise ValueError("step: this schedule starts with the analytical first step (afs=True), so the "
+                                 "network's first input is the AFS state, but the pipeline did not call "
+                                 "scale_model_input (diffusers' SD3, FLUX, DDPM and DDIM pipelines do not): pass "
+                                 "latents=scheduler.first_input(noise) to the pipeline, or use a schedule with afs=False")
+        # the start state (x_T, or the pipeline's state at the begin index) is prior_std(t_0)·column 0
+        return [sample / float(self.noise_schedule.prior_std(self._active.timesteps[0])), None]
 
     def __len__(self):
         return self.config.num_train_timesteps

@@ -28,7 +28,7 @@ from ..noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleFlow
 from ..schedule import Schedule
 from .edm import edm_coefficients, edm_precond
 
-__all__ = ["USFScheduler", "noise_schedule_from_diffusers_config", "wrap_unet"]
+__all__ = ["USFScheduler", "noise_schedule_from_diffusers_config", "wrap_transformer", "wrap_unet"]
 
 PREDICTION = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 
@@ -262,6 +262,12 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             n_train = self.noise_schedule.total_N
             vals = (times - 1.0 / n_train) * n_train
         return torch.tensor(np.asarray(vals, dtype=np.float64), dtype=torch.float32, device=device)
+
+    @property
+    def active_schedule(self) -> Schedule | None:
+        """The schedule the last `set_timesteps` built (a preset on this run's grid, or the configured
+        one); after `set_begin_index(k)`, the part it continues with."""
+        return getattr(self, "_active", None)
 
     @property
     def sigmas(self) -> torch.Tensor | None:
@@ -570,9 +576,8 @@ def wrap_unet(unet, scheduler_config, *, cond=None, uncond=None, guidance_scale:
     ptype = cfg.get("prediction_type", "epsilon")
     edm = isinstance(ns, NoiseScheduleEDM)
     if ns.kind == "flow":
-        raise ValueError("wrap_unet: a flow-matching config; flow networks (SD3/FLUX transformers) are wrapped as "
-                         "usf_fast.DiffusionModel(fn, usf_fast.NoiseScheduleFlow(), prediction='flow', "
-                         "time_input=lambda t: 1000 * t)")
+        raise ValueError("wrap_unet: a flow-matching config; flow networks (SD3/FLUX transformers) are wrapped by "
+                         "usf_fast.adapters.diffusers.wrap_transformer")
     _check_prediction(ptype, ns.kind)
     if cond is None:
         raw = lambda x, t: _run_unet(unet, x, t)  # noqa: E731
@@ -583,3 +588,53 @@ def wrap_unet(unet, scheduler_config, *, cond=None, uncond=None, guidance_scale:
                               uncond=uncond)
     denoiser = edm_precond(raw, float(cfg.get("sigma_data", 0.5)), v_prediction=ptype == "v_prediction")
     return DiffusionModel(denoiser, ns, "x0", "sigma", guidance_scale=guidance_scale, cond=cond, uncond=uncond)
+
+
+def wrap_transformer(transformer, scheduler_config, *, cond: dict | None = None, uncond: dict | None = None,
+                     guidance_scale: float | None = None, guidance: float | None = None,
+                     timestep_scale: float | None = None, **call_kwargs) -> DiffusionModel:
+    """A diffusers flow transformer (SD3, FLUX, Wan, Sana, ...) plus its flow scheduler config as a
+    velocity `DiffusionModel` (prediction "flow", v = ε − x_0) for `usf_fast.sample` and the search.
+
+    cond / uncond: the per-sample keyword arguments, as dicts of tensors with batch dimension B
+        (SD3: encoder_hidden_states and pooled_projections; FLUX: encoder_hidden_states and
+        pooled_projections), concatenated [uncond, cond] under `guidance_scale` (classifier-free
+        guidance, SD3's and FLUX's true_cfg_scale) so the transformer runs once.
+    guidance: FLUX-dev's embedded guidance (`guidance_embeds`), a float passed as the per-sample
+        `guidance` tensor, as the FLUX pipeline does.
+    timestep_scale: the transformer's `timestep` is σ·timestep_scale; default num_train_timesteps
+        (σ·1000, the pipeline's timesteps: SD3, Wan, Sana) or 1 for FLUX transformers (the FLUX
+        pipeline divides its timesteps by 1000).
+    call_kwargs: passed unchanged on every call (FLUX: img_ids, txt_ids; joint_attention_kwargs).
+    FLUX latents are the packed (B, tokens, channels) tensors the transformer takes.
+    """
+    cfg = dict(scheduler_config)
+    ns = noise_schedule_from_diffusers_config(cfg)
+    if ns.kind != "flow":
+        raise ValueError(f"wrap_transformer: scheduler_config is a {ns.kind} config, not a flow-matching one; "
+                         "wrap UNets and other VP / EDM networks with wrap_unet")
+    _check_prediction(cfg.get("prediction_type", "flow_prediction"), "flow")
+    for name, value in (("cond", cond), ("uncond", uncond)):
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"wrap_transformer: {name}= must be a dict of keyword tensors (e.g. "
+                             "{'encoder_hidden_states': ..., 'pooled_projections': ...})")
+    if timestep_scale is None:
+        is_flux = "flux" in type(transformer).__name__.lower()
+        timestep_scale = 1.0 if is_flux else float(cfg.get("num_train_timesteps", 1000))
+    n_train = float(cfg.get("num_train_timesteps", 1000))
+    dtype = getattr(transformer, "dtype", None)
+
+    def net(x, t, c=None):
+        d = dtype or x.dtype
+        # the pipeline's timesteps are σ·1000 in float32; FLUX's pipeline then divides by 1000
+        ts = (t.double() * n_train).float()
+        ts = ts if timestep_scale == n_train else (ts.double() * (timestep_scale / n_train)).float()
+        kwargs = dict(call_kwargs)
+        if guidance is not None:
+            kwargs["guidance"] = torch.full((x.shape[0],), float(guidance), dtype=torch.float32, device=x.device)
+        for k, v in (c or {}).items():
+            kwargs[k] = v.to(d) if torch.is_tensor(v) and v.is_floating_point() else v
+        out = transformer(hidden_states=x.to(d), timestep=ts.to(x.device), return_dict=False, **kwargs)[0]
+        return out.to(x.dtype)
+
+    return DiffusionModel(net, ns, "flow", "continuous", guidance_scale=guidance_scale, cond=cond, uncond=uncond)

@@ -392,7 +392,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             if np.any(values <= 0):
                 raise ValueError(f"sigmas: must be > 0 (the final σ = 0 is the scheduler's own), got {values.tolist()}")
             ts = np.asarray(ns.inverse_lambda(-np.log(values)), dtype=np.float64)
-        if not (np.all(np.diff(ts) < 0) and ts[0] <= ns.t_max * (1 + 1e-9) and ts[-1] >= ns.t_min * (1 - 1e-9)):
+        # float32 σ values: the ends may round just outside the range
+        if not (np.all(np.diff(ts) < 0) and ts[0] <= ns.t_max * (1 + 1e-6) and ts[-1] >= ns.t_min * (1 - 1e-6)):
             raise ValueError(f"{name}: need strictly decreasing values within the noise schedule's range "
                              f"[{ns.t_min}, {ns.t_max}] (as times), got times {ts.tolist()}")
         return np.clip(ts, ns.t_min, ns.t_max).tolist()
@@ -513,8 +514,10 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("step: call set_timesteps first")
         if eta != 0:
             raise ValueError(f"step: eta={eta!r}: USFScheduler is a deterministic ODE sampler; eta must be 0")
-        if kwargs:
-            raise ValueError(f"step: {', '.join(sorted(kwargs))}: not supported by USFScheduler (an ODE sampler)")
+        active = sorted(k for k, v in kwargs.items() if v is not None and v is not False and v != 0)
+        if active:   # e.g. DDIMPipeline passes use_clipped_model_output=False: off is fine
+            raise ValueError(f"step: {', '.join(f'{k}={kwargs[k]!r}' for k in active)}: not supported by "
+                             "USFScheduler (a deterministic ODE sampler)")
         e = self._e
         if e >= len(self._times):
             raise ValueError(f"step: all {len(self._times)} evaluations of the schedule are done "

@@ -64,10 +64,9 @@ def config_kind(config) -> str:
     use_flow_sigmas); anything else is a ValueError naming what it is. Keys are read by value
     (diffusers gives VP DPM-Solver configs a use_dynamic_shifting=False key)."""
     cfg = dict(config)
-    for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"):
-        if cfg.get(key):
-            raise ValueError(f"scheduler config has {key}=True; USFScheduler runs its own timesteps on the "
-                             "model's noise schedule (drop that option, or pass a usf_fast karras-spaced schedule)")
+    if cfg.get("use_beta_sigmas"):
+        raise ValueError("scheduler config has use_beta_sigmas=True: no usf_fast spacing matches it; drop that "
+                         "option (USFScheduler runs its preset's own spacing) or pass a schedule=")
     if _is_flow(cfg):
         for key in FLOW_UNSUPPORTED:
             if cfg.get(key):
@@ -198,6 +197,13 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         all its keys: diffusers drops keys left at their defaults when a config moves between classes."""
         cfg = dict(config or {})
         kind = config_kind(cfg)
+        # the source's sigma spacing carries over to the preset: Karras -> "karras", exponential
+        # (uniform in log σ, i.e. in λ) -> "logSNR"
+        spacing = "karras" if cfg.get("use_karras_sigmas") else "logSNR" if cfg.get("use_exponential_sigmas") else None
+        if spacing is not None and kwargs.get("schedule") is None:
+            opts = dict(kwargs.get("preset_options") or cfg.get("preset_options") or {})
+            opts.setdefault("spacing", spacing)
+            kwargs["preset_options"] = opts
         if kind == "edm":
             for key, default in (("sigma_min", 0.002), ("sigma_max", 80.0), ("sigma_data", 0.5)):
                 kwargs.setdefault(key, cfg.get(key, default))

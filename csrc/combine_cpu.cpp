@@ -2,7 +2,7 @@
 //
 // One pass over memory: each chunk of a sample reads its K inputs once, accumulates in float32
 // (vectorised inner loop) and writes one or two outputs. Chunks are spread over threads with
-// at::parallel_for (OpenMP). Coefficients are (K,) for the whole batch or (B, K) per sample.
+// at::parallel_for (OpenMP) in grains of at least kMinWorkPerThread. Coefficients are (K,) for the whole batch or (B, K) per sample.
 // `out` may alias an input: a chunk is fully read before it is written.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -13,6 +13,9 @@
 namespace {
 
 constexpr int64_t kChunk = 2048;
+// Below this many element reads + writes per thread, threads cost more than they save (waking an
+// OpenMP team is ~5-50 us, far more on a busy machine): small tensors run on the calling thread.
+constexpr int64_t kMinWorkPerThread = int64_t(1) << 18;
 
 template <typename T>
 void combine_kernel(const std::vector<const T*>& in, const float* c1, const float* c2, bool per_sample,
@@ -23,7 +26,9 @@ void combine_kernel(const std::vector<const T*>& in, const float* c1, const floa
     batch = 1;
   }
   const int64_t chunks = (inner + kChunk - 1) / kChunk;
-  at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t work_per_job = std::min(kChunk, inner) * (K + (out2 ? 2 : 1));
+  const int64_t grain = std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, work_per_job));
+  at::parallel_for(0, batch * chunks, grain, [&](int64_t begin, int64_t end) {
     alignas(64) float acc[kChunk];
     alignas(64) float acc2[kChunk];
     for (int64_t job = begin; job < end; ++job) {

@@ -53,13 +53,20 @@ def combine_torch(inputs, coefs, out, coefs2=None, out2=None):
 
 
 def _checked(ext_combine):
+    """The extension behind the contract's errors. The extension checks every argument itself, so
+    the Python checks run only to name the argument when it refuses (a call costs ~1 us, not ~6)."""
     def combine(inputs, coefs, out, coefs2=None, out2=None):
-        check_combine_args(inputs, coefs, out, coefs2, out2, dtypes=KERNEL_DTYPES)
-        if len(inputs) > CUDA_MAX_INPUTS and out.is_cuda:
+        if not isinstance(inputs, (list, tuple)) or not inputs:
+            check_combine_args(inputs, coefs, out, coefs2, out2, dtypes=KERNEL_DTYPES)
+        if len(inputs) > CUDA_MAX_INPUTS and getattr(out, "is_cuda", False):
             # the kernel's pointer table holds 32; wider combinations (rare: order 4 with many
             # active points) take the eager path rather than failing
             return combine_torch(inputs, coefs, out, coefs2, out2)
-        return ext_combine(list(inputs), coefs, out, coefs2, out2)
+        try:
+            return ext_combine(list(inputs), coefs, out, coefs2, out2)
+        except (RuntimeError, TypeError):
+            check_combine_args(inputs, coefs, out, coefs2, out2, dtypes=KERNEL_DTYPES)
+            raise
     return combine
 
 

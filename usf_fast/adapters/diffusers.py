@@ -22,7 +22,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 
 from .. import presets as P
 from ..checks import check_noise_schedule, check_schedule_range
-from ..dense import dense_program, input_width
+from ..backends import coefficient_dtype, get_combine, resolve_backend
+from ..dense import basis_width, dense_program, input_width
 from ..model import DiffusionModel
 from ..noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleFlow, NoiseScheduleVP
 from ..schedule import Schedule
@@ -188,7 +189,10 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         self.timesteps = None
         self.num_inference_steps = None
         self._times = None
-        self._begin_index = 0
+        self._begin_index = self._shift = self._e = 0
+        self._full = self._active = None
+        self._schedules, self._tables_cache = {}, {}   # set_timesteps arguments -> schedule; schedule -> tables
+        self._stopped, self._handoff, self._x0_scale = None, False, None
         self._first_input = None   # "scaled" (scale_model_input ran) or the AFS factor first_input used
 
     @classmethod
@@ -240,23 +244,46 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                              "USFScheduler.from_config(pipe.scheduler.config, ...))")
         if timesteps is not None and sigmas is not None:
             raise ValueError("set_timesteps: give timesteps= or sigmas=, not both")
-        self._use(self._pick_schedule(num_inference_steps, sigmas, mu, timesteps), device)
-        self._full = self._active
+        key = (num_inference_steps, None if sigmas is None else tuple(np.asarray(sigmas, dtype=np.float64).tolist()),
+               mu, None if timesteps is None else tuple(np.asarray(
+                   timesteps.detach().cpu() if torch.is_tensor(timesteps) else timesteps, dtype=np.float64).tolist()))
+        schedule = self._schedules.get(key)
+        if schedule is None:
+            schedule = self._pick_schedule(num_inference_steps, sigmas, mu, timesteps)
+            self._schedules[key] = schedule
+        # a run stopped part-way (the SDXL base with denoising_end) can be continued by
+        # set_begin_index on this object, history included (see set_begin_index)
+        stopped = self._run_state() if self._times is not None and 0 < self._e < len(self._times) else None
+        self._full = schedule
+        self._use(schedule, device)
+        self._stopped = stopped if stopped is not None and stopped["_full"] == schedule else None
+
+    _RUN_STATE = ("_full", "_active", "_tables", "_times", "_e", "_shift", "_basis", "_coefs", "_last_out",
+                  "_begin_index", "_backend", "_x0_scale")
+
+    def _run_state(self) -> dict:
+        return {k: getattr(self, k) for k in self._RUN_STATE}
 
     def _use(self, schedule: Schedule, device=None, begin: int = 0):
-        """Lower `schedule` to its dense tables (host floats) and reset the step counter."""
+        """Lower `schedule` to its dense tables (cached per schedule) and reset the step counter."""
         self._active = schedule
-        prog = dense_program(schedule, self._model)
-        self._A = [prog.A[e, :input_width(e)].tolist() for e in range(prog.nfe)]
-        self._F = prog.F.tolist()
-        self._times = prog.times.tolist()
-        self._begin_index = begin
+        tables = self._tables_cache.get(schedule)
+        if tables is None:
+            if len(self._tables_cache) >= 32:
+                self._tables_cache.clear()
+            tables = self._tables_cache[schedule] = _StepTables(dense_program(schedule, self._model), self)
+        self._tables = tables
+        self._times = tables.times
+        self._begin_index = self._shift = begin
         if begin == 0:
             self.init_noise_sigma = float(self.noise_schedule.prior_std(schedule.timesteps[0]))
-            self.timesteps = self._pipeline_timesteps(prog.times, device)
-            self.num_inference_steps = prog.nfe
+            self.timesteps = self._pipeline_timesteps(np.asarray(tables.times), device)
+            self.num_inference_steps = len(tables.times)
         self._e = 0
         self._basis = None
+        self._coefs = None
+        self._last_out = None
+        self._stopped = None
 
     def _pipeline_timesteps(self, times: np.ndarray, device) -> torch.Tensor:
         """The evaluation times in the pipeline's convention (what it hands the net)."""
@@ -287,7 +314,10 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
 
     @property
     def _full_times(self) -> list[float]:
-        return dense_program(self._full, self._model).times.tolist() if self._begin_index else self._times
+        if self._full is self._active:
+            return self._times
+        tables = self._tables_cache.get(self._full)
+        return tables.times if tables is not None else dense_program(self._full, self._model).times.tolist()
 
     @property
     def begin_index(self) -> int | None:
@@ -297,7 +327,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
     @property
     def step_index(self) -> int | None:
         """The index into `timesteps` of the next `step`, as diffusers."""
-        return None if self._times is None else self._begin_index + self._e
+        return None if self._times is None else self._shift + self._e
 
     def set_begin_index(self, begin_index: int = 0):
         """Start part-way (img2img / inpainting `strength`, the SDXL refiner's `denoising_start`): the
@@ -312,14 +342,23 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if not isinstance(begin_index, (int, np.integer)) or isinstance(begin_index, bool) or not 0 <= begin_index < n:
             raise ValueError(f"set_begin_index: begin_index={begin_index!r} must be an evaluation index 0..{n - 1}")
         k = int(begin_index)
+        stopped = self._stopped
         if k == 0:
             if self._begin_index:
                 self._use(full)
+            return
+        if stopped is not None and stopped["_shift"] == 0 and stopped["_e"] == k:
+            # this object ran evaluations 0..k-1 of the same schedule (the SDXL base with
+            # denoising_end): continue with its history if the pipeline hands back what step returned
+            for name, value in stopped.items():
+                setattr(self, name, value)
+            self._begin_index, self._handoff = k, True
             return
         tail = self._preset_tail(full, k) if self._schedule is None else None
         tail = full.tail(k) if tail is None else tail
         want = self._full_times[k:]
         self._use(tail, begin=k)
+        self._handoff = False
         if not np.allclose(self._times, want, rtol=1e-12, atol=0):   # never evaluate off the pipeline's times
             raise RuntimeError(f"set_begin_index({k}): the continued schedule's times {self._times} differ from "
                                f"the pipeline's {want}")
@@ -426,16 +465,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         return ts.tolist()
 
     def _afs_first(self) -> bool:
-        """Does the first evaluation see something other than the noise (an AFS schedule)?"""
-        return bool(self._A) and self._A[0] != [1.0, 0.0]
-
-    @staticmethod
-    def _combine(coefs, basis):
-        out = None
-        for c, b in zip(coefs, basis):
-            if c != 0.0 and b is not None:
-                out = c * b if out is None else out + c * b
-        return out
+        """Does the first evaluation see something other than the start state (an AFS schedule)?"""
+        return self._active.afs
 
     def _edm(self, e: int):
         return edm_coefficients(self._times[e], self.config.sigma_data, self.config.prediction_type == "v_prediction")
@@ -450,7 +481,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             if isinstance(self._first_input, float):
                 raise ValueError("scale_model_input: the latents came from first_input(noise), which is already the "
                                  "AFS step's state; in a pipeline that calls scale_model_input pass the plain noise")
-            x = self._combine(self._A[0], [sample / self.init_noise_sigma, None])
+            x = sample * (self._tables.first_scale / self.init_noise_sigma)   # A_0·ε; the data mean is 0
             self._first_input = "scaled"
         if self.edm and self._e < len(self._times):
             x = x * self._edm(self._e)[2]
@@ -466,11 +497,11 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             if self._schedule is None:
                 raise ValueError("first_input: a preset's times are known after set_timesteps; call it first, "
                                  "or configure a schedule=")
+            self._full = self._schedule
             self._use(self._schedule)
-            self._full = self._active
         if not self._afs_first():
             return noise * self.init_noise_sigma
-        self._first_input = float(self._A[0][0])   # x_0 = A[0][0]·ε: the data mean is 0 in pipelines
+        self._first_input = self._tables.first_scale   # x_0 = A_0·ε: the data mean is 0 in pipelines
         return noise * self._first_input
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
@@ -528,44 +559,128 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if e >= len(self._times):
             raise ValueError(f"step: all {len(self._times)} evaluations of the schedule are done "
                              "(set_timesteps starts a new run)")
-        if e == 0:
-            mode, self._first_input = self._first_input, None
-            self._basis = self._first_basis(sample, mode)
-            x_e = sample if isinstance(mode, float) and self._afs_first() else self._combine(self._A[0], self._basis)
-        else:
-            x_e = sample
-        out = model_output.to(x_e.dtype)
-        if self.edm:  # preconditioned output F -> denoised D, the data prediction the program expects
-            c_skip, c_out, _, _ = self._edm(e)
-            out = c_skip * x_e + c_out * out
-        self._basis += [x_e, out]
+        if e == 0 or self._handoff:
+            sample = self._start(sample)
+            e = self._e
+        t = self._tables
+        x_e = sample if e or self._x0_scale is None else sample * self._x0_scale
+        self._basis[t.input_col(e)] = x_e.contiguous()
+        self._basis[t.input_col(e) + 1] = model_output.to(x_e.dtype).contiguous()
         self._e += 1
-        if e + 1 < len(self._times):
-            nxt = self._combine(self._A[e + 1], self._basis)
-        else:
-            nxt = self._combine(self._F, self._basis)
+        row = e + 1 if e + 1 < len(self._times) else len(self._times)   # the last row is the result F
+        nxt = self._combine_row(row, x_e)
+        for col in t.dead_after[row]:   # columns no later row reads
+            self._basis[col] = None
+        self._last_out = nxt
         if not return_dict:
             return (nxt,)
         return SchedulerOutput(prev_sample=nxt)
 
-    def _first_basis(self, sample: torch.Tensor, mode) -> list:
-        """[ε, data mean] from the pipeline's first latents."""
-        if self._afs_first():
-            if isinstance(mode, float):
-                if not math.isclose(mode, self._A[0][0], rel_tol=1e-12):
+    def _start(self, sample: torch.Tensor) -> torch.Tensor:
+        """First step of a run: the basis from the pipeline's latents, coefficients on its device."""
+        if self._handoff:
+            self._handoff = False
+            last = self._last_out
+            same = last is not None and sample.shape == last.shape and sample.dtype == last.dtype and (
+                sample.data_ptr() == last.data_ptr() or torch.equal(sample, last))
+            if same:
+                return sample
+            k = self._begin_index   # not the latents this object returned: start fresh from them
+            self._use(self._tail(k), begin=k)
+        mode, self._first_input = self._first_input, None
+        t = self._tables
+        # column 0 holds the pipeline's first latents; ε = latents / scale0 is folded into the coefficients
+        self._x0_scale = None
+        scale0 = float(self.noise_schedule.prior_std(self._active.timesteps[0]))
+        if self._active.afs:
+            if isinstance(mode, float):   # first_input(noise): the latents are x_0 = A_0·ε itself
+                if not math.isclose(mode, t.first_scale, rel_tol=1e-12):
                     raise ValueError("step: the latents came from first_input(noise) for other times than this run's "
                                      "(set_timesteps changed the grid): call first_input after set_timesteps")
-                return [sample / mode, None]
-            if mode != "scaled":
+                scale0 = mode
+            elif mode == "scaled":        # the latents are ε·init_noise_sigma; the net saw A_0·ε
+                scale0 = self.init_noise_sigma
+                self._x0_scale = t.first_scale / self.init_noise_sigma
+            else:
                 raise ValueError("step: this schedule starts with the analytical first step (afs=True), so the "
                                  "network's first input is the AFS state, but the pipeline did not call "
                                  "scale_model_input (diffusers' SD3, FLUX, DDPM and DDIM pipelines do not): pass "
                                  "latents=scheduler.first_input(noise) to the pipeline, or use a schedule with afs=False")
-        # the start state (x_T, or the pipeline's state at the begin index) is prior_std(t_0)·column 0
-        return [sample / float(self.noise_schedule.prior_std(self._active.timesteps[0])), None]
+        self._basis = [None] * t.width
+        self._basis[0] = sample.contiguous()
+        self._coefs = t.coefficients(sample.dtype, sample.device, 1.0 / scale0)
+        self._backend = get_combine(resolve_backend("auto", sample.device, sample.dtype))
+        return sample
+
+    def _combine_row(self, row: int, like: torch.Tensor) -> torch.Tensor:
+        """Σ coef·basis over the columns `row` reads, in one fused pass (usf_fast.backends): the
+        kernel accumulates in float32 (float64 for float64 latents) with the coefficients already
+        on the latents' device, so a step makes no host synchronisation."""
+        inputs = [self._basis[c] for c in self._tables.cols[row]]
+        return self._backend(inputs, self._coefs[row], torch.empty_like(like, memory_format=torch.contiguous_format))
+
+    def _tail(self, k: int) -> Schedule:
+        tail = self._preset_tail(self._full, k) if self._schedule is None else None
+        return self._full.tail(k) if tail is None else tail
 
     def __len__(self):
         return self.config.num_train_timesteps
+
+
+class _StepTables:
+    """A dense program (usf_fast.dense) as the fused `step` reads it: per row — the input of each
+    evaluation, then the result — the basis columns with a nonzero coefficient and those
+    coefficients, and after which row each column is read for the last time (so the basis keeps
+    only what later rows read). EDM configs fold the denoiser D = c_skip·x + c_out·F into the
+    coefficients, so the raw preconditioned output goes into the basis unchanged. The data-mean
+    column is 0 in pipelines and dropped."""
+
+    def __init__(self, prog, sched: "USFScheduler"):
+        n = prog.nfe
+        rows = [prog.A[e].copy() for e in range(n)] + [prog.F.copy()]
+        if sched.edm:
+            v = sched.config.prediction_type == "v_prediction"
+            for e in range(n):
+                c_skip, c_out, _, _ = edm_coefficients(float(prog.times[e]), sched.config.sigma_data, v)
+                i = input_width(e)
+                for r in rows[e + 1:]:
+                    r[i] += r[i + 1] * c_skip
+                    r[i + 1] *= c_out
+        self.width = basis_width(n)
+        self.times = prog.times.tolist()
+        self.first_scale = float(prog.A[0, 0]) if n else 1.0
+        self.cols = [[int(c) for c in np.flatnonzero(r) if c != 1] for r in rows]
+        self.vals = [r[cols] for r, cols in zip(rows, self.cols)]
+        last = {}
+        for row, cols in enumerate(self.cols):
+            for c in cols:
+                last[c] = row
+        self.dead_after = [[] for _ in range(n + 1)]
+        for c, row in last.items():
+            self.dead_after[row].append(c)
+        for e in range(n):   # written by step e but read by no later row
+            for c in (input_width(e), input_width(e) + 1):
+                if c not in last:
+                    self.dead_after[e + 1].append(c)
+        self._device_coefs = {}
+
+    @staticmethod
+    def input_col(e: int) -> int:
+        return input_width(e)
+
+    def coefficients(self, dtype: torch.dtype, device, scale0: float) -> list[torch.Tensor]:
+        """Each row's coefficients as one tensor on `device` (one host-to-device copy per run),
+        column 0 (the first latents) scaled by `scale0`."""
+        key = (dtype, str(device), scale0)
+        hit = self._device_coefs.get(key)
+        if hit is None:
+            vals = [np.where(np.asarray(cols) == 0, v * scale0, v) if cols else v for cols, v in zip(self.cols, self.vals)]
+            flat = torch.tensor(np.concatenate(vals) if vals else np.zeros(0), dtype=coefficient_dtype(dtype)).to(device)
+            hit = list(torch.split(flat, [len(c) for c in self.cols]))
+            if len(self._device_coefs) > 8:
+                self._device_coefs.clear()
+            self._device_coefs[key] = hit
+        return hit
 
 
 def _run_unet(unet, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:

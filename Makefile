@@ -11,7 +11,7 @@ PYTHON ?= python3
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
+$(STAMP): pyproject.toml setup.py Makefile $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: a CUDA build that also runs on CPU-only machines (wheel cache here)
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*)
 	# no build isolation: the C++/CUDA backends compile against this venv's torch; PYTHONWARNINGS
 	# hides setuptools' notes on editable layouts (usf_fast.kernels lives in kernels/), not errors
 	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	# test oracle: k-diffusion's samplers, without its training stack (wandb, CLIP, kornia; its
+	# resolver would also downgrade numpy), so with --no-deps and the three modules sampling.py imports
+	$(PY) -m pip install -q --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 torchdiffeq==0.2.5 trampoline==0.1.2
 	touch $(STAMP)
 
 # a second `make run` resumes (and reprints) the search in out/search instead of deleting it

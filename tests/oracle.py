@@ -59,3 +59,24 @@ def usf_times(int_timesteps, final: str = "t_min") -> list[float]:
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
+
+
+def k_diffusion_sampling():
+    """k-diffusion's sampling module (the oracle for k-diffusion-style samplers), imported without
+    running k_diffusion/__init__, which loads its training stack (wandb, CLIP, kornia; installed
+    without dependencies by the Makefile, like torchsde and torchdiffeq)."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    if "k_diffusion.sampling" in sys.modules:
+        return sys.modules["k_diffusion.sampling"]
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("k-diffusion is not installed: run `make setup` (it installs the oracle packages)")
+    if "k_diffusion" not in sys.modules:
+        pkg = types.ModuleType("k_diffusion")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["k_diffusion"] = pkg
+    return importlib.import_module("k_diffusion.sampling")

@@ -173,3 +173,19 @@ def test_flow_img2img_with_a_preset_equals_flow_match_euler_and_a_searched_sched
         out = pipe(**kw).images
     k = int(plain.nfe - plain.nfe * strength)
     assert pipe.scheduler.active_schedule == plain.tail(k) and torch.isfinite(out).all()
+
+
+def test_one_prompt_row_is_broadcast_to_a_batch_of_samples():
+    """A search runs many noise samples per prompt: one row of embeddings serves the whole batch."""
+    pipe = _sd3()
+    pe, pooled = _embeds(1)
+    ne, npooled = _embeds(2)
+    model = wrap_transformer(pipe.transformer, pipe.scheduler.config,
+                             cond={"encoder_hidden_states": pe, "pooled_projections": pooled},
+                             uncond={"encoder_hidden_states": ne, "pooled_projections": npooled}, guidance_scale=3.0)
+    noise = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    schedule = usf_fast.presets.unipc(NS, 4, spacing="flow_shift")
+    with torch.no_grad():
+        batch = usf_fast.sample(model, schedule, noise)
+        one = torch.cat([usf_fast.sample(model, schedule, noise[i:i + 1]) for i in range(3)])
+    assert _rel(batch, one) < 1e-5

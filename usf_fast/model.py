@@ -32,6 +32,17 @@ def _check_prediction(prediction: str, ns: NoiseSchedule) -> None:
                          "flow models (SD3, FLUX) predict v = ε − x0: prediction='flow'")
 
 
+def _broadcast(cond, b: int):
+    """One conditioning row for a batch of b samples (a prompt's embeddings for a search's batch)."""
+    if isinstance(cond, dict):
+        return {k: _broadcast(v, b) for k, v in cond.items()}
+    if isinstance(cond, (tuple, list)):
+        return type(cond)(_broadcast(v, b) for v in cond)
+    if isinstance(cond, torch.Tensor) and cond.dim() >= 1 and cond.shape[0] == 1 and b > 1:
+        return cond.expand(b, *cond.shape[1:])
+    return cond
+
+
 def _cat_cond(uncond, cond):
     """[uncond, cond] along the batch: tensors, or dicts / tuples of tensors member by member."""
     if isinstance(cond, dict):
@@ -61,7 +72,8 @@ class DiffusionModel:
             and `uncond` (batch dimension B, concatenated as [uncond, cond] so the net runs once).
         cond, uncond: conditioning passed as the net's third argument: a tensor, or a dict / tuple
             of tensors (e.g. SD3's encoder_hidden_states and pooled_projections), concatenated
-            member by member under guidance.
+            member by member under guidance. A tensor with one row is broadcast to the batch (one
+            prompt for every sample of a search).
         data_mean: x̂0 used by the analytical first step (tensor broadcastable to x, or a float).
         sample_shape: the per-sample shape, if known (the search and the CLI use it as default).
     """
@@ -119,9 +131,10 @@ class DiffusionModel:
             t_vec = torch.full((b,), float(t), dtype=x.dtype, device=x.device)
         t_in = self.net_time(t_vec)
         if self.guidance_scale is None:
-            out = self.net(x, t_in) if self.cond is None else self.net(x, t_in, self.cond)
+            out = self.net(x, t_in) if self.cond is None else self.net(x, t_in, _broadcast(self.cond, b))
         else:
-            both = self.net(torch.cat([x, x]), torch.cat([t_in, t_in]), _cat_cond(self.uncond, self.cond))
+            both = self.net(torch.cat([x, x]), torch.cat([t_in, t_in]),
+                            _cat_cond(_broadcast(self.uncond, b), _broadcast(self.cond, b)))
             out_u, out_c = both.chunk(2)
             out = out_u + self.guidance_scale * (out_c - out_u)
         if out.shape != x.shape:

@@ -106,6 +106,7 @@ class DiffusionModel:
         self.uncond = uncond
         self.data_mean = data_mean
         self.sample_shape = tuple(int(v) for v in sample_shape) if sample_shape is not None else None
+        self.rows = 0   # samples that went through the network so far (2 per sample under guidance)
 
     # ---- time input ------------------------------------------------------------------------
     def net_time(self, t: torch.Tensor) -> torch.Tensor:
@@ -130,6 +131,7 @@ class DiffusionModel:
         else:
             t_vec = torch.full((b,), float(t), dtype=x.dtype, device=x.device)
         t_in = self.net_time(t_vec)
+        self.rows += b if self.guidance_scale is None else 2 * b
         if self.guidance_scale is None:
             out = self.net(x, t_in) if self.cond is None else self.net(x, t_in, _broadcast(self.cond, b))
         else:

@@ -51,6 +51,8 @@ class SearchConfig:
     dtype: torch.dtype = torch.float32
     backend: str = "auto"
     device: object = "cpu"
+    reference_nfe: int = 200
+    reference_dtype: torch.dtype = torch.float64
 
     def __post_init__(self):
         if not isinstance(self.nfe, int) or isinstance(self.nfe, bool) or self.nfe < 1:
@@ -61,6 +63,9 @@ class SearchConfig:
             _positive_int("screen", self.screen, "1 = any proposal of a parent")
         _positive_int("chunk", self.chunk, "candidates per batch")
         _positive_int("budget", self.budget, "real evaluations")
+        _positive_int("reference_nfe", self.reference_nfe, "steps of the reference solve")
+        if self.reference_dtype not in (torch.float64, torch.float32):
+            raise ValueError(f"reference_dtype={self.reference_dtype!r}: must be torch.float64 or torch.float32")
         for name in ("population", "proposals", "per_generation", "heldout"):
             _positive_int(name, getattr(self, name), "a count")
         if (not isinstance(self.samples, (tuple, list)) or len(self.samples) != 2
@@ -93,4 +98,22 @@ class SearchConfig:
             "predictor": ({"gp": "gp/batch-ei"}.get(self.predictor, self.predictor) if guided else None),
             "probe": self.probe, "novelty": self.novelty, "population": self.population,
             "proposals": self.proposals, "per_generation": self.per_generation,
-            "screen": self.screen_for_picks if guided else None}}
+            "screen": self.screen_for_picks if guided else None,
+            # only when changed, so logs written before these options existed still resume
+            **({"reference_nfe": self.reference_nfe} if self.reference_nfe != 200 else {}),
+            **({"reference_dtype": str(self.reference_dtype)} if self.reference_dtype != torch.float64 else {})}}
+
+    def cost_estimate(self, n_presets: int, guided: bool = False, needs_reference: bool = True,
+                      n_seeds: int = 0) -> dict:
+        """Network rows (samples through the network; ×2 under classifier-free guidance) a search
+        makes at most, by phase: stage 1 and stage 2 (budget × samples × NFE), the held-out table
+        (4 finalists and the presets), the reference solves (every noise set × reference_nfe).
+        Evaluations read back from a log cost nothing."""
+        k = 2 if guided else 1
+        n1 = max(int(self.budget * self.stage_split), n_seeds)
+        out = {"stage1": n1 * self.samples[0] * self.nfe * k,
+               "stage2": (max(self.budget - n1, 0) + self.population) * self.samples[1] * self.nfe * k,
+               "heldout": (4 + n_presets) * self.heldout * self.nfe * k,
+               "reference": (sum(self.samples) + self.heldout) * self.reference_nfe * k if needs_reference else 0}
+        out["total"] = sum(out.values())
+        return out

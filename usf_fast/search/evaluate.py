@@ -27,17 +27,24 @@ __all__ = ["NoiseSet", "evaluate_schedules", "ReferenceDistance", "ExactFrechet"
 class NoiseSet:
     """Standard-normal noise of one fidelity (seeded), with lazily computed reference samples."""
 
-    def __init__(self, shape, n: int, seed: int, name: str):
+    def __init__(self, shape, n: int, seed: int, name: str, reference_nfe: int = 200,
+                 reference_dtype: torch.dtype = torch.float64):
         self.name, self.n, self.seed = name, n, seed
         self.noise = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        self.reference_nfe, self.reference_dtype = reference_nfe, reference_dtype
+        self.reference_rows = 0   # network rows the reference solve took
         self._ref = None
 
     def reference(self, model: DiffusionModel, t_start: float, t_end: float, device="cpu") -> torch.Tensor:
-        """The high-accuracy solution from this noise (float64, solved on `device`, kept on the CPU)."""
+        """The high-accuracy solution from this noise (UniPC-3 at `reference_nfe` steps in
+        `reference_dtype`, default float64 at 200; solved on `device`, kept on the CPU)."""
         if self._ref is None:
+            rows0 = model.rows
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                ref = reference_samples(model, self.noise.to(device), t_start, t_end, batch_size=512).cpu()
+                ref = reference_samples(model, self.noise.to(device), t_start, t_end, nfe=self.reference_nfe,
+                                        batch_size=512, dtype=self.reference_dtype).cpu()
+            self.reference_rows = model.rows - rows0
             if not bool(torch.isfinite(ref).all()):
                 raise ValueError(f"the high-accuracy reference solution ({self.name} noise) has NaN/inf: the model "
                                  f"returns NaN/inf somewhere in t ∈ [{t_end}, {t_start}]; metric 'ref' needs a finite model")

@@ -64,6 +64,7 @@ class SearchResult:
     taus: list = field(default_factory=list)    # predictor Kendall τ per generation (held-out split)
     log_path: str | None = None
     heldout_evaluations: int = 0            # the final comparison's (finalists and presets)
+    cost: dict = field(default_factory=dict)    # network rows run by this call, by phase (+ "total")
 
     @property
     def improvement(self) -> float:
@@ -77,6 +78,8 @@ class SearchResult:
                  f"best: {self.best_source}  held-out metric {self.best_metric:.5g}",
                  f"best preset: {self.best_preset[0]}  {self.best_preset[1]:.5g}  "
                  f"(improvement {self.improvement:+.1%})", "", "held-out metric (lower is better):"]
+        if self.cost:
+            lines.insert(1, "network rows run now: " + ", ".join(f"{k} {v:,}" for k, v in self.cost.items()))
         width = max(len(lbl) for lbl, _ in self.table[:15])
         lines += [f"  {lbl:{width}s}  {v:.5g}" for lbl, v in self.table[:15]]
         return "\n".join(lines)
@@ -138,6 +141,7 @@ class S3Search:
             raise ValueError(f"model: must be a usf_fast.DiffusionModel, got {type(model).__name__}")
         c = self.config = config
         self.t_begin = time.perf_counter()
+        self._phase_start = (model.rows if isinstance(model, DiffusionModel) else 0, 0)   # the model check counts
         self.model, self.ns = model, model.noise_schedule
         self.metric = make_metric(c.metric, model, **(c.metric_options or {}))
         self.space = space or SearchSpace(self.ns, c.nfe)
@@ -147,7 +151,7 @@ class S3Search:
         self.device = _resolve_device(c.device)
         _check_model(model, self.shape, self.device, c.dtype, self.space.t_start)
         self.rank, self.world = _dist()
-        self.sets = {name: NoiseSet(self.shape, n, 1000 * c.seed + k, name)
+        self.sets = {name: NoiseSet(self.shape, n, 1000 * c.seed + k, name, c.reference_nfe, c.reference_dtype)
                      for k, (name, n) in enumerate((("s1", c.samples[0]), ("s2", c.samples[1]), ("heldout", c.heldout)), 1)}
         self.metric_name = getattr(self.metric, "name", str(c.metric))
         # the model's noise schedule, parameterisation and sample shape are part of what a log is
@@ -168,6 +172,7 @@ class S3Search:
         self.lineage: list = []   # (parent row, parent metric, child row, child metric), one fidelity per pair
         self.curve: list = []
         self.taus: list = []
+        self.cost: dict = {}
         self.bar = None
 
     @staticmethod
@@ -343,6 +348,34 @@ class S3Search:
             if fidelity == "s1":
                 self.curve.append((self.requested, min(m for _, m, _ in pool)))
 
+    # ---- cost: network rows by phase ----------------------------------------------------------
+    def cost_estimate(self, n_seeds: int) -> dict:
+        """`SearchConfig.cost_estimate` for this model, metric and space (an upper bound)."""
+        n_presets = len(preset_candidates(self.ns, self.config.nfe, self.space.t_start, self.space.t_end))
+        return self.config.cost_estimate(n_presets, guided=self.model.guidance_scale is not None,
+                                         needs_reference=getattr(self.metric, "needs_reference", False),
+                                         n_seeds=n_seeds)
+
+    def _rows_now(self) -> tuple[int, int]:
+        return self.model.rows, sum(ns.reference_rows for ns in self.sets.values())
+
+    def _end_phase(self, name: str) -> None:
+        """Rows since the last phase ended; the reference solves are counted apart."""
+        rows, ref = self._rows_now()
+        r0, f0 = self._phase_start
+        self.cost[name] = self.cost.get(name, 0) + (rows - r0) - (ref - f0)
+        self.cost["reference"] = self.cost.get("reference", 0) + (ref - f0)
+        self._phase_start = (rows, ref)
+
+    def _cost_total(self) -> dict:
+        cost = {k: self.cost.get(k, 0) for k in ("stage1", "stage2", "heldout", "reference")}
+        if self.world > 1:   # each process ran its share of the chunks
+            gathered = [None] * self.world
+            torch.distributed.all_gather_object(gathered, cost)
+            cost = {k: sum(g[k] for g in gathered) for k in cost}
+        cost["total"] = sum(cost.values())
+        return cost
+
     # ---- the stages ------------------------------------------------------------------------
     def _pool(self, schedules: list[Schedule], fidelity: str, stage: str) -> list:
         return [(s, m, schedule_key(s)) for s, m in zip(schedules, self.evaluate(schedules, fidelity, stage))]
@@ -353,18 +386,24 @@ class S3Search:
         c = self.config
         if self.requested or self.new:
             raise ValueError("S3Search.run: a search object runs once; make a new S3Search (its log resumes it)")
-        if c.progress and self.rank == 0:
-            self.bar = tqdm(total=c.budget, desc=f"S3 NFE {c.nfe}", unit="eval")
         seeds = self.space.seeds()
+        if c.progress and self.rank == 0:
+            est = self.cost_estimate(len(seeds))
+            print(f"S3 NFE {c.nfe}: at most {est['total']:,} network rows (stage 1 {est['stage1']:,}, stage 2 "
+                  f"{est['stage2']:,}, held-out table {est['heldout']:,}, reference {est['reference']:,}); "
+                  "what the log holds is not rerun", flush=True)
+            self.bar = tqdm(total=c.budget, desc=f"S3 NFE {c.nfe}", unit="eval")
         pool1 = self._pool(seeds, "s1", "seed")
         if not any(math.isfinite(m) for _, m, _ in pool1):
             raise ValueError(f"every preset schedule at NFE {c.nfe} produced NaN/inf samples (or metric values): the "
                              "model returns NaN/inf, or the metric fails; the evaluations are in the log")
         self.curve.append((self.requested, min(m for _, m, _ in pool1)))
         self.evolve(pool1, "s1", "stage1", max(int(c.budget * c.stage_split), len(seeds)))
+        self._end_phase("stage1")
         survivors = [s for s, _, _ in sorted(pool1, key=lambda p: p[1])[:c.population]]
         pool2 = self._pool(survivors, "s2", "stage2")
         self.evolve(pool2, "s2", "stage2", c.budget)
+        self._end_phase("stage2")
         if self.bar is not None:
             self.bar.close()
         return self.final([s for s, _, _ in sorted(pool2, key=lambda p: p[1])[:4]])
@@ -377,6 +416,7 @@ class S3Search:
         labels = [f"searched #{i + 1}" for i in range(len(finalists))] + [lbl for lbl, _ in presets_]
         cands = finalists + [s for _, s in presets_]
         held = self.evaluate(cands, "heldout", "final", count=False)
+        self._end_phase("heldout")
         table = sorted(zip(labels, held), key=lambda p: p[1])
         best_i = int(np.argmin(held))
         best_preset = min(((lbl, v) for lbl, v in zip(labels, held) if not lbl.startswith("searched")),
@@ -390,7 +430,8 @@ class S3Search:
                             best_source="search" if best_i < len(finalists) else labels[best_i], nfe=c.nfe,
                             table=table, best_preset=best_preset, evaluations=self.requested,
                             new_evaluations=self.new, seconds=time.perf_counter() - self.t_begin, curve=self.curve,
-                            taus=self.taus, log_path=self.log.path, heldout_evaluations=len(cands))
+                            taus=self.taus, log_path=self.log.path, heldout_evaluations=len(cands),
+                            cost=self._cost_total())
 
 
 def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = None, **options) -> SearchResult:
@@ -423,6 +464,8 @@ def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = No
         log_path / resume / max_minutes: persistence and a wall-clock stop (the log keeps
             everything; resuming continues).
         chunk: candidates evaluated in one batch (chunk × samples rows through the model).
+        reference_nfe, reference_dtype: the reference solve of metric "ref" (UniPC-3, 200 steps,
+            float64 by default); float32 or fewer steps make it cheaper on a real network.
         device: where the samples are computed (the reference solve too); the model's network
             must accept tensors there (the embedded models follow their input).
     """

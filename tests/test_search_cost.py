@@ -1,0 +1,53 @@
+"""The search's cost in network rows: counted by phase, checked against a network that counts the
+rows it is given, bounded by the estimate printed before a search starts."""
+import re
+
+import torch
+
+import usf_fast
+from usf_fast.models import embedded_model
+from usf_fast.search import SearchConfig, s3_search
+
+
+def _counting(model):
+    seen = {"rows": 0}
+    net = model.net
+
+    def counted(x, t, *rest):
+        seen["rows"] += x.shape[0]
+        return net(x, t, *rest)
+    counted.__dict__.update({k: getattr(net, k) for k in ("frechet_distance", "frechet_is_exact") if hasattr(net, k)})
+    wrapped = usf_fast.DiffusionModel(counted, model.noise_schedule, model.prediction, model.time_input,
+                                      data_mean=model.data_mean, sample_shape=model.sample_shape)
+    return wrapped, seen
+
+
+def test_cost_by_phase_is_what_the_network_saw_and_within_the_estimate(tmp_path, capsys):
+    model, seen = _counting(embedded_model("gmm-2d"))
+    opts = dict(budget=40, samples=(16, 32), heldout=32, log_path=tmp_path / "log.jsonl")
+    res = s3_search(model, 4, progress=True, **opts)
+    cost = res.cost
+    assert set(cost) == {"stage1", "stage2", "heldout", "reference", "total"}
+    assert cost["total"] == seen["rows"] == sum(v for k, v in cost.items() if k != "total")
+    assert cost["reference"] == (16 + 32 + 32) * 200   # three noise sets, UniPC-3 at 200 NFE
+    # every evaluation is NFE 4 rows per sample; stage 1 also holds the one-row model check
+    assert (cost["stage1"] - 1) % 4 == 0 and cost["stage2"] % 4 == 0 and cost["heldout"] % 4 == 0
+    assert 0 < cost["heldout"] <= len(res.table) * 32 * 4   # duplicates (a finalist that is a preset) run once
+    printed = capsys.readouterr().out
+    bound = int(re.search(r"at most ([\d,]+) network rows", printed).group(1).replace(",", ""))
+    assert cost["total"] <= bound
+    assert "network rows run now" in res.summary()
+    # resumed from its complete log: nothing runs again but the one-row model check
+    again = s3_search(model, 4, resume=True, progress=False, **opts)
+    assert again.cost["total"] == 1 and again.best.to_dict() == res.best.to_dict()
+
+
+def test_a_cheaper_reference_is_an_option_and_part_of_the_identity(tmp_path):
+    model, seen = _counting(embedded_model("gmm-2d"))
+    res = s3_search(model, 3, budget=24, samples=(8, 16), heldout=16, reference_nfe=50,
+                    reference_dtype=torch.float32, progress=False, log_path=tmp_path / "log.jsonl")
+    assert res.cost["reference"] == (8 + 16 + 16) * 50
+    cfg = SearchConfig(nfe=3, reference_nfe=50)
+    from usf_fast.search.space import SearchSpace
+    assert cfg.identity(SearchSpace(model.noise_schedule, 3), "ref")["settings"]["reference_nfe"] == 50
+    assert "reference_nfe" not in SearchConfig(nfe=3).identity(SearchSpace(model.noise_schedule, 3), "ref")["settings"]

@@ -35,6 +35,7 @@ LAZY_OK = {
     ("usf_fast.backends", "usf_fast.kernels.combine"),   # triton is optional: loaded when the backend is asked for
     ("usf_fast.cli", "usf_fast.search"),                 # 0.4 s of start-up every other command would pay
     ("usf_fast.cli", "usf_fast.search.report"),
+    ("usf_fast.cli", "usf_fast.adapters.pipeline"),      # diffusers: seconds of start-up for generate/search on pipelines only
 }
 
 

@@ -1,4 +1,4 @@
-"""`usf-fast` command line: sample, compare, show, presets."""
+"""`usf-fast` command line: sample, compare, search, generate, show, info, presets."""
 from __future__ import annotations
 
 import argparse
@@ -252,12 +252,37 @@ def _search_device(spec: str) -> str:
     return spec
 
 
+PIPELINE_FLAGS = ("prompts", "guidance", "height", "width", "max_batch")
+
+
+def _pipeline_model(args, device: str):
+    """--model diffusers:DIR: the saved pipeline's network on its latents (prompts encoded once)."""
+    from .adapters.pipeline import load_pipeline, pipeline_model, read_prompts
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    pipe = load_pipeline(args.model[len("diffusers:"):], device=device)
+    pm = pipeline_model(pipe, prompts=prompts, guidance=args.guidance, height=args.height, width=args.width,
+                        max_batch=args.max_batch)
+    if prompts:
+        for flag, n in (("--samples", args.samples), ("--samples2", args.samples2), ("--heldout", args.heldout)):
+            if n % len(prompts):
+                raise ValueError(f"{flag} {n}: must be a multiple of the {len(prompts)} prompts (sample r uses prompt "
+                                 f"r mod {len(prompts)})")
+    return pm.model, pm.shape
+
+
 def _search(args, rank: int, device: str) -> int:
     # imported here: the search (scipy.stats, the predictors) adds 0.4 s to every other command's start
     from .search import s3_search
     from .search.report import plot_metric_vs_nfe, plot_schedule
-    model = load_model(args.model, args.noise_schedule)
-    shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else None
+    if args.model.startswith("diffusers:"):
+        model, shape = _pipeline_model(args, device)
+    else:
+        given = [f"--{f.replace('_', '-')}" for f in PIPELINE_FLAGS if getattr(args, f) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only for --model diffusers:DIR (a saved diffusers pipeline)")
+        model, shape = load_model(args.model, args.noise_schedule), None
+    if args.shape:
+        shape = tuple(int(v) for v in args.shape.split(","))
     nfes = [int(v) for v in str(args.nfe).split(",")]
     for n in nfes:
         if n < 1:
@@ -279,7 +304,9 @@ def _search(args, rank: int, device: str) -> int:
                         budget=args.budget, samples=(args.samples, args.samples2), heldout=args.heldout,
                         use_predictor=not args.no_predictor, predictor=args.predictor, shape=shape, log_path=log_path,
                         resume=resume,
-                        max_minutes=remaining, progress=rank == 0, chunk=args.chunk, device=device)
+                        max_minutes=remaining, progress=rank == 0, chunk=args.chunk, device=device,
+                        reference_nfe=args.reference_nfe,
+                        reference_dtype={"float64": torch.float64, "float32": torch.float32}[args.reference_dtype])
         results[n] = res
         if rank == 0:
             res.best.to_json(os.path.join(args.out, f"best_nfe{n}.json"))
@@ -300,6 +327,46 @@ def _search(args, rank: int, device: str) -> int:
     print(f"wrote {args.out}/best.json, summary.txt, metric_vs_nfe.png, schedule.png, log_nfe*.jsonl "
           f"({time.time() - t0:.0f} s)")
     return 0
+
+
+def cmd_generate(args) -> int:
+    """Images from a saved pipeline with a schedule file; with --compare, the same noise through a
+    preset at the same NFE and a side-by-side grid."""
+    from .adapters.pipeline import generate, generate_preset, load_pipeline, read_prompts
+    schedule = Schedule.from_json(args.schedule)
+    prompts = list(args.prompt or []) + (read_prompts(args.prompts) if args.prompts else [])
+    if args.compare is not None and args.compare not in P.PRESETS:
+        raise ValueError(f"--compare {args.compare!r}: must be one of {', '.join(P.PRESETS)}")
+    if not args.model.startswith("diffusers:"):
+        raise ValueError(f"--model {args.model!r}: generate runs a saved pipeline: diffusers:DIR")
+    device = _search_device(args.device)
+    pipe = load_pipeline(args.model[len("diffusers:"):], device=device)
+    kw = dict(prompts=prompts or None, guidance=args.guidance, num_images=args.num_images, seed=args.seed,
+              height=args.height, width=args.width)
+    t0 = time.perf_counter()
+    images = generate(pipe, schedule, **kw)
+    _prepare_out_dir(args.out)
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(os.path.join(args.out, f"image_{i}.png"))
+        img.save(paths[-1])
+    print(f"{len(images)} images, NFE {schedule.nfe} ({schedule.name or 'schedule'}), {time.perf_counter() - t0:.1f} s: "
+          f"{args.out}/image_*.png")
+    if args.compare:
+        other = generate_preset(pipe, args.compare, schedule.nfe, **kw)
+        from torchvision.transforms.functional import to_tensor
+        from torchvision.utils import make_grid, save_image
+        rows = [to_tensor(im) for im in images] + [to_tensor(im) for im in other]
+        path = os.path.join(args.out, "compare.png")
+        save_image(make_grid(torch.stack(rows), nrow=len(images), padding=2, pad_value=1.0), path)
+        print(f"{path}: top row the schedule, bottom row {args.compare} at NFE {schedule.nfe}, the same noise")
+    return 0
+
+
+def _prepare_out_dir(path: str) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--out {path}: exists and is not a folder")
+    os.makedirs(path, exist_ok=True)
 
 
 def cmd_show(args) -> int:
@@ -371,9 +438,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--progress", action="store_true")
     q.set_defaults(func=cmd_compare)
 
+    def pipeline_args(q):
+        q.add_argument("--prompts", help="diffusers:DIR text-to-image: a file with one prompt per line")
+        q.add_argument("--guidance", type=float, help="diffusers:DIR: classifier-free guidance scale")
+        q.add_argument("--height", type=int, help="diffusers:DIR: image height in pixels (default: the model's)")
+        q.add_argument("--width", type=int, help="diffusers:DIR: image width in pixels (default: the model's)")
+
     q = sub.add_parser("search", help="S3 search for the best schedule at an NFE budget")
     q.add_argument("--model", default="gmm-image",
-                   help=f"embedded model ({', '.join(sorted(EMBEDDED_MODELS))}) or package.module:factory")
+                   help=f"embedded model ({', '.join(sorted(EMBEDDED_MODELS))}), package.module:factory, or "
+                        "diffusers:DIR (a saved diffusers pipeline)")
     q.add_argument("--noise-schedule", choices=NOISE_SCHEDULES,
                    help="for embedded models (default: the model's own: linear; flow for digits-flow)")
     q.add_argument("--nfe", default="5", help="NFE budget, or a comma-separated list (one search each)")
@@ -401,7 +475,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--chunk", type=int, default=8,
                    help="candidates evaluated in one batch (chunk x samples rows through the model; default 8, "
                         "larger is faster on a GPU for small models)")
+    q.add_argument("--reference-nfe", type=int, default=200, help="steps of the reference solve (metric ref; default 200)")
+    q.add_argument("--reference-dtype", default="float64", choices=("float64", "float32"),
+                   help="precision of the reference solve (default float64)")
+    pipeline_args(q)
+    q.add_argument("--max-batch", type=int, help="diffusers:DIR: rows per network call (micro-batches)")
     q.set_defaults(func=cmd_search)
+
+    q = sub.add_parser("generate", help="images from a saved diffusers pipeline with a schedule file")
+    q.add_argument("--model", required=True, help="diffusers:DIR, a pipeline saved with save_pretrained")
+    q.add_argument("--schedule", required=True, help="schedule JSON (e.g. best.json of a search on this pipeline)")
+    q.add_argument("--prompt", action="append", help="a prompt (repeatable); or --prompts FILE")
+    pipeline_args(q)
+    q.add_argument("--num-images", type=int, default=4)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="auto", help="auto (the GPU if there is one), cpu, cuda, cuda:N")
+    q.add_argument("--out", required=True, help="folder for image_<i>.png (and compare.png)")
+    q.add_argument("--compare", metavar="PRESET", help="also run this preset at the same NFE on the same noise, and "
+                                                        "write a side-by-side grid compare.png")
+    q.set_defaults(func=cmd_generate)
 
     q = sub.add_parser("show", help="print a schedule file one line per step")
     q.add_argument("schedule")

@@ -33,13 +33,22 @@ def _check_prediction(prediction: str, ns: NoiseSchedule) -> None:
 
 
 def _broadcast(cond, b: int):
-    """One conditioning row for a batch of b samples (a prompt's embeddings for a search's batch)."""
+    """P conditioning rows for a batch of b samples, b a multiple of P: sample r gets row r mod P
+    (one prompt, or a few prompts, for every sample of a search)."""
     if isinstance(cond, dict):
         return {k: _broadcast(v, b) for k, v in cond.items()}
     if isinstance(cond, (tuple, list)):
         return type(cond)(_broadcast(v, b) for v in cond)
-    if isinstance(cond, torch.Tensor) and cond.dim() >= 1 and cond.shape[0] == 1 and b > 1:
-        return cond.expand(b, *cond.shape[1:])
+    if isinstance(cond, torch.Tensor) and cond.dim() >= 1 and cond.shape[0] >= 1 and cond.shape[0] != b:
+        p = cond.shape[0]
+        if b < p:
+            return cond[:b]
+        if p == 1:
+            return cond.expand(b, *cond.shape[1:])
+        if b % p:
+            raise ValueError(f"cond: {p} conditioning rows for a batch of {b} samples; the batch must be a multiple "
+                             f"of {p} (sample r uses row r mod {p})")
+        return cond.repeat(b // p, *([1] * (cond.dim() - 1)))
     return cond
 
 
@@ -72,8 +81,8 @@ class DiffusionModel:
             and `uncond` (batch dimension B, concatenated as [uncond, cond] so the net runs once).
         cond, uncond: conditioning passed as the net's third argument: a tensor, or a dict / tuple
             of tensors (e.g. SD3's encoder_hidden_states and pooled_projections), concatenated
-            member by member under guidance. A tensor with one row is broadcast to the batch (one
-            prompt for every sample of a search).
+            member by member under guidance. P rows serve a batch of any multiple of P samples,
+            sample r using row r mod P (one or a few prompts for every sample of a search).
         data_mean: x̂0 used by the analytical first step (tensor broadcastable to x, or a float).
         sample_shape: the per-sample shape, if known (the search and the CLI use it as default).
     """

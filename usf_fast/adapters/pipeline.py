@@ -1,0 +1,226 @@
+"""A saved diffusers pipeline as a searchable model, and generation with a schedule in it: what
+`usf-fast search --model diffusers:DIR` and `usf-fast generate` run.
+
+    pipe = load_pipeline("path/to/pipeline", device="cuda")
+    pm = pipeline_model(pipe, prompts=["a red fox", "a lighthouse"], guidance=7.5, max_batch=64)
+    result = s3_search(pm.model, nfe=5, shape=pm.shape, device="cuda")
+    images = generate(pipe, result.best, prompts=["a red fox"], guidance=7.5)
+
+Supported: unconditional UNet pipelines (DDPM, DDIM, ...), text-to-image UNet pipelines whose
+`encode_prompt(prompt, device, num_images_per_prompt, do_classifier_free_guidance)` returns the
+text embeddings (Stable Diffusion 1.x / 2.x) and SD3 (`StableDiffusion3Pipeline`). Prompts are
+encoded once; sample r of a batch uses prompt r mod P. Latents are the pipeline's
+(C, H/f, W/f) with f its VAE scale factor.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..model import DiffusionModel
+from ..schedule import Schedule
+from .diffusers import USFScheduler, wrap_transformer, wrap_unet
+
+__all__ = ["load_pipeline", "pipeline_model", "PipelineModel", "generate", "generate_preset", "latent_shape",
+           "read_prompts"]
+
+
+def load_pipeline(path: str, device="cpu", dtype: torch.dtype | None = None):
+    """A pipeline saved with `save_pretrained` (a folder with model_index.json), offline."""
+    if not os.path.isdir(path):
+        raise ValueError(f"--model diffusers:{path}: not a folder (a pipeline saved with save_pretrained)")
+    if not os.path.isfile(os.path.join(path, "model_index.json")):
+        raise ValueError(f"--model diffusers:{path}: no model_index.json there; not a saved diffusers pipeline")
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as dlogging
+    dlogging.set_verbosity_error()
+    dlogging.disable_progress_bar()   # one line per outcome on the terminal, not loading bars
+    try:
+        from transformers.utils import logging as tlogging
+        tlogging.set_verbosity_error()
+        tlogging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        kw = {"torch_dtype": dtype} if dtype is not None else {}
+        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, **kw)
+    except Exception as e:   # diffusers raises many kinds for a broken folder
+        raise ValueError(f"--model diffusers:{path}: cannot load the pipeline ({type(e).__name__}: {e})") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def read_prompts(path: str) -> list[str]:
+    """One prompt per non-empty line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            prompts = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError:
+        raise ValueError(f"--prompts {path}: not a UTF-8 text file (one prompt per line)") from None
+    except IsADirectoryError:
+        raise ValueError(f"--prompts {path}: is a folder, not a text file") from None
+    if not prompts:
+        raise ValueError(f"--prompts {path}: no prompts in it (one prompt per line)")
+    return prompts
+
+
+@dataclass
+class PipelineModel:
+    model: DiffusionModel
+    shape: tuple          # per-sample latent shape
+    kind: str             # "unconditional" | "text" | "sd3"
+    prompts: list | None
+
+
+def _network(pipe):
+    for name in ("unet", "transformer"):
+        net = getattr(pipe, name, None)
+        if net is not None:
+            return name, net
+    raise ValueError(f"{type(pipe).__name__}: has neither a unet nor a transformer to search on")
+
+
+def _kind(pipe) -> str:
+    name, _ = _network(pipe)
+    cls = type(pipe).__name__
+    if name == "transformer":
+        if cls.startswith("StableDiffusion3"):
+            return "sd3"
+        raise ValueError(f"{cls}: searching this transformer pipeline from the CLI is not supported yet (SD3 is); "
+                         "wrap its transformer with usf_fast.adapters.diffusers.wrap_transformer in Python")
+    if getattr(pipe, "text_encoder", None) is None:
+        return "unconditional"
+    if getattr(pipe, "text_encoder_2", None) is not None or "XL" in cls:
+        raise ValueError(f"{cls}: SDXL's added conditioning is not supported by the CLI yet; wrap its UNet in Python")
+    return "text"
+
+
+def latent_shape(pipe, height: int | None = None, width: int | None = None) -> tuple:
+    _, net = _network(pipe)
+    cfg = net.config
+    f = int(getattr(pipe, "vae_scale_factor", 1) or 1) if getattr(pipe, "vae", None) is not None else 1
+    if _kind(pipe) == "sd3":
+        size = cfg.sample_size * f
+        channels = cfg.in_channels
+    else:
+        size = cfg.sample_size * f if isinstance(cfg.sample_size, int) else cfg.sample_size[0] * f
+        channels = cfg.in_channels
+    h, w = height or size, width or size
+    for name, v in (("--height", h), ("--width", w)):
+        if not isinstance(v, int) or v < f or v % f:
+            raise ValueError(f"{name} {v}: must be a positive multiple of the pipeline's VAE factor {f}")
+    return (channels, h // f, w // f)
+
+
+def pipeline_model(pipe, prompts: list[str] | None = None, guidance: float | None = None,
+                   height: int | None = None, width: int | None = None, max_batch: int | None = None) -> PipelineModel:
+    """The pipeline's network as a `DiffusionModel` on its latents: prompts encoded once (with
+    guidance > 1 the empty prompt as the unconditional one), `max_batch` rows per network call."""
+    kind = _kind(pipe)
+    if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
+        raise ValueError(f"--max-batch {max_batch}: must be a positive integer (rows per network call)")
+    if guidance is not None and not guidance > 0:
+        raise ValueError(f"--guidance {guidance}: must be > 0")
+    if kind == "unconditional":
+        if prompts:
+            raise ValueError(f"--prompts: {type(pipe).__name__} is unconditional (no text encoder)")
+        model = wrap_unet(pipe.unet, pipe.scheduler.config)
+    else:
+        if not prompts:
+            raise ValueError(f"--prompts: {type(pipe).__name__} is a text-to-image pipeline; give a prompt file")
+        cfg_on = guidance is not None and guidance > 1
+        device = pipe._execution_device
+        with torch.no_grad():
+            if kind == "text":
+                cond, uncond = pipe.encode_prompt(prompts, device, 1, cfg_on, negative_prompt=[""] * len(prompts))
+                model = wrap_unet(pipe.unet, pipe.scheduler.config, cond=cond,
+                                  **({"uncond": uncond, "guidance_scale": float(guidance)} if cfg_on else {}))
+            else:
+                pe, ne, pooled, npooled = pipe.encode_prompt(prompts, prompts, prompts, device=device,
+                                                             do_classifier_free_guidance=cfg_on,
+                                                             negative_prompt=[""] * len(prompts))
+                model = wrap_transformer(
+                    pipe.transformer, pipe.scheduler.config,
+                    cond={"encoder_hidden_states": pe, "pooled_projections": pooled},
+                    **({"uncond": {"encoder_hidden_states": ne, "pooled_projections": npooled},
+                        "guidance_scale": float(guidance)} if cfg_on else {}))
+    if max_batch is not None:
+        model.net = _micro_batched(model.net, max_batch)
+    shape = latent_shape(pipe, height, width)
+    model.sample_shape = shape
+    return PipelineModel(model, shape, kind, prompts)
+
+
+def _micro_batched(net, max_batch: int):
+    """net(x, t[, cond]) in slices of at most max_batch rows (cond sliced alike)."""
+    def run(x, t, *cond):
+        if x.shape[0] <= max_batch:
+            return net(x, t, *cond)
+        outs = []
+        for i in range(0, x.shape[0], max_batch):
+            sl = slice(i, i + max_batch)
+            outs.append(net(x[sl], t[sl], *(_slice(c, sl, x.shape[0]) for c in cond)))
+        return torch.cat(outs)
+    return run
+
+
+def _slice(cond, sl, b):
+    if isinstance(cond, dict):
+        return {k: _slice(v, sl, b) for k, v in cond.items()}
+    if isinstance(cond, (tuple, list)):
+        return type(cond)(_slice(v, sl, b) for v in cond)
+    if isinstance(cond, torch.Tensor) and cond.dim() >= 1 and cond.shape[0] == b:
+        return cond[sl]
+    return cond
+
+
+def generate(pipe, schedule: Schedule, prompts: list[str] | None = None, guidance: float | None = None,
+             num_images: int = 1, seed: int = 0, height: int | None = None, width: int | None = None,
+             output_type: str = "pil"):
+    """Images from the pipeline with `schedule` in a USFScheduler, on noise drawn from `seed`
+    (prompt i mod P for image i); the pipeline's own scheduler is put back afterwards."""
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule: must be a usf_fast.Schedule, got {type(schedule).__name__}")
+    sched = USFScheduler.from_config(pipe.scheduler.config, schedule=schedule)
+    return _run(pipe, sched, schedule.nfe, prompts, guidance, num_images, seed, height, width, output_type)
+
+
+def generate_preset(pipe, preset: str, nfe: int, prompts=None, guidance=None, num_images: int = 1, seed: int = 0,
+                    height=None, width=None, output_type: str = "pil"):
+    """The same noise through a preset at NFE `nfe` (for a side-by-side comparison)."""
+    sched = USFScheduler.from_config(pipe.scheduler.config, preset=preset)
+    return _run(pipe, sched, nfe, prompts, guidance, num_images, seed, height, width, output_type)
+
+
+def _run(pipe, sched, nfe, prompts, guidance, num_images, seed, height, width, output_type):
+    kind = _kind(pipe)
+    if not isinstance(num_images, int) or num_images < 1:
+        raise ValueError(f"--num-images {num_images}: must be a positive integer")
+    original = pipe.scheduler
+    pipe.scheduler = sched
+    try:
+        shape = latent_shape(pipe, height, width)
+        g = torch.Generator().manual_seed(seed)
+        if kind == "unconditional":
+            if sched.schedule is not None and sched.schedule.afs:
+                raise ValueError(f"{type(pipe).__name__}: has no latents= argument, so an AFS schedule cannot get its "
+                                 "first input there; search with --option afs=false, or run it with usf_fast.sample")
+            with torch.no_grad():
+                return pipe(batch_size=num_images, num_inference_steps=nfe, generator=g, output_type=output_type).images
+        if not prompts:
+            raise ValueError(f"--prompt: {type(pipe).__name__} is a text-to-image pipeline; give a prompt")
+        noise = torch.randn(num_images, *shape, generator=g).to(pipe._execution_device)
+        # SD3 never calls scale_model_input: an AFS schedule gets its first input as the latents
+        latents = sched.first_input(noise) if kind == "sd3" and sched.schedule is not None else noise
+        prompt = [prompts[i % len(prompts)] for i in range(num_images)]
+        kw = dict(prompt=prompt, num_inference_steps=nfe, latents=latents, output_type=output_type,
+                  height=shape[1] * (pipe.vae_scale_factor if getattr(pipe, "vae", None) is not None else 1),
+                  width=shape[2] * (pipe.vae_scale_factor if getattr(pipe, "vae", None) is not None else 1))
+        if guidance is not None:
+            kw["guidance_scale"] = guidance
+        with torch.no_grad():
+            return pipe(**kw).images
+    finally:
+        pipe.scheduler = original

@@ -84,7 +84,7 @@ def test_sample_with_explicit_backend(capsys):
     (["search", "--model", "cifar10", "--out", "OUT"], "use an embedded model"),
     (["search", "--metric", "fid", "--out", "OUT", "--budget", "5"], "needs fid_stats="),
     (["search", "--device", "gpu0", "--out", "OUT"], "--device 'gpu0': use auto, cpu, cuda or cuda:N"),
-    (["search", "--chunk", "0", "--out", "OUT", "--budget", "5"], "chunk=0: must be a positive integer"),
+    (["search", "--chunk", "0", "--out", "OUT", "--budget", "5"], "--chunk 0: must be >= 1"),
 ])
 def test_bad_search_input_is_one_clear_line(tmp_path, capsys, argv, match):
     argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]

@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # bottom to top; a module may import any module of a lower layer, and inside a sub-package
 # (models, adapters, search) its siblings, as long as there is no cycle
 LAYERS = [
-    ("math", ["_version", "coefficients", "noise_schedules", "walk"]),
+    ("math", ["_version", "files", "coefficients", "noise_schedules", "walk"]),
     ("data", ["schedule", "model"]),
     ("presets", ["presets"]),
     ("program", ["program", "checks"]),

@@ -61,11 +61,12 @@ def initial_state(ns: NoiseSchedule, schedule: Schedule, noise=None, shape=None,
         if not isinstance(noise, torch.Tensor):
             raise ValueError(f"noise: must be a torch.Tensor, got {type(noise).__name__}")
         if not noise.is_floating_point():
-            raise ValueError(f"noise: must be a floating tensor, got dtype {noise.dtype}")
+            raise ValueError(f"noise: must be a real floating tensor, got dtype {noise.dtype}")
         if noise.dim() < 1:
             raise ValueError("noise: needs a batch dimension")
         if dtype is not None or device is not None:
             noise = noise.to(dtype=dtype or noise.dtype, device=device or noise.device)
+        noise = noise.contiguous()   # e.g. a transposed view: the kernels read flat memory
     return noise * ns.prior_std(schedule.timesteps[0])
 
 

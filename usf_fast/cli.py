@@ -17,6 +17,7 @@ from . import presets as P
 from ._version import __version__
 from .api import sample
 from .backends import BACKENDS, backend_status, resolve_backend
+from .files import atomic_write
 from .metrics import reference_distance, reference_samples, sample_metrics
 from .model import DiffusionModel
 from .models import EMBEDDED_MODELS, embedded_model
@@ -51,6 +52,26 @@ def _parse_options(items) -> dict:
     return out
 
 
+def _ints(flag: str, text: str, minimum: int = 1) -> list[int]:
+    """A comma-separated list of integers >= minimum, or a ValueError naming the flag."""
+    try:
+        vals = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: must be comma-separated integers") from None
+    for v in vals:
+        if v < minimum:
+            raise ValueError(f"{flag} {v}: must be >= {minimum}")
+    return vals
+
+
+def _check_counts(args, *flags) -> None:
+    """Integer flags that must be >= 1 (sample counts, budgets)."""
+    for flag in flags:
+        v = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if v is not None and v < 1:
+            raise ValueError(f"{flag} {v}: must be >= 1")
+
+
 def _build_schedule(args, ns) -> Schedule:
     if args.schedule:
         return Schedule.from_json(args.schedule)
@@ -63,6 +84,9 @@ def _build_schedule(args, ns) -> Schedule:
 
 
 def _model_and_noise(args):
+    _check_counts(args, "--num-samples")
+    if args.seed < 0:
+        raise ValueError(f"--seed {args.seed}: must be >= 0")
     model = embedded_model(args.model, _noise_schedule(args.noise_schedule))
     ns = model.noise_schedule
     g = torch.Generator().manual_seed(args.seed)
@@ -73,6 +97,7 @@ def _model_and_noise(args):
 def cmd_sample(args) -> int:
     if args.grid_size < 1:
         raise ValueError(f"--grid-size {args.grid_size}: must be >= 1")
+    _check_output_files(args)
     ns, model, noise = _model_and_noise(args)
     schedule = _build_schedule(args, ns)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
@@ -102,10 +127,17 @@ def _print_metrics(m: dict, model_name: str) -> None:
         print(f"nll      {m['nll']:.6g}   (exact negative log-likelihood per dimension, nats)")
 
 
+def _check_output_files(args) -> None:
+    for flag, path in (("--out", args.out), ("--save-schedule", args.save_schedule), ("--grid", args.grid)):
+        if path and os.path.isdir(path):
+            raise ValueError(f"{flag} {path}: is a folder; give a file path")
+
+
 def _write_outputs(args, model, schedule: Schedule, x: torch.Tensor, m: dict) -> None:
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        torch.save({"samples": x, "schedule": schedule.to_dict(), "metrics": m, "nfe": schedule.nfe}, args.out)
+        atomic_write(args.out, lambda f: torch.save({"samples": x, "schedule": schedule.to_dict(), "metrics": m,
+                                                    "nfe": schedule.nfe}, f))
         print(f"wrote {args.out}")
     if args.save_schedule:
         schedule.to_json(args.save_schedule)
@@ -152,13 +184,13 @@ def _write_picture(model, x, path, title, n):
     else:
         raise ValueError(f"--grid: samples of shape {tuple(x.shape[1:])} are neither images (C in 1, 3) nor 2-D points")
     ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
 
 
 def cmd_compare(args) -> int:
     ns, model, noise = _model_and_noise(args)
-    nfes = [int(v) for v in args.nfe.split(",")]
+    nfes = _ints("--nfe", args.nfe)
     spacings = args.spacings.split(",") if args.spacings else list(P.spacings_for(ns))
     for sp in spacings:
         if sp not in P.spacings_for(ns):
@@ -220,16 +252,30 @@ def cmd_search(args) -> int:
     device = _search_device(args.device)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _search(args, 0, device)
+    import datetime
+
     import torch.distributed as dist  # launched by torchrun
+    if not (math.isfinite(args.dist_timeout) and args.dist_timeout > 0):
+        raise ValueError(f"--dist-timeout {args.dist_timeout}: must be a number of seconds > 0")
     owned = not dist.is_initialized()
     if owned:
-        dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if torch.device(device).type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=args.dist_timeout))
     try:
         code = _search(args, dist.get_rank(), device)
         dist.barrier()   # rank 0 writes the outputs; no process leaves the group while another still uses it
+    except RuntimeError as e:   # gloo / nccl: a peer died, was stopped, or never answered
+        if "ValueError" in type(e).__name__:
+            raise
+        raise ValueError(f"a peer process of this torchrun job is gone or stalled (no answer within --dist-timeout "
+                         f"{args.dist_timeout:g} s: {_one_line(e)[:200]}); the log keeps the evaluations made: rerun "
+                         "with --resume") from None
     finally:
         if owned:
-            dist.destroy_process_group()
+            try:
+                dist.destroy_process_group()
+            except RuntimeError:
+                pass
     return code
 
 
@@ -270,7 +316,24 @@ def _pipeline_model(args, device: str):
     return pm.model, pm.shape
 
 
+def _check_search_args(args) -> None:
+    """Every number a search takes, checked before anything is loaded or written."""
+    _check_counts(args, "--budget", "--samples", "--samples2", "--heldout", "--chunk", "--reference-nfe")
+    if args.seed < 0:
+        raise ValueError(f"--seed {args.seed}: must be >= 0")
+    if args.max_minutes is not None and not (math.isfinite(args.max_minutes) and args.max_minutes >= 0):
+        raise ValueError(f"--max-minutes {args.max_minutes}: must be a finite number >= 0")
+    if args.metric in ("exact", "fd", "fid"):
+        for flag in ("--samples", "--samples2", "--heldout"):
+            if getattr(args, flag[2:]) < 2:
+                raise ValueError(f"{flag} {getattr(args, flag[2:])}: metric {args.metric} (a Fréchet distance) needs "
+                                 "at least 2 samples")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out}: exists and is not a folder")
+
+
 def _search(args, rank: int, device: str) -> int:
+    _check_search_args(args)
     # imported here: the search (scipy.stats, the predictors) adds 0.4 s to every other command's start
     from .search import s3_search
     from .search.report import plot_metric_vs_nfe, plot_schedule
@@ -282,11 +345,8 @@ def _search(args, rank: int, device: str) -> int:
             raise ValueError(f"{', '.join(given)}: only for --model diffusers:DIR (a saved diffusers pipeline)")
         model, shape = load_model(args.model, args.noise_schedule), None
     if args.shape:
-        shape = tuple(int(v) for v in args.shape.split(","))
-    nfes = [int(v) for v in str(args.nfe).split(",")]
-    for n in nfes:
-        if n < 1:
-            raise ValueError(f"--nfe {n}: must be >= 1")
+        shape = tuple(_ints("--shape", args.shape))
+    nfes = _ints("--nfe", args.nfe)
     metric_options = {"stats": args.fid_stats, "weights": args.fid_weights, "device": device} if args.metric == "fid" else None
     logs = [os.path.join(args.out, f"log_nfe{n}.jsonl") for n in nfes]
     if args.resume and not any(os.path.exists(p) for p in logs):
@@ -320,8 +380,8 @@ def _search(args, rank: int, device: str) -> int:
         lines.append(f"{n:4d}  {r.best_metric:10.5g}  {r.best_preset[1]:11.5g}  {r.improvement:+11.1%}  {r.best_preset[0]}")
     table = "\n".join(lines)
     print(f"held-out {args.metric} metric, lower is better:\n{table}")
-    with open(os.path.join(args.out, "summary.txt"), "w") as f:
-        f.write(table + "\n\n" + "\n\n".join(r.summary() for r in results.values()) + "\n")
+    atomic_write(os.path.join(args.out, "summary.txt"),
+                 table + "\n\n" + "\n\n".join(r.summary() for r in results.values()) + "\n")
     plot_metric_vs_nfe(results, os.path.join(args.out, "metric_vs_nfe.png"), args.metric)
     plot_schedule(last.best, model.noise_schedule, os.path.join(args.out, "schedule.png"))
     print(f"wrote {args.out}/best.json, summary.txt, metric_vs_nfe.png, schedule.png, log_nfe*.jsonl "
@@ -349,7 +409,7 @@ def cmd_generate(args) -> int:
     paths = []
     for i, img in enumerate(images):
         paths.append(os.path.join(args.out, f"image_{i}.png"))
-        img.save(paths[-1])
+        atomic_write(paths[-1], lambda f, img=img: img.save(f, format="PNG"))
     print(f"{len(images)} images, NFE {schedule.nfe} ({schedule.name or 'schedule'}), {time.perf_counter() - t0:.1f} s: "
           f"{args.out}/image_*.png")
     if args.compare:
@@ -358,7 +418,8 @@ def cmd_generate(args) -> int:
         from torchvision.utils import make_grid, save_image
         rows = [to_tensor(im) for im in images] + [to_tensor(im) for im in other]
         path = os.path.join(args.out, "compare.png")
-        save_image(make_grid(torch.stack(rows), nrow=len(images), padding=2, pad_value=1.0), path)
+        grid = make_grid(torch.stack(rows), nrow=len(images), padding=2, pad_value=1.0)
+        atomic_write(path, lambda f: save_image(grid, f, format="png"))
         print(f"{path}: top row the schedule, bottom row {args.compare} at NFE {schedule.nfe}, the same noise")
     return 0
 
@@ -475,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--chunk", type=int, default=8,
                    help="candidates evaluated in one batch (chunk x samples rows through the model; default 8, "
                         "larger is faster on a GPU for small models)")
+    q.add_argument("--dist-timeout", type=float, default=300.0,
+                   help="under torchrun: seconds to wait for a peer process before stopping with an error (default 300)")
     q.add_argument("--reference-nfe", type=int, default=200, help="steps of the reference solve (metric ref; default 200)")
     q.add_argument("--reference-dtype", default="float64", choices=("float64", "float32"),
                    help="precision of the reference solve (default float64)")
@@ -507,12 +570,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(text: str) -> str:
+    """An error message as one printable line: newlines folded, control characters escaped."""
+    text = " ".join(str(text).split())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"usf-fast {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"usf-fast {args.command}: interrupted (a search's log keeps its evaluations: --resume continues it)",
+              file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as e:   # bad input, and files: missing, a folder, read-only, ...
+        print(f"usf-fast {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:   # anything else a user's input reached: still one line (the traceback on request)
+        if os.environ.get("USF_FAST_TRACEBACK"):
+            raise
+        print(f"usf-fast {args.command}: error: {type(e).__name__}: {_one_line(e)} "
+              "(USF_FAST_TRACEBACK=1 shows the traceback)", file=sys.stderr)
         return 2
 
 

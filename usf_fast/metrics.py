@@ -100,7 +100,7 @@ class FID:
             if not os.path.exists(weights):
                 raise ValueError(f"fid weights {weights!r}: file not found")
             original = inc.load_state_dict_from_url
-            inc.load_state_dict_from_url = lambda *a, **k: torch.load(weights, map_location="cpu")
+            inc.load_state_dict_from_url = lambda *a, **k: torch.load(weights, map_location="cpu", weights_only=True)
             try:
                 self.net = inc.InceptionV3([inc.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
             finally:

@@ -148,8 +148,14 @@ class DiffusionModel:
                             _cat_cond(_broadcast(self.uncond, b), _broadcast(self.cond, b)))
             out_u, out_c = both.chunk(2)
             out = out_u + self.guidance_scale * (out_c - out_u)
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"net: returned {type(out).__name__}, must return a torch.Tensor shaped like x")
         if out.shape != x.shape:
             raise ValueError(f"net output shape {tuple(out.shape)} differs from input shape {tuple(x.shape)}")
+        if out.dtype != x.dtype:   # e.g. a float64 head on float32 samples: every path computes in x's dtype
+            if not out.is_floating_point():
+                raise ValueError(f"net: returned dtype {out.dtype}; it must return real floating-point values")
+            out = out.to(x.dtype)
         return out.contiguous()  # e.g. out[:, :3] of a learned-variance net; the kernels read flat memory
 
     # ---- linear conversions ----------------------------------------------------------------

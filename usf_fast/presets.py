@@ -32,6 +32,7 @@ __all__ = ["ALL_SPACINGS", "DIFFUSERS_FLOW_GRIDS", "FLOW_SPACINGS", "diffusers_f
            "get", "describe", "standard_variants", "standard_schedules"]
 
 SPACINGS = ("logSNR", "time_uniform", "time_quadratic", "karras")
+MAX_NFE = 1000
 DIFFUSERS_FLOW_GRIDS = ("flow_euler", "flow_dpm", "flow_unipc")
 FLOW_SPACINGS = ("flow_shift",) + DIFFUSERS_FLOW_GRIDS
 ALL_SPACINGS = SPACINGS + FLOW_SPACINGS
@@ -151,6 +152,12 @@ def _diffusers_flow_grid(ns, spacing: str, num_points: int, shift: float, t_star
 def _num_steps(nfe, afs: bool, denoise_to_zero: bool, name: str) -> int:
     if not isinstance(nfe, (int, np.integer)) or isinstance(nfe, bool):
         raise ValueError(f"{name}: nfe={nfe!r} must be an integer")
+    for field, v in (("afs", afs), ("denoise_to_zero", denoise_to_zero)):
+        if not isinstance(v, (bool, np.bool_)):
+            raise ValueError(f"{name}: {field}={v!r} must be true or false")
+    if nfe > MAX_NFE:
+        raise ValueError(f"{name}: nfe={nfe} is more than {MAX_NFE} (the most a schedule may have; few-step "
+                         "sampling needs far fewer)")
     n = int(nfe) + int(afs) - int(denoise_to_zero)
     if nfe < 1 or n < 1:
         raise ValueError(f"{name}: nfe={nfe} is too small (needs at least {1 + int(denoise_to_zero) - int(afs)} "

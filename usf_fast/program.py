@@ -24,7 +24,7 @@ from .coefficients import update_weights
 from .noise_schedules import NoiseSchedule
 from .walk import analytic_first_step, walk
 
-__all__ = ["StepWeights", "step_weights", "Expr", "Node", "Program", "trace", "START", "MEAN"]
+__all__ = ["MIN_GAP_RATIO", "check_conditioning", "StepWeights", "step_weights", "Expr", "Node", "Program", "trace", "START", "MEAN"]
 
 START, MEAN = 0, 1
 
@@ -63,12 +63,42 @@ def _weights(tables, target: int, step, corrector: bool) -> StepWeights:
     return StepWeights(step.prediction, s, a, (s,) + pts, (w_s,) + tuple(float(v) for v in w_p))
 
 
+#: Derivative estimates divide differences of model outputs by λ-gaps between the points a step
+#: combines. Rounding errors of relative size u in those outputs reach the result amplified by about
+#: h/g (h: the step's λ-size, g: the smallest gap between its points). Float32 outputs carry
+#: u ≈ 6e-8, so g >= 1e-4·h keeps that part below ~6e-4 of the outputs, under the method error of a
+#: few-step solver; points closer than this are refused (in float64 the same bound leaves the
+#: rounding part below 1e-11). docs/design.md, "Errors".
+MIN_GAP_RATIO = 1e-4
+
+
+def check_conditioning(schedule, noise_schedule: NoiseSchedule, lam=None) -> None:
+    """ValueError naming the step whose derivative estimate uses points closer in λ than
+    `MIN_GAP_RATIO` of its size (nearly coincident times): its coefficients would blow up rounding
+    errors instead of sampling."""
+    if lam is None:
+        lam = np.asarray(noise_schedule.marginal_lambda(np.asarray(schedule.timesteps, dtype=np.float64)))
+    for i, st in enumerate(schedule.steps, 1):
+        if st.order == 1 and st.corrector == "none":
+            continue   # no derivative estimate
+        pts = sorted({st.start, i, *st.points})
+        vals = np.sort(np.asarray([lam[j] for j in pts]))
+        h = abs(lam[i] - lam[st.start])
+        gap = float(np.min(np.diff(vals))) if len(vals) > 1 else h
+        if not gap >= MIN_GAP_RATIO * h:
+            raise ValueError(f"steps[{i - 1}]: its points {pts} (times {[schedule.timesteps[j] for j in pts]}) are "
+                             f"nearly coincident: a λ-gap of {gap:.3g} against a step of {h:.3g} (need >= "
+                             f"{MIN_GAP_RATIO:g} of it) makes the derivative estimate amplify rounding errors; "
+                             "move the times apart or lower this step's order")
+
+
 def step_weights(schedule, noise_schedule: NoiseSchedule) -> list:
     """Per step: (predictor weights, corrector weights or None), host float64. The corrector is
     UniC's: the same start, order n + 1, the step's own target as one more active point."""
     t = np.asarray(schedule.timesteps, dtype=np.float64)
     tables = tuple([float(v) for v in f(t)] for f in (noise_schedule.marginal_lambda, noise_schedule.marginal_alpha,
                                                        noise_schedule.marginal_std))
+    check_conditioning(schedule, noise_schedule, tables[0])
     out = []
     for i, st in enumerate(schedule.steps, 1):
         pred = _weights(tables, i, st, corrector=False)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from .coefficients import RELAX_KINDS
+from .files import atomic_write, printable
 from .walk import count_evaluations, evaluation_points
 
 __all__ = ["Step", "Schedule", "SCHEDULE_FORMAT", "SCHEDULE_VERSION"]
@@ -38,6 +39,9 @@ SCHEDULE_VERSION = 1
 PREDICTIONS = ("data", "noise")
 CORRECTORS = ("none", "pseudo", "implicit")
 MAX_ORDER = 4
+MAX_RELAX_COEF = 1e3
+MAX_FILE_BYTES = 4_000_000   # a 1,000-step schedule with every field spelled out is ~0.4 MB
+MAX_STEPS = 1000   # steps per schedule (so NFE <= about 1,000): covers real use, bounds the work of a bad file
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,17 @@ class Step:
 _STEP_FIELDS = {f.name for f in dataclasses.fields(Step)}
 
 
+def _short(v) -> str:
+    """repr(v) cut to a readable length (a 400-digit number in a file is still named)."""
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
 def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    try:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    except OverflowError:   # an integer too large for a float
+        return False
 
 
 class Schedule:
@@ -92,9 +105,9 @@ class Schedule:
             raise ValueError(f"steps: got {len(steps)} steps for {len(ts)} timesteps; need exactly "
                              f"len(timesteps) - 1 = {n_steps}")
         if not isinstance(afs, bool):
-            raise ValueError(f"afs={afs!r}: must be True or False")
+            raise ValueError(f"afs={_short(afs)}: must be True or False")
         if not isinstance(denoise_to_zero, bool):
-            raise ValueError(f"denoise_to_zero={denoise_to_zero!r}: must be True or False")
+            raise ValueError(f"denoise_to_zero={_short(denoise_to_zero)}: must be True or False")
         self.timesteps: tuple[float, ...] = ts
         self.steps: tuple[Step, ...] = tuple(_resolve_step(s, i + 1) for i, s in enumerate(steps))
         self.afs = afs
@@ -127,7 +140,7 @@ class Schedule:
         the same times as evaluations `evaluation`.. of this schedule, so its NFE is the rest."""
         pts = self.evaluation_points()
         if not isinstance(evaluation, int) or isinstance(evaluation, bool) or not 0 <= evaluation < len(pts):
-            raise ValueError(f"evaluation={evaluation!r}: must be an evaluation index 0..{len(pts) - 1}")
+            raise ValueError(f"evaluation={_short(evaluation)}: must be an evaluation index 0..{len(pts) - 1}")
         if evaluation == 0 and not self.afs:
             return self
         p = pts[evaluation]
@@ -172,9 +185,9 @@ class Schedule:
         if not isinstance(d, dict):
             raise ValueError(f"schedule JSON: top level must be an object, got {type(d).__name__}")
         if d.get("format") != SCHEDULE_FORMAT:
-            raise ValueError(f"schedule JSON: format={d.get('format')!r}, expected {SCHEDULE_FORMAT!r}")
+            raise ValueError(f"schedule JSON: format={_short(d.get('format'))}, expected {SCHEDULE_FORMAT!r}")
         if d.get("version") != SCHEDULE_VERSION:
-            raise ValueError(f"schedule JSON: version={d.get('version')!r} is not supported "
+            raise ValueError(f"schedule JSON: version={_short(d.get('version'))} is not supported "
                              f"(this usf_fast reads version {SCHEDULE_VERSION})")
         unknown = set(d) - {"format", "version", "name", "timesteps", "afs", "denoise_to_zero", "steps", "meta"}
         if unknown:
@@ -184,6 +197,12 @@ class Schedule:
                 raise ValueError(f"schedule JSON: missing field {key!r}")
         if not isinstance(d["steps"], list):
             raise ValueError("schedule JSON: steps must be a list of objects")
+        if not isinstance(d["timesteps"], list):
+            raise ValueError("schedule JSON: timesteps must be a list of numbers")
+        if d.get("meta") is not None and not isinstance(d["meta"], dict):
+            raise ValueError(f"schedule JSON: meta must be an object, got {type(d['meta']).__name__}")
+        if d.get("name") is not None and not isinstance(d["name"], str):
+            raise ValueError(f"schedule JSON: name must be a string, got {type(d['name']).__name__}")
         return cls(d["timesteps"], d["steps"], afs=d.get("afs", False),
                    denoise_to_zero=d.get("denoise_to_zero", False), name=d.get("name"),
                    meta=d.get("meta") or {})
@@ -192,10 +211,7 @@ class Schedule:
         """Write the schedule to `path` (atomically) and return the JSON text."""
         text = json.dumps(self.to_dict(), indent=1)
         if path is not None:
-            tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.write(text + "\n")
-            os.replace(tmp, path)
+            atomic_write(path, text + "\n")
         return text
 
     @classmethod
@@ -205,12 +221,22 @@ class Schedule:
         if s.lstrip().startswith("{"):
             text = s
         else:
-            with open(s) as f:
-                text = f.read()
+            if os.path.isdir(s):
+                raise ValueError(f"schedule file {s}: is a folder, not a JSON file")
+            if os.path.exists(s) and os.path.getsize(s) > MAX_FILE_BYTES:
+                raise ValueError(f"schedule file {s}: {os.path.getsize(s):,} bytes, more than a schedule of "
+                                 f"{MAX_STEPS} steps needs ({MAX_FILE_BYTES:,})")
+            try:
+                with open(s, encoding="utf-8") as f:
+                    text = f.read()
+            except UnicodeDecodeError:
+                raise ValueError(f"schedule file {s}: not UTF-8 text (a schedule is a JSON file)") from None
         try:
             d = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"schedule JSON: malformed ({e})") from None
+        except RecursionError:
+            raise ValueError("schedule JSON: nested too deeply to be a schedule") from None
         return cls.from_dict(d)
 
     def __eq__(self, other) -> bool:
@@ -234,7 +260,7 @@ class Schedule:
     # ---- display -------------------------------------------------------------------------
     def summary(self, time_name: str = "t") -> str:
         """One line per step."""
-        head = (f"Schedule {self.name or ''}".rstrip() + f": {len(self.steps)} steps, NFE {self.nfe}"
+        head = (f"Schedule {printable(self.name or '')}".rstrip() + f": {len(self.steps)} steps, NFE {self.nfe}"
                 + (", AFS" if self.afs else "") + (", denoise-to-zero" if self.denoise_to_zero else ""))
         lines = [head, f"  point 0: {time_name}={self.timesteps[0]:.6g}"
                  + ("  (analytical first step)" if self.afs else "")]
@@ -256,10 +282,17 @@ class Schedule:
 
 
 def _check_timesteps(timesteps) -> tuple[float, ...]:
+    if isinstance(timesteps, (str, bytes, dict)) or not hasattr(timesteps, "__len__"):
+        raise ValueError(f"timesteps: must be a list of numbers, got {type(timesteps).__name__}")
+    if len(timesteps) - 1 > MAX_STEPS:
+        raise ValueError(f"timesteps: {len(timesteps)} values, more than {MAX_STEPS} steps (the most a schedule may "
+                         "have; few-step sampling needs far fewer)")
     try:
         ts = [float(t) for t in timesteps]
-    except (TypeError, ValueError):
-        raise ValueError("timesteps: must be a sequence of numbers") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError("timesteps: must be a list of numbers (each within float range)") from None
+    if any(isinstance(t, bool) for t in timesteps):
+        raise ValueError("timesteps: must be numbers, not true/false")
     if len(ts) < 2:
         raise ValueError(f"timesteps: need at least 2 values (start and end), got {len(ts)}")
     for i, t in enumerate(ts):
@@ -293,12 +326,12 @@ def _resolve_step(s: Step | dict, i: int) -> Step:
     elif not isinstance(s, Step):
         raise ValueError(f"{where}: must be a Step or a dict, got {type(s).__name__}")
     if s.prediction not in PREDICTIONS:
-        raise ValueError(f"{where}.prediction={s.prediction!r}: must be one of {', '.join(PREDICTIONS)}")
+        raise ValueError(f"{where}.prediction={_short(s.prediction)}: must be one of {', '.join(PREDICTIONS)}")
     if not isinstance(s.order, int) or isinstance(s.order, bool) or not 1 <= s.order <= MAX_ORDER:
-        raise ValueError(f"{where}.order={s.order!r}: expansion order must be an integer 1..{MAX_ORDER}")
+        raise ValueError(f"{where}.order={_short(s.order)}: expansion order must be an integer 1..{MAX_ORDER}")
     start = i - 1 if s.start is None else s.start
     if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= i - 1:
-        raise ValueError(f"{where}.start={s.start!r}: must be a point index 0..{i - 1}")
+        raise ValueError(f"{where}.start={_short(s.start)}: must be a point index 0..{i - 1}")
     if s.points is None:
         points = tuple(itertools.islice((j for j in range(i - 1, -1, -1) if j != start), s.order - 1))
         if len(points) < s.order - 1:
@@ -309,7 +342,7 @@ def _resolve_step(s: Step | dict, i: int) -> Step:
         try:
             points = tuple(s.points)
         except TypeError:
-            raise ValueError(f"{where}.points={s.points!r}: must be a list of point indices") from None
+            raise ValueError(f"{where}.points={_short(s.points)}: must be a list of point indices") from None
         for j in points:
             if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j <= i - 1:
                 raise ValueError(f"{where}.points: {j!r} is not a point index 0..{i - 1}")
@@ -322,16 +355,19 @@ def _resolve_step(s: Step | dict, i: int) -> Step:
                              f"points={list(points)} has {len(points)}")
     for name in ("relax", "corrector_relax"):
         if getattr(s, name) not in RELAX_KINDS:
-            raise ValueError(f"{where}.{name}={getattr(s, name)!r}: must be one of {', '.join(RELAX_KINDS)}")
+            raise ValueError(f"{where}.{name}={_short(getattr(s, name))}: must be one of {', '.join(RELAX_KINDS)}")
     for name, kind in (("relax_coef", s.relax), ("corrector_relax_coef", s.corrector_relax)):
         v = getattr(s, name)
         if not _finite(v):
-            raise ValueError(f"{where}.{name}={v!r}: must be a finite number")
+            raise ValueError(f"{where}.{name}={_short(v)}: must be a finite number")
+        if abs(v) > MAX_RELAX_COEF:
+            raise ValueError(f"{where}.{name}={_short(v)}: |c| must be <= {MAX_RELAX_COEF:g} (the linear relaxation "
+                             "ρ = 1 + c·h; the search explores |c| <= 2)")
         if kind != "linear" and v != 0:
-            raise ValueError(f"{where}.{name}={v!r}: only used with relax 'linear'; set it to 0 or the kind to 'linear'")
+            raise ValueError(f"{where}.{name}={_short(v)}: only used with relax 'linear'; set it to 0 or the kind to 'linear'")
     if not _finite(s.d2_scale):
-        raise ValueError(f"{where}.d2_scale={s.d2_scale!r}: must be a finite number")
+        raise ValueError(f"{where}.d2_scale={_short(s.d2_scale)}: must be a finite number")
     if s.corrector not in CORRECTORS:
-        raise ValueError(f"{where}.corrector={s.corrector!r}: must be one of {', '.join(CORRECTORS)}")
+        raise ValueError(f"{where}.corrector={_short(s.corrector)}: must be one of {', '.join(CORRECTORS)}")
     return s.replace(start=start, points=points, relax_coef=float(s.relax_coef), d2_scale=float(s.d2_scale),
                      corrector_relax_coef=float(s.corrector_relax_coef))

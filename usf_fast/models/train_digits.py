@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..files import atomic_write
 from ..noise_schedules import NoiseScheduleFlow, NoiseScheduleVP
 from .digits import FEATURES_FILE, FLOW_UNET_FILE, UNET_FILE, FeatureNet, TinyUNet, digits_data
 
@@ -128,17 +129,17 @@ def main(argv=None) -> int:
     if args.only in (None, "features"):
         t0 = time.time()
         ckpt = train_features(args.feature_steps, seed=args.seed, threads=args.threads)
-        torch.save(ckpt, os.path.join(args.out, FEATURES_FILE))
+        atomic_write(os.path.join(args.out, FEATURES_FILE), lambda f, c=ckpt: torch.save(c, f))
         print(f"feature network: train accuracy {ckpt['meta']['train_accuracy']:.4f} ({time.time() - t0:.0f} s)")
     if args.only in (None, "unet"):
         t0 = time.time()
         ckpt = train_unet(args.unet_steps, seed=args.seed, threads=args.threads)
-        torch.save(ckpt, os.path.join(args.out, UNET_FILE))
+        atomic_write(os.path.join(args.out, UNET_FILE), lambda f, c=ckpt: torch.save(c, f))
         print(f"UNet: final loss {ckpt['meta']['final_loss']:.4f} ({time.time() - t0:.0f} s)")
     if args.only in (None, "unet-flow"):
         t0 = time.time()
         ckpt = train_unet(args.flow_steps, seed=args.seed, threads=args.threads, objective="flow")
-        torch.save(ckpt, os.path.join(args.out, FLOW_UNET_FILE))
+        atomic_write(os.path.join(args.out, FLOW_UNET_FILE), lambda f, c=ckpt: torch.save(c, f))
         print(f"flow UNet: final loss {ckpt['meta']['final_loss']:.4f} ({time.time() - t0:.0f} s)")
     print(f"wrote {args.out}")
     return 0

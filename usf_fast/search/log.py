@@ -104,6 +104,8 @@ class SearchLog:
 def _parse(path) -> tuple[list[dict], bytes, int]:
     """(header and records, the unfinished text after the last newline, the bytes before it) of a
     log file. A corrupt complete line, or a file without a header, is a ValueError naming it."""
+    if os.path.isdir(path):
+        raise ValueError(f"log {path}: is a folder, not a search log")
     with open(path, "rb") as f:
         raw = f.read()
     lines = raw.split(b"\n")
@@ -113,12 +115,35 @@ def _parse(path) -> tuple[list[dict], bytes, int]:
         if not line.strip():
             continue
         try:
-            parsed.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"log {path}: line {n} is corrupt ({e.msg}); fix or remove that line to resume") from None
+        except (RecursionError, UnicodeDecodeError):
+            raise ValueError(f"log {path}: line {n} is corrupt (not a JSON record); fix or remove that line") from None
+        why = _bad_record(rec, first=not parsed)
+        if why:
+            raise ValueError(f"log {path}: line {n} is corrupt ({why}); fix or remove that line to resume")
+        parsed.append(rec)
     if not parsed or parsed[0].get("type") != "header":
         raise ValueError(f"log {path}: no header line; not a usf_fast search log")
     return parsed, tail, len(raw) - len(tail)
+
+
+def _bad_record(rec, first: bool) -> str | None:
+    """What is wrong with a parsed log line, or None. Evaluations need a key, a fidelity, a
+    schedule object and a metric that is a finite number or null (+inf: the samples had NaN/inf);
+    a NaN metric is a damaged line, never a value."""
+    if not isinstance(rec, dict):
+        return f"a JSON {type(rec).__name__}, not an object"
+    if first or rec.get("type") != "eval":
+        return None
+    for field, kind in (("key", str), ("fidelity", str), ("schedule", dict)):
+        if not isinstance(rec.get(field), kind):
+            return f"an evaluation without a valid {field!r}"
+    m = rec.get("metric")
+    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m)):
+        return f"metric={m!r}: must be a finite number or null"
+    return None
 
 
 def read_evaluations(path, fidelity: str | None = None) -> list[dict]:

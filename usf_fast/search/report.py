@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..files import atomic_write
 from ..noise_schedules import NoiseSchedule
 from ..schedule import Schedule
 
@@ -39,7 +40,7 @@ def plot_metric_vs_nfe(results: dict, path: str, metric_name: str = "metric") ->
     ax.grid(alpha=0.3)
     # beside the axes, so no entry hides a point
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=130, bbox_inches="tight"))
     plt.close(fig)
 
 
@@ -63,5 +64,5 @@ def plot_schedule(schedule: Schedule, ns: NoiseSchedule, path: str) -> None:
     ax2.set_ylim(0, 5)
     ax2.set_xticks(range(0, n + 1))
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=130))
     plt.close(fig)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import presets as P
 from ..noise_schedules import NoiseSchedule
+from ..program import check_conditioning
 from ..schedule import Schedule, Step
 from .probe import PROBE_SCALES, gaussian_probe
 
@@ -102,7 +103,9 @@ class SearchSpace:
                               d2_scale=st.d2_scale, corrector="pseudo" if corr != "none" else "none",
                               corrector_relax=cr, corrector_relax_coef=ccoef))
         try:
-            return Schedule(ts, fixed, afs=afs, meta={"search": True})
+            s = Schedule(ts, fixed, afs=afs, meta={"search": True})
+            check_conditioning(s, self.noise_schedule)   # nearly coincident points: not a proposal
+            return s
         except ValueError:
             return None
 

@@ -75,3 +75,19 @@ def test_one_search_per_log_at_a_time(tmp_path):
         SearchLog(log, header, resume=True)
     first.close()
     SearchLog(log, header, resume=True).close()   # free again once the first is done
+
+
+def test_a_log_of_another_network_with_the_same_noise_schedule_is_refused(tmp_path):
+    """The header fingerprints the network (one fixed test call): the same noise schedule,
+    parameterisation and shape with another network is not the same search."""
+    import usf_fast
+    from usf_fast.models import embedded_model
+    from usf_fast.search import s3_search
+    model = embedded_model("gmm-2d")
+    opts = dict(budget=8, samples=(8, 8), heldout=8, progress=False, log_path=tmp_path / "log.jsonl")
+    s3_search(model, 2, **opts)
+    other = usf_fast.DiffusionModel(lambda x, t: 1.1 * model.net(x, t), model.noise_schedule, model.prediction,
+                                    model.time_input, data_mean=model.data_mean, sample_shape=model.sample_shape)
+    with pytest.raises(ValueError, match="written by a search with model="):
+        s3_search(other, 2, resume=True, **opts)
+    assert s3_search(model, 2, resume=True, **opts).cost["total"] == 1   # the same network resumes

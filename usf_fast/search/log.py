@@ -74,7 +74,7 @@ class SearchLog:
             raise ValueError(f"log {self.path}: written by an older usf_fast (its header has no settings); it cannot be "
                              "resumed by this version: delete it (or its --out folder) or choose another --out")
         for key in ("nfe", "seed", "metric", "settings", "shape", "model"):
-            if head.get(key) != self.header.get(key):
+            if not _same(key, head.get(key), self.header.get(key)):
                 raise ValueError(f"log {self.path}: written by a search with {key}={head.get(key)!r}, this one has "
                                  f"{key}={self.header.get(key)!r}; resume with the same settings")
         self.records = [r for r in parsed[1:] if r.get("type") == "eval"]
@@ -129,6 +129,31 @@ def _parse(path) -> tuple[list[dict], bytes, int]:
     return parsed, tail, len(raw) - len(tail)
 
 
+def _same(key: str, theirs, mine) -> bool:
+    """Header fields agree; the network's output fingerprint to 1e-3 (another device's rounding is
+    the same network), and logs written before it existed are compared without it."""
+    if key != "model" or not isinstance(theirs, dict) or not isinstance(mine, dict):
+        return theirs == mine
+    a, b = dict(theirs), dict(mine)
+    fa, fb = a.pop("output", None), b.pop("output", None)
+    if a != b:
+        return False
+    if fa is None:
+        return True
+    try:
+        return len(fa) == len(fb) and all(x == y if x is None or y is None else abs(x - y) <= 1e-3 * max(1.0, abs(x), abs(y))
+                                          for x, y in zip(fa, fb))
+    except TypeError:
+        return False
+
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:   # an integer beyond float range
+        return False
+
+
 def _bad_record(rec, first: bool) -> str | None:
     """What is wrong with a parsed log line, or None. Evaluations need a key, a fidelity, a
     schedule object and a metric that is a finite number or null (+inf: the samples had NaN/inf);
@@ -141,8 +166,8 @@ def _bad_record(rec, first: bool) -> str | None:
         if not isinstance(rec.get(field), kind):
             return f"an evaluation without a valid {field!r}"
     m = rec.get("metric")
-    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m)):
-        return f"metric={m!r}: must be a finite number or null"
+    if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not _finite(m)):
+        return f"metric={str(m)[:30]}: must be a finite number or null"
     return None
 
 

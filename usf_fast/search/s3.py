@@ -102,17 +102,23 @@ def _resolve_device(device) -> torch.device:
     return dev
 
 
-def _check_model(model: DiffusionModel, shape: tuple, device: torch.device, dtype: torch.dtype, t: float) -> None:
-    """One model call on one sample before the search starts, so a network on another device or a wrong
-    `shape` is a clear message instead of a failure inside the first batch."""
+def _check_model(model: DiffusionModel, shape: tuple, device: torch.device, dtype: torch.dtype, t: float) -> list:
+    """One model call on one fixed sample before the search starts, so a network on another device or
+    a wrong `shape` is a clear message instead of a failure inside the first batch. Returns the
+    network's fingerprint: mean and std of that call's output (the log's header records it, so
+    a log of another network is never resumed; docs/search.md)."""
+    x = torch.randn((1, *shape), generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
     try:
         with torch.no_grad():
-            model.predict(torch.zeros((1, *shape), dtype=dtype, device=device), t)
+            out = model.raw(x.to(dtype=dtype, device=device), torch.full((1,), float(t), dtype=dtype, device=device))
     except Exception as e:   # the user's network: any error it raises
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"model: a test call on one sample of shape {shape} ({dtype}, device {device}) failed: "
                          f"{first}. The network must accept tensors on the search's device (device=, --device) "
                          "and the per-sample shape (shape=, --shape)") from e
+    out = out.double()
+    stats = [float(out.mean()), float(out.std()) if out.numel() > 1 else 0.0]
+    return [v if math.isfinite(v) else None for v in stats]   # a NaN network: the search says so later
 
 
 def preset_candidates(ns, nfe: int, t_start=None, t_end=None) -> list[tuple[str, Schedule]]:
@@ -149,7 +155,7 @@ class S3Search:
             raise ValueError(f"space.nfe={self.space.nfe} differs from nfe={c.nfe}")
         self.shape = self._shape(c.shape, model)
         self.device = _resolve_device(c.device)
-        _check_model(model, self.shape, self.device, c.dtype, self.space.t_start)
+        fingerprint = _check_model(model, self.shape, self.device, c.dtype, self.space.t_start)
         self.rank, self.world = _dist()
         self.sets = {name: NoiseSet(self.shape, n, 1000 * c.seed + k, name, c.reference_nfe, c.reference_dtype)
                      for k, (name, n) in enumerate((("s1", c.samples[0]), ("s2", c.samples[1]), ("heldout", c.heldout)), 1)}
@@ -157,7 +163,8 @@ class S3Search:
         # the model's noise schedule, parameterisation and sample shape are part of what a log is
         # about: another model's log is never reused
         header = dict(self.config.identity(self.space, self.metric_name), shape=list(self.shape),
-                      model={"noise_schedule": self.ns.fingerprint(), "prediction": model.prediction})
+                      model={"noise_schedule": self.ns.fingerprint(), "prediction": model.prediction,
+                             "output": fingerprint})
         self.log = SearchLog(c.log_path, header, resume=c.resume, writer=(self.rank == 0))
         self.cache = self.log.cached()
         self.requested = self.new = 0

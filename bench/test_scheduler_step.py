@@ -48,8 +48,8 @@ def test_scheduler_loop(benchmark, impl, case, shape, nfe):
     sched.set_timesteps(nfe, device=DEVICE)
     numel = torch.Size(shape).numel()
     if impl == "copy-floor":
-        tables = sched._tables
-        mean_k = sum(len(c) for c in tables.cols[1:]) / nfe
+        plan = sched._tables.plan   # the bytes the plan's combinations move: inputs read + outputs written
+        mean_k = sum(len(op.inputs) + (2 if op.out2 is not None else 1) - 1 for op in plan.combines) / nfe
         src = torch.empty(int((mean_k + 1) * numel / 2) * nfe, device=DEVICE)
         dst = torch.empty_like(src)
         benchmark.extra_info.update(nfe=nfe, mean_inputs=mean_k)

@@ -212,3 +212,22 @@ def test_edm_config_round_trip(tmp_path):
     USFScheduler.from_config(cfg, schedule=s).save_config(tmp_path)
     back = USFScheduler.from_pretrained(tmp_path)
     assert back.edm and back.config.prediction_type == "v_prediction" and back.schedule == s
+
+
+@pytest.mark.gpu
+def test_step_makes_no_host_sync_on_cuda():
+    """On CUDA tensors a whole scheduler loop (AFS, corrector, final result) runs with
+    torch.cuda.set_sync_debug_mode("error"): no step synchronises with the host."""
+    sched = USFScheduler.from_config(DDPMScheduler().config, preset="unipc", preset_options={"order": 3, "afs": True})
+    sched.set_timesteps(6, device="cuda")
+    x = torch.randn(2, 4, 16, 16, device="cuda")
+    outs = [torch.randn(2, 4, 16, 16, device="cuda") for _ in range(6)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i, t in enumerate(sched.timesteps):
+            sched.scale_model_input(x, t)
+            x = sched.step(outs[i], t, x).prev_sample
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert x.is_cuda and x.shape == (2, 4, 16, 16)

@@ -4,11 +4,12 @@
     pipe.scheduler = USFScheduler.from_config(pipe.scheduler.config, schedule=my_schedule)   # or preset="unipc"
     images = pipe(num_inference_steps=my_schedule.nfe).images
 
-The schedule runs as its dense program (`usf_fast.dense`): `timesteps` are the schedule's
-evaluation times (in the DDPM index space, float: searched schedules need not land on integers),
-each `step` appends the model input and the (guided) raw output to the basis and returns the next
-model input — after the last evaluation, the result. All coefficients are host floats computed in
-`set_timesteps`; `step` does no device-to-host reads.
+The schedule runs as its compiled plan (`usf_fast.plan`, the lowering `usf_fast.sample` runs): `timesteps`
+are the schedule's evaluation times in the pipeline's convention (DDPM index on VP configs, float:
+searched schedules need not land on integers; σ·1000 on flow configs; c_noise on EDM ones), and each
+`step` stores the evaluation's input and (guided) output and runs the plan's fused combinations up
+to the next model input — after the last evaluation, the result. Coefficients go to the latents'
+device once per run; `step` does no device-to-host reads.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 from .. import presets as P
 from ..checks import check_noise_schedule, check_schedule_range
 from ..backends import coefficient_dtype, get_combine, resolve_backend
-from ..dense import basis_width, dense_program, input_width
+from ..executor import coefficient_tables
+from ..plan import Combine, Const, Eval, Plan, compile_plan
 from ..model import DiffusionModel
 from ..noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleFlow, NoiseScheduleVP
 from ..schedule import Schedule
@@ -192,7 +194,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = self._shift = self._e = 0
         self._full = self._active = None
         self._schedules, self._tables_cache = {}, {}   # set_timesteps arguments -> schedule; schedule -> tables
-        self._stopped, self._handoff, self._x0_scale = None, False, None
+        self._stopped, self._handoff = None, False
         self._first_input = None   # "scaled" (scale_model_input ran) or the AFS factor first_input used
 
     @classmethod
@@ -258,8 +260,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         self._use(schedule, device)
         self._stopped = stopped if stopped is not None and stopped["_full"] == schedule else None
 
-    _RUN_STATE = ("_full", "_active", "_tables", "_times", "_e", "_shift", "_basis", "_coefs", "_last_out",
-                  "_begin_index", "_backend", "_x0_scale")
+    _RUN_STATE = ("_full", "_active", "_tables", "_times", "_e", "_shift", "_slots", "_coefs", "_last_out",
+                  "_begin_index", "_backend")
 
     def _run_state(self) -> dict:
         return {k: getattr(self, k) for k in self._RUN_STATE}
@@ -271,7 +273,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if tables is None:
             if len(self._tables_cache) >= 32:
                 self._tables_cache.clear()
-            tables = self._tables_cache[schedule] = _StepTables(dense_program(schedule, self._model), self)
+            tables = self._tables_cache[schedule] = _StepPlan(compile_plan(schedule, self._model), self, schedule)
         self._tables = tables
         self._times = tables.times
         self._begin_index = self._shift = begin
@@ -280,8 +282,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             self.timesteps = self._pipeline_timesteps(np.asarray(tables.times), device)
             self.num_inference_steps = len(tables.times)
         self._e = 0
-        self._basis = None
-        self._coefs = None
+        self._slots = None
         self._last_out = None
         self._stopped = None
 
@@ -317,7 +318,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if self._full is self._active:
             return self._times
         tables = self._tables_cache.get(self._full)
-        return tables.times if tables is not None else dense_program(self._full, self._model).times.tolist()
+        return tables.times if tables is not None else [op.t for op in compile_plan(self._full, self._model).ops
+                                                         if isinstance(op, Eval)]
 
     @property
     def begin_index(self) -> int | None:
@@ -562,22 +564,26 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if e == 0 or self._handoff:
             sample = self._start(sample)
             e = self._e
-        t = self._tables
-        x_e = sample if e or self._x0_scale is None else sample * self._x0_scale
-        self._basis[t.input_col(e)] = x_e.contiguous()
-        self._basis[t.input_col(e) + 1] = model_output.to(x_e.dtype).contiguous()
+        p = self._tables
+        ev = p.evals[e]
+        if e:   # the pipeline's state at this evaluation (inpainting may have blended it)
+            self._slots[ev.state] = sample.contiguous()
+        x_e = self._slots[ev.state]
+        out = model_output.to(x_e.dtype).contiguous()
+        if self.edm:  # preconditioned output F -> denoised D = c_skip·x + c_out·F, the data prediction
+            out = self._backend([x_e, out], self._coefs[1][e], torch.empty_like(x_e))
+        self._slots[ev.out] = out
+        self._run(p.segments[e])
         self._e += 1
-        row = e + 1 if e + 1 < len(self._times) else len(self._times)   # the last row is the result F
-        nxt = self._combine_row(row, x_e)
-        for col in t.dead_after[row]:   # columns no later row reads
-            self._basis[col] = None
+        nxt = self._slots[p.evals[e + 1].state] if e + 1 < len(p.evals) else self._slots[p.plan.output_slot]
         self._last_out = nxt
         if not return_dict:
             return (nxt,)
         return SchedulerOutput(prev_sample=nxt)
 
     def _start(self, sample: torch.Tensor) -> torch.Tensor:
-        """First step of a run: the basis from the pipeline's latents, coefficients on its device."""
+        """First step of a run: the plan's start state from the pipeline's latents, coefficients on
+        their device, the ops before the first evaluation."""
         if self._handoff:
             self._handoff = False
             last = self._last_out
@@ -588,36 +594,47 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             k = self._begin_index   # not the latents this object returned: start fresh from them
             self._use(self._tail(k), begin=k)
         mode, self._first_input = self._first_input, None
-        t = self._tables
-        # column 0 holds the pipeline's first latents; ε = latents / scale0 is folded into the coefficients
-        self._x0_scale = None
-        scale0 = float(self.noise_schedule.prior_std(self._active.timesteps[0]))
+        p = self._tables
+        x_start = sample.contiguous()
         if self._active.afs:
             if isinstance(mode, float):   # first_input(noise): the latents are x_0 = A_0·ε itself
-                if not math.isclose(mode, t.first_scale, rel_tol=1e-12):
+                if not math.isclose(mode, p.first_scale, rel_tol=1e-12):
                     raise ValueError("step: the latents came from first_input(noise) for other times than this run's "
                                      "(set_timesteps changed the grid): call first_input after set_timesteps")
-                scale0 = mode
-            elif mode == "scaled":        # the latents are ε·init_noise_sigma; the net saw A_0·ε
-                scale0 = self.init_noise_sigma
-                self._x0_scale = t.first_scale / self.init_noise_sigma
-            else:
+                x_start = x_start * (self.init_noise_sigma / mode)   # back to x_T = σ_T·ε
+            elif mode != "scaled":        # scale_model_input saw x_T = ε·init_noise_sigma: the latents
                 raise ValueError("step: this schedule starts with the analytical first step (afs=True), so the "
                                  "network's first input is the AFS state, but the pipeline did not call "
                                  "scale_model_input (diffusers' SD3, FLUX, DDPM and DDIM pipelines do not): pass "
                                  "latents=scheduler.first_input(noise) to the pipeline, or use a schedule with afs=False")
-        self._basis = [None] * t.width
-        self._basis[0] = sample.contiguous()
-        self._coefs = t.coefficients(sample.dtype, sample.device, 1.0 / scale0)
+        self._coefs = p.coefficients(sample.dtype, sample.device)
         self._backend = get_combine(resolve_backend("auto", sample.device, sample.dtype))
+        self._slots = [None] * p.plan.num_slots
+        self._slots[p.plan.input_slot] = x_start
+        self._run(p.prefix)
+        if isinstance(mode, float) and self._active.afs:
+            self._slots[p.evals[0].state] = sample.contiguous()   # exactly what the net was given
+        elif not self._active.afs:
+            self._slots[p.evals[0].state] = sample.contiguous()
         return sample
 
-    def _combine_row(self, row: int, like: torch.Tensor) -> torch.Tensor:
-        """Σ coef·basis over the columns `row` reads, in one fused pass (usf_fast.backends): the
-        kernel accumulates in float32 (float64 for float64 latents) with the coefficients already
-        on the latents' device, so a step makes no host synchronisation."""
-        inputs = [self._basis[c] for c in self._tables.cols[row]]
-        return self._backend(inputs, self._coefs[row], torch.empty_like(like, memory_format=torch.contiguous_format))
+    def _run(self, ops) -> None:
+        """The plan's combinations between two evaluations, each one fused pass (usf_fast.backends:
+        float32 accumulation, coefficients already on the latents' device: no host synchronisation).
+        Outputs are new tensors: the pipeline may still hold a state a reused slot held."""
+        slots, coefs = self._slots, self._coefs[0]
+        for pos, op in ops:
+            if isinstance(op, Const):
+                slots[op.out] = torch.zeros_like(slots[self._tables.plan.input_slot])   # the data mean is 0
+                continue
+            inputs = [slots[j] for j in op.inputs]
+            c1, c2 = coefs[self._tables.combine_at[pos]]
+            dst = torch.empty_like(inputs[0], memory_format=torch.contiguous_format)
+            dst2 = torch.empty_like(dst) if op.out2 is not None else None
+            self._backend(inputs, c1, dst, c2, dst2)
+            slots[op.out] = dst
+            if dst2 is not None:
+                slots[op.out2] = dst2
 
     def _tail(self, k: int) -> Schedule:
         tail = self._preset_tail(self._full, k) if self._schedule is None else None
@@ -627,59 +644,58 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         return self.config.num_train_timesteps
 
 
-class _StepTables:
-    """A dense program (usf_fast.dense) as the fused `step` reads it: per row — the input of each
-    evaluation, then the result — the basis columns with a nonzero coefficient and those
-    coefficients, and after which row each column is read for the last time (so the basis keeps
-    only what later rows read). EDM configs fold the denoiser D = c_skip·x + c_out·F into the
-    coefficients, so the raw preconditioned output goes into the basis unchanged. The data-mean
-    column is 0 in pipelines and dropped."""
+class _StepPlan:
+    """A compiled `Plan` (usf_fast.plan: the minimal-slot lowering `sample` runs) cut at its
+    evaluations: the ops before the first one, and after each evaluation the ops that lead to the
+    next model input (or the result). Each combination reads the few buffers that are still live,
+    so a step's cost does not grow with the NFE (the dense lowering re-reads every earlier input
+    once corrected states enter it)."""
 
-    def __init__(self, prog, sched: "USFScheduler"):
-        n = prog.nfe
-        rows = [prog.A[e].copy() for e in range(n)] + [prog.F.copy()]
+    def __init__(self, plan: Plan, sched: "USFScheduler", schedule: Schedule):
+        self.plan = plan
+        positions = [i for i, op in enumerate(plan.ops) if isinstance(op, Eval)]
+        self.evals = [plan.ops[i] for i in positions]
+        self.times = [op.t for op in self.evals]
+        ends = positions[1:] + [len(plan.ops)]
+        numbered = list(enumerate(plan.ops))
+        self.prefix = numbered[:positions[0]] if positions else numbered
+        self.segments = [numbered[i + 1:j] for i, j in zip(positions, ends)]
+        self.combine_at, k = {}, 0
+        for i, op in numbered:
+            if isinstance(op, Combine):
+                self.combine_at[i] = k
+                k += 1
+        self.edm = None
         if sched.edm:
             v = sched.config.prediction_type == "v_prediction"
-            for e in range(n):
-                c_skip, c_out, _, _ = edm_coefficients(float(prog.times[e]), sched.config.sigma_data, v)
-                i = input_width(e)
-                for r in rows[e + 1:]:
-                    r[i] += r[i + 1] * c_skip
-                    r[i + 1] *= c_out
-        self.width = basis_width(n)
-        self.times = prog.times.tolist()
-        self.first_scale = float(prog.A[0, 0]) if n else 1.0
-        self.cols = [[int(c) for c in np.flatnonzero(r) if c != 1] for r in rows]
-        self.vals = [r[cols] for r, cols in zip(rows, self.cols)]
-        last = {}
-        for row, cols in enumerate(self.cols):
-            for c in cols:
-                last[c] = row
-        self.dead_after = [[] for _ in range(n + 1)]
-        for c, row in last.items():
-            self.dead_after[row].append(c)
-        for e in range(n):   # written by step e but read by no later row
-            for c in (input_width(e), input_width(e) + 1):
-                if c not in last:
-                    self.dead_after[e + 1].append(c)
-        self._device_coefs = {}
+            self.edm = [edm_coefficients(t, sched.config.sigma_data, v)[:2] for t in self.times]
+        # x_T = prior_std·ε (σ_max for EDM): A_0 per unit of ε
+        self.first_scale = self._first_scale() * float(sched.noise_schedule.prior_std(schedule.timesteps[0]))
+        self._device = {}
 
-    @staticmethod
-    def input_col(e: int) -> int:
-        return input_width(e)
+    def _first_scale(self) -> float:
+        """The first evaluation's input per unit of the start state x_T (data mean 0), float64."""
+        slots = [None] * self.plan.num_slots
+        slots[self.plan.input_slot] = torch.ones(1, dtype=torch.float64)
+        for _, op in self.prefix:
+            if isinstance(op, Const):
+                slots[op.out] = torch.zeros(1, dtype=torch.float64)
+            else:
+                val = sum(c * slots[j] for c, j in zip(op.coefs, op.inputs))
+                slots[op.out] = val
+                if op.out2 is not None:
+                    slots[op.out2] = sum(c * slots[j] for c, j in zip(op.coefs2, op.inputs))
+        return float(slots[self.evals[0].state]) if self.evals else 1.0
 
-    def coefficients(self, dtype: torch.dtype, device, scale0: float) -> list[torch.Tensor]:
-        """Each row's coefficients as one tensor on `device` (one host-to-device copy per run),
-        column 0 (the first latents) scaled by `scale0`."""
-        key = (dtype, str(device), scale0)
-        hit = self._device_coefs.get(key)
+    def coefficients(self, dtype: torch.dtype, device) -> tuple:
+        """(per combination (coefs, coefs2) on `device`, per evaluation EDM's (c_skip, c_out)):
+        made with one host-to-device copy per table, once per dtype and device."""
+        key = (dtype, str(device))
+        hit = self._device.get(key)
         if hit is None:
-            vals = [np.where(np.asarray(cols) == 0, v * scale0, v) if cols else v for cols, v in zip(self.cols, self.vals)]
-            flat = torch.tensor(np.concatenate(vals) if vals else np.zeros(0), dtype=coefficient_dtype(dtype)).to(device)
-            hit = list(torch.split(flat, [len(c) for c in self.cols]))
-            if len(self._device_coefs) > 8:
-                self._device_coefs.clear()
-            self._device_coefs[key] = hit
+            cdt = coefficient_dtype(dtype)
+            edm = (list(torch.tensor(self.edm, dtype=cdt).to(device).unbind(0)) if self.edm else None)
+            hit = self._device[key] = (coefficient_tables(self.plan, cdt, device), edm)
         return hit
 
 

@@ -91,3 +91,34 @@ def test_a_log_of_another_network_with_the_same_noise_schedule_is_refused(tmp_pa
     with pytest.raises(ValueError, match="written by a search with model="):
         s3_search(other, 2, resume=True, **opts)
     assert s3_search(model, 2, resume=True, **opts).cost["total"] == 1   # the same network resumes
+
+
+@pytest.mark.parametrize("opts", [{"extra_points": True}, {"singlestep": True}, {"extra_points": True, "singlestep": True}])
+def test_decision_space_options_give_valid_schedules_of_the_exact_nfe(opts):
+    import numpy as np
+
+    import usf_fast
+    from usf_fast.search import SearchSpace
+    ns = usf_fast.NoiseScheduleVP("linear")
+    space = SearchSpace(ns, 5, **opts)
+    rng = np.random.default_rng(0)
+    s = space.seeds()[5]
+    seen_extra = seen_back = 0
+    for _ in range(300):
+        s = space.mutate(s, rng)
+        assert s.nfe == 5 and len(space.encode(s)) == space.encoding_size
+        usf_fast.program.step_weights(s, ns)   # valid and well-conditioned
+        seen_extra += any(len(st.points) > st.order - 1 for st in s.steps)
+        seen_back += any(st.start < i - 1 for i, st in enumerate(s.steps, 1))
+    assert (seen_extra > 0) == opts.get("extra_points", False) and (seen_back > 0) == opts.get("singlestep", False)
+
+
+def test_the_options_are_part_of_the_search_identity(tmp_path):
+    from usf_fast.models import embedded_model
+    from usf_fast.search import SearchSpace, s3_search
+    model = embedded_model("gmm-2d")
+    opts = dict(budget=8, samples=(8, 8), heldout=8, progress=False, log_path=tmp_path / "log.jsonl")
+    res = s3_search(model, 3, space=SearchSpace(model.noise_schedule, 3, extra_points=True), **opts)
+    assert res.best.nfe == 3
+    with pytest.raises(ValueError, match="settings="):
+        s3_search(model, 3, resume=True, **opts)

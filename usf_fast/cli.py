@@ -360,7 +360,12 @@ def _search(args, rank: int, device: str) -> int:
         log_path = os.path.join(args.out, f"log_nfe{n}.jsonl")
         # --resume on a multi-NFE search: an NFE the killed run never reached starts here
         resume = args.resume and os.path.exists(log_path)
-        res = s3_search(model, n, metric=args.metric, metric_options=metric_options, seed=args.seed,
+        space = None
+        if args.extra_points or args.singlestep_starts:
+            from .search import SearchSpace
+            space = SearchSpace(model.noise_schedule, n, extra_points=args.extra_points,
+                                singlestep=args.singlestep_starts)
+        res = s3_search(model, n, space=space, metric=args.metric, metric_options=metric_options, seed=args.seed,
                         budget=args.budget, samples=(args.samples, args.samples2), heldout=args.heldout,
                         use_predictor=not args.no_predictor, predictor=args.predictor, shape=shape, log_path=log_path,
                         resume=resume,
@@ -536,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--chunk", type=int, default=8,
                    help="candidates evaluated in one batch (chunk x samples rows through the model; default 8, "
                         "larger is faster on a GPU for small models)")
+    q.add_argument("--extra-points", action="store_true",
+                   help="search space: a step may fit its derivatives to one more earlier point than its order needs")
+    q.add_argument("--singlestep-starts", action="store_true",
+                   help="search space: a step of order >= 2 may start two points back (singlestep-style)")
     q.add_argument("--dist-timeout", type=float, default=300.0,
                    help="under torchrun: seconds to wait for a peer process before stopping with an error (default 300)")
     q.add_argument("--reference-nfe", type=int, default=200, help="steps of the reference solve (metric ref; default 200)")

@@ -100,6 +100,8 @@ class SearchConfig:
             "proposals": self.proposals, "per_generation": self.per_generation,
             "screen": self.screen_for_picks if guided else None,
             # only when changed, so logs written before these options existed still resume
+            **({"extra_points": True} if getattr(space, "extra_points", False) else {}),
+            **({"singlestep": True} if getattr(space, "singlestep", False) else {}),
             **({"reference_nfe": self.reference_nfe} if self.reference_nfe != 200 else {}),
             **({"reference_dtype": str(self.reference_dtype)} if self.reference_dtype != torch.float64 else {})}}
 

@@ -36,6 +36,10 @@ class SearchSpace:
         afs: allow the analytical first step.
         relax_range: bound of the linear relaxation coefficient c (ρ = 1 + c·h).
         t_start, t_end: time range (default: the noise schedule's).
+        extra_points: a step may estimate its derivatives from one more earlier point than its
+            order needs (USF's low-order derivative correction: a least-squares fit).
+        singlestep: a step of order >= 2 may start two points back, using the point between as an
+            active point (the second half of a singlestep solver's step).
     """
 
     noise_schedule: NoiseSchedule
@@ -47,6 +51,8 @@ class SearchSpace:
     relax_range: float = 2.0
     t_start: float | None = None
     t_end: float | None = None
+    extra_points: bool = False
+    singlestep: bool = False
     _lam: tuple = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -93,14 +99,15 @@ class SearchSpace:
         for i, st in enumerate(steps, 1):
             order = max(1, min(st.order, i, max(self.orders)))
             corr = st.corrector if (self.correctors and i < n) else "none"
+            start, points = self._start_and_points(st, i, order)
             relax, coef = st.relax, st.relax_coef
             if relax == "linear":
                 coef = float(np.clip(coef, -self.relax_range, self.relax_range))
             cr, ccoef = st.corrector_relax, st.corrector_relax_coef
             if cr == "linear":
                 ccoef = float(np.clip(ccoef, -self.relax_range, self.relax_range))
-            fixed.append(Step(prediction=st.prediction, order=order, relax=relax, relax_coef=coef,
-                              d2_scale=st.d2_scale, corrector="pseudo" if corr != "none" else "none",
+            fixed.append(Step(prediction=st.prediction, order=order, start=start, points=points, relax=relax,
+                              relax_coef=coef, d2_scale=st.d2_scale, corrector="pseudo" if corr != "none" else "none",
                               corrector_relax=cr, corrector_relax_coef=ccoef))
         try:
             s = Schedule(ts, fixed, afs=afs, meta={"search": True})
@@ -108,6 +115,22 @@ class SearchSpace:
             return s
         except ValueError:
             return None
+
+    def _start_and_points(self, st: Step, i: int, order: int):
+        """(start, points) of step i: the multistep defaults (None, None), or with the options a
+        start two points back (singlestep) and one extra active point, kept where still valid."""
+        back = 1 if (self.singlestep and st.start is not None and st.start <= i - 2 and order >= 2 and i >= 2) else 0
+        start = i - 1 - back
+        extra = 1 if (self.extra_points and st.points is not None and len(st.points) > st.order - 1) else 0
+        if not back and not extra:
+            return None, None
+        avail = [j for j in range(i - 1, -1, -1) if j != start]
+        want = order - 1 + extra
+        if len(avail) < want:
+            want = order - 1
+        if len(avail) < want:
+            return None, None
+        return start, tuple(avail[:want])
 
     def contains(self, s: Schedule) -> bool:
         return (not s.denoise_to_zero and s.nfe == self.nfe and s.timesteps[0] == self.t_start
@@ -142,7 +165,11 @@ class SearchSpace:
     # ---- encoding ---------------------------------------------------------------------------
     @property
     def encoding_size(self) -> int:
-        return 1 + (self.nfe + 1) * 13
+        return 1 + (self.nfe + 1) * self._step_width
+
+    @property
+    def _step_width(self) -> int:
+        return 13 + int(self.extra_points) + int(self.singlestep)
 
     def encode(self, s: Schedule) -> np.ndarray:
         """Fixed-length vector: afs, then per step slot (N ≤ nfe + 1, zero-padded): target λ-fraction,
@@ -151,8 +178,9 @@ class SearchSpace:
         v = np.zeros(self.encoding_size)
         v[0] = float(s.afs)
         fr = self.fractions(s)
+        w = self._step_width
         for i, st in enumerate(s.steps):
-            o = 1 + 13 * i
+            o = 1 + w * i
             kind = "midpoint" if st.relax == "bh2" else st.relax
             ck = "midpoint" if st.corrector_relax == "bh2" else st.corrector_relax
             v[o:o + 13] = [fr[i + 1], fr[i + 1] - fr[i], st.prediction == "noise", st.order / 4,
@@ -160,6 +188,12 @@ class SearchSpace:
                            st.relax_coef / self.relax_range, ck == "linear", ck in ("midpoint", "bh1"),
                            st.corrector_relax_coef / self.relax_range]
             v[o + 12] = st.d2_scale - 1.0 if st.order >= 3 else 0.0
+            k = o + 13
+            if self.extra_points:
+                v[k] = float(len(st.points) > st.order - 1)
+                k += 1
+            if self.singlestep:
+                v[k] = float(st.start < i)   # step i + 1 (1-based) starts before point i
         return v
 
     @property
@@ -198,8 +232,9 @@ class SearchSpace:
             u = list(self.fractions(s)[1:-1])
             steps = list(s.steps)
             afs = s.afs
+            n_ops = 9 + int(self.extra_points) + int(self.singlestep)
             for _ in range(int(rng.integers(1, 4))):
-                op = rng.integers(0, 9)
+                op = rng.integers(0, n_ops)
                 i = int(rng.integers(0, len(steps)))
                 st = steps[i]
                 if op == 0 and u:                                   # move one time
@@ -228,6 +263,13 @@ class SearchSpace:
                                               corrector_relax_coef=float(rng.normal(0, 0.3)) if kind == "linear" else 0.0)
                 elif op == 7 and st.order >= 3:
                     steps[i] = st.replace(d2_scale=float(np.clip(st.d2_scale + rng.normal(0, 0.25), 0.0, 2.0)))
+                elif op >= 9:                                       # the options: extra point / singlestep start
+                    if self.extra_points and (op == 9 or not self.singlestep):
+                        more = not (st.points is not None and len(st.points) > st.order - 1)
+                        steps[i] = st.replace(points=tuple(range(st.order)) if more else None, start=st.start)
+                    else:
+                        back = not (st.start is not None and st.start <= i - 1)
+                        steps[i] = st.replace(start=max(0, i - 1) if back else None, points=st.points)
                 elif op == 8 and self.afs:                          # toggle AFS: one step more / fewer
                     if afs and len(steps) > 1:
                         steps, u, afs = steps[1:], u[1:], False

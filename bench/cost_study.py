@@ -1,0 +1,87 @@
+"""Search cost vs quality (docs/experiments.md, "A cheaper default"): variants of the search's
+sample counts and reference, each over several seeds, scored on one independent evaluation set.
+
+For each variant and seed: run `s3_search` (a fresh log), read its cost in network rows
+(`SearchResult.cost`), then evaluate its result and every preset over every spacing on 1,024 noise
+samples no search saw (seed 99,999), against the 200-step float64 reference. The improvement is
+over the best preset *on that set* (the most favourable baseline), so it is what a user gets.
+
+    python bench/cost_study.py --model gmm-image --nfe 5 --seeds 0,1,2,3,4 --variants default,v289k --out out/cost.json
+"""
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from usf_fast.models import embedded_model
+from usf_fast.search import evaluate_schedules, make_metric, s3_search
+from usf_fast.search.evaluate import NoiseSet
+from usf_fast.search.s3 import preset_candidates
+
+VARIANTS = {
+    "default": {},
+    "v289k": dict(samples=(32, 128), heldout=256, reference_nfe=100),
+    "v233k": dict(budget=400, samples=(32, 128), heldout=256, reference_nfe=100),
+    "v64": dict(samples=(64, 256), heldout=256, reference_nfe=100),
+    "v289k-f32": dict(samples=(32, 128), heldout=256, reference_nfe=100, reference_dtype=torch.float32),
+}
+EVAL_SEED = 99_999
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="gmm-image")
+    ap.add_argument("--noise-schedule", default=None)
+    ap.add_argument("--nfe", type=int, default=5)
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--variants", default="default,v289k")
+    ap.add_argument("--metric", default="ref")
+    ap.add_argument("--out", default="out/cost.json")
+    args = ap.parse_args()
+    ns_arg = None
+    if args.noise_schedule == "flow":
+        from usf_fast import NoiseScheduleFlow
+        ns_arg = NoiseScheduleFlow()
+    model = embedded_model(args.model, ns_arg)
+    shape = model.sample_shape
+    ev = NoiseSet(shape, 1024, EVAL_SEED, "evaluation")
+    metric = make_metric(args.metric, model)
+    t_range = (model.noise_schedule.t_max, model.noise_schedule.t_min)
+    presets = preset_candidates(model.noise_schedule, args.nfe)
+    preset_vals = evaluate_schedules(model, [s for _, s in presets], ev, metric, t_range)
+    best_preset = min(zip(preset_vals, [lbl for lbl, _ in presets]))
+    print(f"best preset on the evaluation set: {best_preset[1]} {best_preset[0]:.5g}", flush=True)
+    rows = json.load(open(args.out)) if os.path.exists(args.out) else []
+    done = {(r["variant"], r["seed"]) for r in rows}
+    for name in args.variants.split(","):
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            if (name, seed) in done:
+                continue
+            with tempfile.TemporaryDirectory() as d:
+                t0 = time.time()
+                res = s3_search(model, args.nfe, seed=seed, metric=args.metric, progress=False,
+                                log_path=os.path.join(d, "log.jsonl"), **VARIANTS[name])
+                secs = time.time() - t0
+            val = evaluate_schedules(model, [res.best], ev, metric, t_range)[0]
+            row = {"variant": name, "seed": seed, "rows": res.cost["total"], "cost": res.cost, "seconds": secs,
+                   "eval_metric": val, "best_preset": best_preset[0], "improvement": 1 - val / best_preset[0],
+                   "search_heldout_improvement": res.improvement}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w") as f:
+                json.dump(rows, f, indent=1)
+    for name in args.variants.split(","):
+        sel = [r for r in rows if r["variant"] == name]
+        if sel:
+            imp = np.array([r["improvement"] for r in sel])
+            print(f"{name:10s} rows {np.mean([r['rows'] for r in sel]):>10,.0f}  improvement {imp.mean():+.1%} "
+                  f"(min {imp.min():+.1%}, max {imp.max():+.1%}, n={len(sel)})  {np.mean([r['seconds'] for r in sel]):.0f} s")
+
+
+if __name__ == "__main__":
+    main()

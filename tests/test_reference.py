@@ -154,7 +154,7 @@ def test_nan_output_warns(noise):
     ({}, "give noise= .* or shape="),
     ({"shape": (0, 3)}, "positive sizes"),
     ({"noise": [1.0, 2.0]}, "noise: must be a torch.Tensor"),
-    ({"noise": torch.ones(2, 3, dtype=torch.int64)}, "must be a floating tensor"),
+    ({"noise": torch.ones(2, 3, dtype=torch.int64)}, "must be a real floating tensor"),
 ])
 def test_bad_sample_inputs(model, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -60,7 +60,7 @@ def test_schedule_files_load_or_fail_clearly(doc):
     except ValueError as e:
         assert str(e)
         return
-    assert s.nfe >= 1 and Schedule.from_json(s.to_json()) == s
+    assert s.nfe >= 0 and Schedule.from_json(s.to_json()) == s   # (AFS and one step: no evaluation at all)
 
 
 @FAST

@@ -1,0 +1,81 @@
+"""The acceleration claim, measured (docs/experiments.md, "Acceleration"): is the searched NFE-n
+schedule at least as good as the best preset at 2n NFE, on noise no search saw?
+
+For every embedded model and n: one search at NFE n (settings `--variant`, default the cheap
+"v289k" of bench/cost_study.py), then on 1,024 fresh noise samples (seed 99,999) the searched
+schedule, the best preset at NFE n and the best preset at 2n (every method over every spacing),
+all with the search's metric.
+
+    python bench/acceleration.py --out out/accel.json [--models gmm-2d,gmm-image,gmm-image:flow,digits,digits-flow] [--n 4,5]
+"""
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import torch
+
+from usf_fast.models import embedded_model
+from usf_fast.noise_schedules import NoiseScheduleFlow
+from usf_fast.search import evaluate_schedules, make_metric, s3_search
+from usf_fast.search.evaluate import NoiseSet
+from usf_fast.search.s3 import preset_candidates
+
+VARIANTS = {"default": {}, "v289k": dict(samples=(32, 128), heldout=256, reference_nfe=100)}
+
+
+def _model(spec):
+    name, _, kind = spec.partition(":")
+    return embedded_model(name, NoiseScheduleFlow() if kind == "flow" else None)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="gmm-2d,gmm-image,gmm-image:flow,digits,digits-flow")
+    ap.add_argument("--n", default="4,5")
+    ap.add_argument("--variant", default="v289k", choices=sorted(VARIANTS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="out/accel.json")
+    args = ap.parse_args()
+    rows = json.load(open(args.out)) if os.path.exists(args.out) else []
+    done = {(r["model"], r["n"]) for r in rows}
+    for spec in args.models.split(","):
+        model = _model(spec)
+        ns = model.noise_schedule
+        ev = NoiseSet(model.sample_shape, 1024, 99_999, "evaluation")
+        metric = make_metric("ref", model)
+        t_range = (ns.t_max, ns.t_min)
+        for n in [int(v) for v in args.n.split(",")]:
+            if (spec, n) in done:
+                continue
+            t0 = time.time()
+            with tempfile.TemporaryDirectory() as d:
+                res = s3_search(model, n, seed=args.seed, progress=False, log_path=os.path.join(d, "log.jsonl"),
+                                **VARIANTS[args.variant])
+            secs = time.time() - t0
+            searched = evaluate_schedules(model, [res.best], ev, metric, t_range)[0]
+            best = {}
+            for nfe in (n, 2 * n):
+                cands = preset_candidates(ns, nfe)
+                vals = evaluate_schedules(model, [s for _, s in cands], ev, metric, t_range)
+                best[nfe] = min(zip(vals, [lbl for lbl, _ in cands]))
+            row = {"model": spec, "n": n, "searched": searched, "best_preset_n": best[n][0],
+                   "best_preset_n_label": best[n][1], "best_preset_2n": best[2 * n][0],
+                   "best_preset_2n_label": best[2 * n][1], "holds": searched <= best[2 * n][0],
+                   "rows": res.cost["total"], "seconds": secs, "variant": args.variant}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w") as f:
+                json.dump(rows, f, indent=1)
+    print("| model | n | searched at n | best preset at n | best preset at 2n | holds |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['n']} | {r['searched']:.4g} | {r['best_preset_n']:.4g} | {r['best_preset_2n']:.4g} "
+              f"({r['best_preset_2n_label']}) | {'yes' if r['holds'] else 'no'} |")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()

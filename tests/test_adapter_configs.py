@@ -5,6 +5,7 @@ configs are VP / EDM configs like the others.)"""
 import inspect
 
 import diffusers
+import numpy as np
 import pytest
 
 from usf_fast.adapters.diffusers import USFScheduler, config_kind
@@ -59,9 +60,18 @@ def test_edm_and_flow_scheduler_configs(name, values, kind):
 
 def test_the_source_sigma_spacing_carries_over():
     karras = _build("DPMSolverMultistepScheduler", dict(SD15, use_karras_sigmas=True))
-    assert USFScheduler.from_config(karras.config).config.preset_options == {"spacing": "karras"}
+    sched = USFScheduler.from_config(karras.config)
+    sched.set_timesteps(6)
+    assert sched.config.source_spacing == "karras" and sched.active_schedule.meta["options"]["spacing"] == "karras"
+    sched.set_timesteps(timesteps=[999, 600, 300, 50])   # custom times: the source's spacing does not apply
+    assert sched.active_schedule.nfe == 4
     expo = _build("DPMSolverMultistepScheduler", dict(SD15, use_exponential_sigmas=True))
-    kept = USFScheduler.from_config(expo.config, preset_options={"order": 2})
-    assert kept.config.preset_options == {"order": 2, "spacing": "logSNR"}
+    kept = USFScheduler.from_config(expo.config, preset_options={"order": 2, "spacing": "time_uniform"})
+    kept.set_timesteps(5)
+    assert kept.config.source_spacing == "logSNR" and kept.active_schedule.meta["options"]["spacing"] == "time_uniform"
+    flow = _build("FlowMatchEulerDiscreteScheduler", {"use_karras_sigmas": True})
+    fs = USFScheduler.from_config(flow.config)
+    fs.set_timesteps(sigmas=np.linspace(1.0, 0.2, 5))   # FLUX-style sigmas: the pipeline's grid
+    assert fs.config.source_spacing is None and fs.active_schedule.nfe == 5
     with pytest.raises(ValueError, match="use_beta_sigmas=True: no usf_fast spacing matches it"):
         USFScheduler.from_config(diffusers.DPMSolverMultistepScheduler(use_beta_sigmas=True).config)

@@ -93,3 +93,11 @@ def test_bad_sampler_arguments_are_clear():
     with pytest.raises(ValueError, match="pass noise_schedule=model.noise_schedule"):
         ukd.sigmas(s)
     assert len(ukd.sigmas(s, discrete)) == len(s.timesteps)
+
+
+def test_dpm_solver_runs_multistep_on_a_given_grid():
+    sigmas = _karras(6)
+    out = ukd.sampler(preset="dpm_solver", order=2)(DENOISER, _noise() * sigmas[0], sigmas)
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="only 'multistep' runs"):
+        ukd.sampler(preset="dpm_solver", method="singlestep")

@@ -145,3 +145,48 @@ def test_ddim_pipeline_runs_presets_and_refuses_afs_clearly():
     pipe.scheduler = USFScheduler.from_config(cfg, preset="unipc", preset_options={"afs": True})
     with pytest.raises(ValueError, match="did not call scale_model_input.*first_input"), torch.no_grad():
         pipe(batch_size=1, num_inference_steps=4, output_type="np")
+
+
+def test_an_abandoned_part_way_run_leaves_no_trace_in_the_next_one():
+    """set_begin_index's restore of a stopped run is undone by the next set_timesteps."""
+    cfg = DDPMScheduler().config
+    sched = USFScheduler.from_config(cfg, preset="unipc", preset_options={"afs": True})
+    model = usf_fast.models.embedded_model("gmm-image")
+    x = torch.randn(2, *model.sample_shape, generator=torch.Generator().manual_seed(0))
+
+    def loop(k_stop=None):
+        sched.set_timesteps(5)
+        y = x * sched.init_noise_sigma
+        for i, t in enumerate(sched.timesteps):
+            if k_stop is not None and i == k_stop:
+                return y
+            inp = sched.scale_model_input(y, t)
+            tt = ((t.double() + 1) / 1000).expand(y.shape[0])
+            y = sched.step(model.net(inp.double(), tt).float(), t, y).prev_sample
+        return y
+    clean = loop()
+    loop(k_stop=2)
+    sched.set_timesteps(5)
+    sched.set_begin_index(2)   # a refiner that is then abandoned (an exception, an interrupt)
+    again = loop()
+    torch.testing.assert_close(again, clean, rtol=0, atol=0)
+
+
+def test_img2img_at_the_last_evaluation_runs_the_final_jump_alone():
+    """strength so low that only the jump to σ = 0 is left: one evaluation, then x̂0 (as diffusers)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    cfg = FlowMatchEulerDiscreteScheduler(shift=3.0).config
+    ours = USFScheduler.from_config(cfg, preset="dpm_solver_pp", preset_options={"order": 2})
+    theirs = FlowMatchEulerDiscreteScheduler.from_config(cfg)
+    x0 = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    noise = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    v = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    outs = []
+    for s in (ours, theirs):
+        s.set_timesteps(10)
+        s.set_begin_index(9)
+        t = s.timesteps[9:10]
+        lat = s.scale_noise(x0, t, noise)
+        outs.append(s.step(v, t[0], lat).prev_sample)
+    assert ours.active_schedule is not None and ours.step_index == 10
+    torch.testing.assert_close(outs[0], outs[1].to(outs[0].dtype), rtol=1e-5, atol=1e-6)

@@ -189,3 +189,14 @@ def test_one_prompt_row_is_broadcast_to_a_batch_of_samples():
         batch = usf_fast.sample(model, schedule, noise)
         one = torch.cat([usf_fast.sample(model, schedule, noise[i:i + 1]) for i in range(3)])
     assert _rel(batch, one) < 1e-5
+
+
+def test_an_unknown_transformer_class_needs_its_timestep_scale():
+    class MyTransformer(torch.nn.Module):
+        def forward(self, hidden_states, timestep, return_dict=False, **kw):
+            return (hidden_states * 0.5,)
+    cfg = FlowMatchEulerDiscreteScheduler(shift=3.0).config
+    with pytest.raises(ValueError, match="pass timestep_scale="):
+        wrap_transformer(MyTransformer(), cfg)
+    model = wrap_transformer(MyTransformer(), cfg, timestep_scale=1000.0)
+    assert model.prediction == "flow" and model.broadcast_cond

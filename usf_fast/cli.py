@@ -265,11 +265,11 @@ def cmd_search(args) -> int:
         code = _search(args, dist.get_rank(), device)
         dist.barrier()   # rank 0 writes the outputs; no process leaves the group while another still uses it
     except RuntimeError as e:   # gloo / nccl: a peer died, was stopped, or never answered
-        if "ValueError" in type(e).__name__:
-            raise
+        if not _peer_failure(e):
+            raise   # the network's own error, out of memory, ...: reported as it is
         raise ValueError(f"a peer process of this torchrun job is gone or stalled (no answer within --dist-timeout "
                          f"{args.dist_timeout:g} s: {_one_line(e)[:200]}); the log keeps the evaluations made: rerun "
-                         "with --resume") from None
+                         "with --resume") from e
     finally:
         if owned:
             try:
@@ -277,6 +277,16 @@ def cmd_search(args) -> int:
             except RuntimeError:
                 pass
     return code
+
+
+def _peer_failure(e: BaseException) -> bool:
+    """A collective that failed because another process is gone or silent (not a local error)."""
+    import torch.distributed as dist
+    if isinstance(e, getattr(dist, "DistBackendError", ())) or isinstance(e, getattr(dist, "DistNetworkError", ())):
+        return True
+    text = str(e).lower()
+    return any(k in text for k in ("timed out", "timeout", "connection closed", "connection reset", "broken pipe",
+                                   "peer", "gloo", "nccl"))
 
 
 def _search_device(spec: str) -> str:
@@ -372,6 +382,9 @@ def _search(args, rank: int, device: str) -> int:
                         max_minutes=remaining, progress=rank == 0, chunk=args.chunk, device=device,
                         reference_nfe=args.reference_nfe,
                         reference_dtype={"float64": torch.float64, "float32": torch.float32}[args.reference_dtype])
+        if args.model.startswith("diffusers:"):   # generate then runs it on the network it was searched on
+            res.best = res.best.replace(meta=dict(res.best.meta, pipeline={
+                "guidance": args.guidance, "height": args.height, "width": args.width}))
         results[n] = res
         if rank == 0:
             res.best.to_json(os.path.join(args.out, f"best_nfe{n}.json"))
@@ -406,8 +419,12 @@ def cmd_generate(args) -> int:
         raise ValueError(f"--model {args.model!r}: generate runs a saved pipeline: diffusers:DIR")
     device = _search_device(args.device)
     pipe = load_pipeline(args.model[len("diffusers:"):], device=device)
-    kw = dict(prompts=prompts or None, guidance=args.guidance, num_images=args.num_images, seed=args.seed,
-              height=args.height, width=args.width)
+    searched = schedule.meta.get("pipeline") if isinstance(schedule.meta.get("pipeline"), dict) else {}
+    guidance = args.guidance
+    if guidance is None and "guidance" in searched:   # the guidance the schedule was searched with (none: 1)
+        guidance = searched["guidance"] if searched["guidance"] is not None else 1.0
+    kw = dict(prompts=prompts or None, guidance=guidance, num_images=args.num_images, seed=args.seed,
+              height=args.height or searched.get("height"), width=args.width or searched.get("width"))
     t0 = time.perf_counter()
     images = generate(pipe, schedule, **kw)
     _prepare_out_dir(args.out)

@@ -41,8 +41,6 @@ def _broadcast(cond, b: int):
         return type(cond)(_broadcast(v, b) for v in cond)
     if isinstance(cond, torch.Tensor) and cond.dim() >= 1 and cond.shape[0] >= 1 and cond.shape[0] != b:
         p = cond.shape[0]
-        if b < p:
-            return cond[:b]
         if p == 1:
             return cond.expand(b, *cond.shape[1:])
         if b % p:
@@ -50,6 +48,14 @@ def _broadcast(cond, b: int):
                              f"of {p} (sample r uses row r mod {p})")
         return cond.repeat(b // p, *([1] * (cond.dim() - 1)))
     return cond
+
+
+def _tensors(cond) -> list:
+    if isinstance(cond, dict):
+        return [t for v in cond.values() for t in _tensors(v)]
+    if isinstance(cond, (tuple, list)):
+        return [t for v in cond for t in _tensors(v)]
+    return [cond] if isinstance(cond, torch.Tensor) else []
 
 
 def _cat_cond(uncond, cond):
@@ -81,8 +87,9 @@ class DiffusionModel:
             and `uncond` (batch dimension B, concatenated as [uncond, cond] so the net runs once).
         cond, uncond: conditioning passed as the net's third argument: a tensor, or a dict / tuple
             of tensors (e.g. SD3's encoder_hidden_states and pooled_projections), concatenated
-            member by member under guidance. P rows serve a batch of any multiple of P samples,
-            sample r using row r mod P (one or a few prompts for every sample of a search).
+            member by member under guidance. With `broadcast_cond = True` (the diffusers adapters
+            set it) P rows serve a batch of any multiple of P samples, sample r using row r mod P
+            (one or a few prompts for every sample of a search).
         data_mean: x̂0 used by the analytical first step (tensor broadcastable to x, or a float).
         sample_shape: the per-sample shape, if known (the search and the CLI use it as default).
     """
@@ -116,6 +123,17 @@ class DiffusionModel:
         self.data_mean = data_mean
         self.sample_shape = tuple(int(v) for v in sample_shape) if sample_shape is not None else None
         self.rows = 0   # samples that went through the network so far (2 per sample under guidance)
+        # cond rows are per-prompt rows to spread over any batch (the adapters set it); otherwise
+        # cond goes to the net as given
+        self.broadcast_cond = False
+
+    @property
+    def cond_rows(self) -> int:
+        """Conditioning rows a batch is spread over (sample r uses row r mod P; 1 without)."""
+        if not self.broadcast_cond:
+            return 1
+        rows = [v.shape[0] for v in _tensors(self.cond) + _tensors(self.uncond) if v.dim() >= 1]
+        return max(rows, default=1)
 
     # ---- time input ------------------------------------------------------------------------
     def net_time(self, t: torch.Tensor) -> torch.Tensor:
@@ -141,11 +159,12 @@ class DiffusionModel:
             t_vec = torch.full((b,), float(t), dtype=x.dtype, device=x.device)
         t_in = self.net_time(t_vec)
         self.rows += b if self.guidance_scale is None else 2 * b
+        cond, uncond = ((_broadcast(self.cond, b), _broadcast(self.uncond, b)) if self.broadcast_cond
+                        else (self.cond, self.uncond))
         if self.guidance_scale is None:
-            out = self.net(x, t_in) if self.cond is None else self.net(x, t_in, _broadcast(self.cond, b))
+            out = self.net(x, t_in) if cond is None else self.net(x, t_in, cond)
         else:
-            both = self.net(torch.cat([x, x]), torch.cat([t_in, t_in]),
-                            _cat_cond(_broadcast(self.uncond, b), _broadcast(self.cond, b)))
+            both = self.net(torch.cat([x, x]), torch.cat([t_in, t_in]), _cat_cond(uncond, cond))
             out_u, out_c = both.chunk(2)
             out = out_u + self.guidance_scale * (out_c - out_u)
         if not isinstance(out, torch.Tensor):

@@ -29,7 +29,7 @@ from .noise_schedules import NoiseSchedule
 from .schedule import Schedule, Step
 
 __all__ = ["ALL_SPACINGS", "DIFFUSERS_FLOW_GRIDS", "FLOW_SPACINGS", "diffusers_flow_sigmas", "flow_shift", "spacings_for", "SPACINGS", "timesteps", "ddim", "dpm_solver", "dpm_solver_pp", "unipc", "PRESETS",
-           "get", "describe", "standard_variants", "standard_schedules"]
+           "get", "describe", "on_fixed_grid", "standard_variants", "standard_schedules"]
 
 SPACINGS = ("logSNR", "time_uniform", "time_quadratic", "karras")
 MAX_NFE = 1000
@@ -414,6 +414,18 @@ def get(name: str, noise_schedule: NoiseSchedule, nfe: int, **options) -> Schedu
     if unknown:
         raise ValueError(f"preset {name}: unknown option(s) {sorted(unknown)}; allowed: {', '.join(allowed)}")
     return fn(noise_schedule, nfe, **options)
+
+
+def on_fixed_grid(name: str, options: dict) -> dict:
+    """`options` for running preset `name` at given times (`timesteps=`): the multistep method
+    (dpm_solver's default is singlestep, which picks its own intermediate points); another
+    method is a ValueError."""
+    opts = dict(options)
+    if name in PRESETS and "method" in inspect.signature(PRESETS[name]).parameters:
+        if opts.setdefault("method", "multistep") != "multistep":
+            raise ValueError(f"preset {name}: method={opts['method']!r}: on a given grid of times only 'multistep' "
+                             "runs (singlestep places its own intermediate points)")
+    return opts
 
 
 def describe() -> list[tuple[str, str]]:

@@ -81,7 +81,9 @@ def check_conditioning(schedule, noise_schedule: NoiseSchedule, lam=None) -> Non
     for i, st in enumerate(schedule.steps, 1):
         if st.order == 1 and st.corrector == "none":
             continue   # no derivative estimate
-        pts = sorted({st.start, i, *st.points})
+        # the points the derivative estimate divides by: start and active points, and the target
+        # when a corrector uses it as one more active point
+        pts = sorted({st.start, *st.points} | ({i} if st.corrector != "none" else set()))
         vals = np.sort(np.asarray([lam[j] for j in pts]))
         h = abs(lam[i] - lam[st.start])
         gap = float(np.min(np.diff(vals))) if len(vals) > 1 else h

@@ -107,6 +107,19 @@ def _check_prediction(prediction_type: str, kind: str) -> None:
                          + {"vp": "", "edm": " for an EDM config", "flow": " for a flow-matching config"}[kind] + hint)
 
 
+def _key_of(values, name: str):
+    """A hashable copy of a pipeline's sigmas / timesteps (a list, an array or any tensor)."""
+    if values is None:
+        return None
+    try:
+        arr = np.asarray(values.detach().cpu().double() if torch.is_tensor(values) else values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"set_timesteps: {name}= must be a list of numbers") from None
+    if arr.ndim != 1:
+        raise ValueError(f"set_timesteps: {name}= must be a flat list of numbers, got shape {arr.shape}")
+    return tuple(arr.tolist())
+
+
 def _flow_grid_of(cfg: dict) -> str:
     """Which diffusers flow scheduler a config came from (its default grid): UniPC and DPM-Solver
     flow configs carry their solver fields, FlowMatchEuler's neither."""
@@ -152,7 +165,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                  schedule=None, preset: str = "unipc", preset_options: dict | None = None,
                  sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float | None = None,
                  kind: str | None = None, shift: float = 1.0, use_dynamic_shifting: bool = False,
-                 time_shift_type: str = "exponential", flow_grid: str = "flow_euler"):
+                 time_shift_type: str = "exponential", flow_grid: str = "flow_euler", source_spacing: str | None = None):
         self.kind = kind or ("edm" if sigma_data is not None else "vp")
         if self.kind not in ("vp", "edm", "flow"):
             raise ValueError(f"kind={kind!r}: must be 'vp', 'edm' or 'flow'")
@@ -206,10 +219,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         # the source's sigma spacing carries over to the preset: Karras -> "karras", exponential
         # (uniform in log σ, i.e. in λ) -> "logSNR"
         spacing = "karras" if cfg.get("use_karras_sigmas") else "logSNR" if cfg.get("use_exponential_sigmas") else None
-        if spacing is not None and kwargs.get("schedule") is None:
-            opts = dict(kwargs.get("preset_options") or cfg.get("preset_options") or {})
-            opts.setdefault("spacing", spacing)
-            kwargs["preset_options"] = opts
+        if spacing is not None and kind != "flow":   # flow pipelines hand over their own sigmas
+            kwargs.setdefault("source_spacing", spacing)
         if kind == "edm":
             for key, default in (("sigma_min", 0.002), ("sigma_max", 80.0), ("sigma_data", 0.5)):
                 kwargs.setdefault(key, cfg.get(key, default))
@@ -246,9 +257,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                              "USFScheduler.from_config(pipe.scheduler.config, ...))")
         if timesteps is not None and sigmas is not None:
             raise ValueError("set_timesteps: give timesteps= or sigmas=, not both")
-        key = (num_inference_steps, None if sigmas is None else tuple(np.asarray(sigmas, dtype=np.float64).tolist()),
-               mu, None if timesteps is None else tuple(np.asarray(
-                   timesteps.detach().cpu() if torch.is_tensor(timesteps) else timesteps, dtype=np.float64).tolist()))
+        key = (num_inference_steps, _key_of(sigmas, "sigmas"), mu, _key_of(timesteps, "timesteps"))
         schedule = self._schedules.get(key)
         if schedule is None:
             schedule = self._pick_schedule(num_inference_steps, sigmas, mu, timesteps)
@@ -257,6 +266,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         # set_begin_index on this object, history included (see set_begin_index)
         stopped = self._run_state() if self._times is not None and 0 < self._e < len(self._times) else None
         self._full = schedule
+        self._device_arg = device
         self._use(schedule, device)
         self._stopped = stopped if stopped is not None and stopped["_full"] == schedule else None
 
@@ -285,6 +295,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         self._slots = None
         self._last_out = None
         self._stopped = None
+        self._handoff = False   # only set_begin_index's restore of a stopped run sets it
+        self._final = None
 
     def _pipeline_timesteps(self, times: np.ndarray, device) -> torch.Tensor:
         """The evaluation times in the pipeline's convention (what it hands the net)."""
@@ -316,7 +328,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
     @property
     def _full_times(self) -> list[float]:
         if self._full is self._active:
-            return self._times
+            return self._tables.times   # (not self._times: the final-jump mode keeps one time)
         tables = self._tables_cache.get(self._full)
         return tables.times if tables is not None else [op.t for op in compile_plan(self._full, self._model).ops
                                                          if isinstance(op, Eval)]
@@ -347,14 +359,22 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         stopped = self._stopped
         if k == 0:
             if self._begin_index:
-                self._use(full)
+                self._use(full, getattr(self, "_device_arg", None))
             return
         if stopped is not None and stopped["_shift"] == 0 and stopped["_e"] == k:
             # this object ran evaluations 0..k-1 of the same schedule (the SDXL base with
             # denoising_end): continue with its history if the pipeline hands back what step returned
             for name, value in stopped.items():
                 setattr(self, name, value)
-            self._begin_index, self._handoff = k, True
+            self._begin_index, self._handoff, self._stopped = k, True, None
+            return
+        pts = full.evaluation_points()
+        if full.denoise_to_zero and pts[k] == full.num_steps:
+            # only the jump to σ = 0 is left (img2img at a low strength): one evaluation, then x̂0
+            t = self._full_times[k]
+            self._use(full, getattr(self, "_device_arg", None))
+            self._times, self._begin_index, self._shift = [t], k, k
+            self._final = self._model.conversion(t)[2:]
             return
         tail = self._preset_tail(full, k) if self._schedule is None else None
         tail = full.tail(k) if tail is None else tail
@@ -407,13 +427,16 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             return self._preset_on_times(n, self._custom_times(custom, "sigmas" if sigmas is not None else "timesteps"),
                                          opts)
         if not self.flow:
+            if self.config.source_spacing is not None:   # the source config's Karras / exponential sigmas
+                opts.setdefault("spacing", self.config.source_spacing)
             return P.get(self.config.preset, self.noise_schedule, n, **opts)
         shift = _flow_shift(self.config, mu)
         if sigmas is None and "spacing" in opts:   # the user's spacing on the shifted scale
             opts.setdefault("shift", shift)
             opts.setdefault("denoise_to_zero", True)
             return P.get(self.config.preset, self.noise_schedule, n, **opts)
-        fixed = {"timesteps", "denoise_to_zero", "method"} | ({"afs", "shift", "spacing"} if sigmas is not None else set())
+        opts = P.on_fixed_grid(self.config.preset, opts)
+        fixed = {"timesteps", "denoise_to_zero"} | ({"afs", "shift", "spacing"} if sigmas is not None else set())
         clash = sorted(fixed & set(opts))
         if clash:
             raise ValueError(f"preset_options {clash}: the {'pipeline' if sigmas is not None else 'scheduler'}'s "
@@ -448,7 +471,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
     def _preset_on_times(self, n: int, ts: list[float], opts: dict) -> Schedule:
         """The preset evaluated at exactly these n times: the grid's n points, then the jump to
         σ = 0 (denoise-to-zero), as diffusers' schedulers end."""
-        clash = sorted({"timesteps", "denoise_to_zero", "afs", "method", "spacing", "t_start", "t_end"} & set(opts))
+        opts = P.on_fixed_grid(self.config.preset, opts)
+        clash = sorted({"timesteps", "denoise_to_zero", "afs", "spacing", "t_start", "t_end"} & set(opts))
         if clash:
             raise ValueError(f"preset_options {clash}: custom timesteps / sigmas fix the grid (multistep, ending with "
                              "the jump to σ = 0); drop these options")
@@ -561,6 +585,17 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if e >= len(self._times):
             raise ValueError(f"step: all {len(self._times)} evaluations of the schedule are done "
                              "(set_timesteps starts a new run)")
+        if self._final is not None:   # set_begin_index at the last evaluation: x̂0 from it
+            x = sample.contiguous()
+            out = model_output.to(x.dtype)
+            if self.edm:
+                c_skip, c_out, _, _ = self._edm(0)
+                out = c_skip * x + c_out * out
+            d_x, d_o = self._final
+            nxt = d_x * x + d_o * out
+            self._e += 1
+            self._last_out = nxt
+            return (nxt,) if not return_dict else SchedulerOutput(prev_sample=nxt)
         if e == 0 or self._handoff:
             sample = self._start(sample)
             e = self._e
@@ -724,10 +759,19 @@ def wrap_unet(unet, scheduler_config, *, cond=None, uncond=None, guidance_scale:
     else:
         raw = lambda x, t, c: _run_unet(unet, x, t, encoder_hidden_states=c)  # noqa: E731
     if not edm:
-        return DiffusionModel(raw, ns, PREDICTION[ptype], "discrete", guidance_scale=guidance_scale, cond=cond,
-                              uncond=uncond)
-    denoiser = edm_precond(raw, float(cfg.get("sigma_data", 0.5)), v_prediction=ptype == "v_prediction")
-    return DiffusionModel(denoiser, ns, "x0", "sigma", guidance_scale=guidance_scale, cond=cond, uncond=uncond)
+        model = DiffusionModel(raw, ns, PREDICTION[ptype], "discrete", guidance_scale=guidance_scale, cond=cond,
+                               uncond=uncond)
+    else:
+        denoiser = edm_precond(raw, float(cfg.get("sigma_data", 0.5)), v_prediction=ptype == "v_prediction")
+        model = DiffusionModel(denoiser, ns, "x0", "sigma", guidance_scale=guidance_scale, cond=cond, uncond=uncond)
+    model.broadcast_cond = True   # prompt embeddings: P rows for any multiple of P samples
+    return model
+
+
+#: transformers whose pipelines hand them σ (the scheduler's timesteps / 1000), and those that get
+#: the timesteps as they are (σ·1000); any other class needs an explicit timestep_scale
+SIGMA_TIMESTEP_TRANSFORMERS = ("Flux", "Chroma", "QwenImage", "LongCat", "Ovis")
+SCALED_TIMESTEP_TRANSFORMERS = ("SD3Transformer", "WanTransformer", "SanaTransformer", "CogView4", "HiDream")
 
 
 def wrap_transformer(transformer, scheduler_config, *, cond: dict | None = None, uncond: dict | None = None,
@@ -742,9 +786,10 @@ def wrap_transformer(transformer, scheduler_config, *, cond: dict | None = None,
         guidance, SD3's and FLUX's true_cfg_scale) so the transformer runs once.
     guidance: FLUX-dev's embedded guidance (`guidance_embeds`), a float passed as the per-sample
         `guidance` tensor, as the FLUX pipeline does.
-    timestep_scale: the transformer's `timestep` is σ·timestep_scale; default num_train_timesteps
-        (σ·1000, the pipeline's timesteps: SD3, Wan, Sana) or 1 for FLUX transformers (the FLUX
-        pipeline divides its timesteps by 1000).
+    timestep_scale: the transformer's `timestep` is σ·timestep_scale: by default 1 for the classes
+        in `SIGMA_TIMESTEP_TRANSFORMERS` (FLUX and kin: their pipelines divide the timesteps by
+        1000), num_train_timesteps for `SCALED_TIMESTEP_TRANSFORMERS` (SD3, Wan, Sana); any other
+        class must give it.
     call_kwargs: passed unchanged on every call (FLUX: img_ids, txt_ids; joint_attention_kwargs).
     FLUX latents are the packed (B, tokens, channels) tensors the transformer takes.
     """
@@ -759,8 +804,17 @@ def wrap_transformer(transformer, scheduler_config, *, cond: dict | None = None,
             raise ValueError(f"wrap_transformer: {name}= must be a dict of keyword tensors (e.g. "
                              "{'encoder_hidden_states': ..., 'pooled_projections': ...})")
     if timestep_scale is None:
-        is_flux = "flux" in type(transformer).__name__.lower()
-        timestep_scale = 1.0 if is_flux else float(cfg.get("num_train_timesteps", 1000))
+        name = type(transformer).__name__
+        if any(k in name for k in SIGMA_TIMESTEP_TRANSFORMERS):
+            timestep_scale = 1.0
+        elif any(k in name for k in SCALED_TIMESTEP_TRANSFORMERS):
+            timestep_scale = float(cfg.get("num_train_timesteps", 1000))
+            # Sana's pipeline multiplies by its transformer's own timestep_scale (1 but for Sana Sprint)
+            timestep_scale *= float(getattr(getattr(transformer, "config", None), "timestep_scale", 1.0) or 1.0)
+        else:
+            raise ValueError(f"wrap_transformer: which timestep {name} takes is not known here; pass timestep_scale= "
+                             "(1 if its pipeline divides the scheduler's timesteps by 1000, as FLUX's does; "
+                             f"{cfg.get('num_train_timesteps', 1000)} if it passes them as they are, as SD3's does)")
     n_train = float(cfg.get("num_train_timesteps", 1000))
     dtype = getattr(transformer, "dtype", None)
 
@@ -777,4 +831,6 @@ def wrap_transformer(transformer, scheduler_config, *, cond: dict | None = None,
         out = transformer(hidden_states=x.to(d), timestep=ts.to(x.device), return_dict=False, **kwargs)[0]
         return out.to(x.dtype)
 
-    return DiffusionModel(net, ns, "flow", "continuous", guidance_scale=guidance_scale, cond=cond, uncond=uncond)
+    model = DiffusionModel(net, ns, "flow", "continuous", guidance_scale=guidance_scale, cond=cond, uncond=uncond)
+    model.broadcast_cond = True   # prompt embeddings: P rows for any multiple of P samples
+    return model

@@ -78,7 +78,8 @@ def sampler(schedule: Schedule | None = None, preset: str | None = None, *, nois
     if preset is not None:
         if preset not in P.PRESETS:
             raise ValueError(f"preset={preset!r}: must be one of {', '.join(P.PRESETS)}")
-        fixed = sorted({"timesteps", "spacing", "t_start", "t_end", "denoise_to_zero", "afs", "method"} & set(options))
+        options = P.on_fixed_grid(preset, options)
+        fixed = sorted({"timesteps", "spacing", "t_start", "t_end", "denoise_to_zero", "afs"} & set(options))
         if fixed:
             raise ValueError(f"sampler: options {fixed}: the sigmas passed to the sampler fix the grid; drop them")
     elif options:
@@ -135,4 +136,4 @@ def _schedule_run(schedule: Schedule, sig: np.ndarray, ns) -> Schedule:
     if p not in pts:
         raise ValueError(f"sigmas: the tail starting at σ={sig[0]:.6g} starts at a point this schedule never evaluates "
                          "(an analytical first step); start one point later")
-    return as_sigma.tail(pts.index(p))
+    return as_sigma.tail(len(pts) - 1 - pts[::-1].index(p))   # the last evaluation there (after an implicit corrector)

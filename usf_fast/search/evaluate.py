@@ -42,8 +42,9 @@ class NoiseSet:
             rows0 = model.rows
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
+                rows = model.cond_rows   # chunks of a multiple of the prompts: sample r keeps prompt r mod P
                 ref = reference_samples(model, self.noise.to(device), t_start, t_end, nfe=self.reference_nfe,
-                                        batch_size=512, dtype=self.reference_dtype).cpu()
+                                        batch_size=max(1, 512 // rows) * rows, dtype=self.reference_dtype).cpu()
             self.reference_rows = model.rows - rows0
             if not bool(torch.isfinite(ref).all()):
                 raise ValueError(f"the high-accuracy reference solution ({self.name} noise) has NaN/inf: the model "

@@ -107,17 +107,24 @@ def _check_model(model: DiffusionModel, shape: tuple, device: torch.device, dtyp
     a wrong `shape` is a clear message instead of a failure inside the first batch. Returns the
     network's fingerprint: mean and std of that call's output (the log's header records it, so
     a log of another network is never resumed; docs/search.md)."""
-    x = torch.randn((1, *shape), generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
+    n = model.cond_rows   # every prompt once
+    ns = model.noise_schedule
+    # the fingerprint's time: where signal and noise are even (λ = 0), inside the range; at the start
+    # an ε-network returns about x/σ whatever it learned
+    t_mid = float(np.clip(ns.inverse_lambda(0.0), ns.t_min, ns.t_max)) if math.isfinite(t) else t
+    x = torch.randn((n, *shape), generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
     try:
         with torch.no_grad():
-            out = model.raw(x.to(dtype=dtype, device=device), torch.full((1,), float(t), dtype=dtype, device=device))
+            x_mid = float(ns.marginal_alpha(t_mid)) * 0.5 * x + float(ns.marginal_std(t_mid)) * x.flip(0)
+            out = model.raw(x_mid.to(dtype=dtype, device=device), torch.full((n,), t_mid, dtype=dtype, device=device))
     except Exception as e:   # the user's network: any error it raises
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"model: a test call on one sample of shape {shape} ({dtype}, device {device}) failed: "
                          f"{first}. The network must accept tensors on the search's device (device=, --device) "
                          "and the per-sample shape (shape=, --shape)") from e
     out = out.double()
-    stats = [float(out.mean()), float(out.std()) if out.numel() > 1 else 0.0]
+    stats = [float(out.mean()), float(out.std()) if out.numel() > 1 else 0.0,
+             float(model.guidance_scale) if model.guidance_scale is not None else 0.0]
     return [v if math.isfinite(v) else None for v in stats]   # a NaN network: the search says so later
 
 

@@ -37,7 +37,8 @@ class SearchSpace:
         relax_range: bound of the linear relaxation coefficient c (ρ = 1 + c·h).
         t_start, t_end: time range (default: the noise schedule's).
         extra_points: a step may estimate its derivatives from one more earlier point than its
-            order needs (USF's low-order derivative correction: a least-squares fit).
+            order needs (USF's derivative estimation with more active points: the higher-order
+            fit through them, truncated to the step's order).
         singlestep: a step of order >= 2 may start two points back, using the point between as an
             active point (the second half of a singlestep solver's step).
     """
@@ -245,7 +246,12 @@ class SearchSpace:
                 elif op == 2 and len(self.predictions) > 1:
                     steps[i] = st.replace(prediction="noise" if st.prediction == "data" else "data")
                 elif op == 3:
-                    steps[i] = st.replace(order=int(np.clip(st.order + rng.choice([-1, 1]), min(self.orders), max(self.orders))))
+                    order = int(np.clip(st.order + rng.choice([-1, 1]), min(self.orders), max(self.orders)))
+                    if self.extra_points:   # keep the step's extra-point choice across the new order
+                        extra = st.points is not None and len(st.points) > st.order - 1
+                        steps[i] = st.replace(order=order, points=tuple(range(order)) if extra else None)
+                    else:
+                        steps[i] = st.replace(order=order)
                 elif op == 4 and self.correctors:
                     steps[i] = st.replace(corrector="none" if st.corrector != "none" else "pseudo")
                 elif op == 5:

@@ -521,3 +521,27 @@ def test_read_evaluations_returns_the_logged_evaluations(tmp_path):
     log.write_text("\n".join(lines[:3] + ["{not json"] + lines[3:]) + "\n")
     with pytest.raises(ValueError, match="line 4 is corrupt"):
         read_evaluations(log)
+
+
+def test_a_dead_peer_is_one_clear_line_not_a_hang(tmp_path):
+    """Two processes of a distributed search (as torchrun starts them); rank 1 dies at its first
+    network call. Rank 0 reports it in one line naming --dist-timeout and exits with status 2."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in (0, 1):
+        env = dict(_env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                   LOCAL_RANK=str(rank), PYTHONPATH=os.pathsep.join([os.path.dirname(__file__),
+                                                                     os.environ.get("PYTHONPATH", "")]))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "usf_fast.cli", "search", "--model", "dead_peer:model", "--nfe", "3",
+             "--budget", "8", "--samples", "8", "--samples2", "8", "--heldout", "8", "--device", "cpu",
+             "--dist-timeout", "30", "--out", str(tmp_path / "out")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    out0 = procs[0].communicate(timeout=120)
+    procs[1].communicate(timeout=30)
+    assert procs[1].returncode == 3
+    assert procs[0].returncode == 2, out0[1][-2000:]
+    assert "a peer process of this torchrun job is gone or stalled" in out0[1] and "Traceback" not in out0[1]

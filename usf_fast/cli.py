@@ -17,7 +17,7 @@ from . import presets as P
 from ._version import __version__
 from .api import sample
 from .backends import BACKENDS, backend_status, resolve_backend
-from .files import atomic_write
+from .files import atomic_write, printable
 from .metrics import reference_distance, reference_samples, sample_metrics
 from .model import DiffusionModel
 from .models import EMBEDDED_MODELS, embedded_model
@@ -342,6 +342,20 @@ def _check_search_args(args) -> None:
         raise ValueError(f"--out {args.out}: exists and is not a folder")
 
 
+def _search_space(args, model, nfe: int):
+    """The search space the flags ask for, or None for the default one."""
+    if not (args.extra_points or args.singlestep_starts):
+        return None
+    from .search import SearchSpace
+    return SearchSpace(model.noise_schedule, nfe, extra_points=args.extra_points, singlestep=args.singlestep_starts)
+
+
+def _with_pipeline_meta(schedule: Schedule, args) -> Schedule:
+    """The pipeline settings a schedule was searched with, for `generate`."""
+    return schedule.replace(meta=dict(schedule.meta, pipeline={"guidance": args.guidance, "height": args.height,
+                                                               "width": args.width}))
+
+
 def _search(args, rank: int, device: str) -> int:
     _check_search_args(args)
     # imported here: the search (scipy.stats, the predictors) adds 0.4 s to every other command's start
@@ -370,12 +384,7 @@ def _search(args, rank: int, device: str) -> int:
         log_path = os.path.join(args.out, f"log_nfe{n}.jsonl")
         # --resume on a multi-NFE search: an NFE the killed run never reached starts here
         resume = args.resume and os.path.exists(log_path)
-        space = None
-        if args.extra_points or args.singlestep_starts:
-            from .search import SearchSpace
-            space = SearchSpace(model.noise_schedule, n, extra_points=args.extra_points,
-                                singlestep=args.singlestep_starts)
-        res = s3_search(model, n, space=space, metric=args.metric, metric_options=metric_options, seed=args.seed,
+        res = s3_search(model, n, space=_search_space(args, model, n), metric=args.metric, metric_options=metric_options, seed=args.seed,
                         budget=args.budget, samples=(args.samples, args.samples2), heldout=args.heldout,
                         use_predictor=not args.no_predictor, predictor=args.predictor, shape=shape, log_path=log_path,
                         resume=resume,
@@ -383,8 +392,7 @@ def _search(args, rank: int, device: str) -> int:
                         reference_nfe=args.reference_nfe,
                         reference_dtype={"float64": torch.float64, "float32": torch.float32}[args.reference_dtype])
         if args.model.startswith("diffusers:"):   # generate then runs it on the network it was searched on
-            res.best = res.best.replace(meta=dict(res.best.meta, pipeline={
-                "guidance": args.guidance, "height": args.height, "width": args.width}))
+            res.best = _with_pipeline_meta(res.best, args)
         results[n] = res
         if rank == 0:
             res.best.to_json(os.path.join(args.out, f"best_nfe{n}.json"))
@@ -598,8 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _one_line(text: str) -> str:
     """An error message as one printable line: newlines folded, control characters escaped."""
-    text = " ".join(str(text).split())
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return printable(" ".join(str(text).split()))
 
 
 def main(argv=None) -> int:

@@ -32,30 +32,36 @@ def _check_prediction(prediction: str, ns: NoiseSchedule) -> None:
                          "flow models (SD3, FLUX) predict v = ε − x0: prediction='flow'")
 
 
+def map_cond(cond, fn):
+    """`fn` applied to every tensor of a conditioning structure (a tensor, or dicts / tuples / lists
+    of them), the structure kept; anything else is returned as is."""
+    if isinstance(cond, dict):
+        return {k: map_cond(v, fn) for k, v in cond.items()}
+    if isinstance(cond, (tuple, list)):
+        return type(cond)(map_cond(v, fn) for v in cond)
+    return fn(cond) if isinstance(cond, torch.Tensor) else cond
+
+
 def _broadcast(cond, b: int):
     """P conditioning rows for a batch of b samples, b a multiple of P: sample r gets row r mod P
     (one prompt, or a few prompts, for every sample of a search)."""
-    if isinstance(cond, dict):
-        return {k: _broadcast(v, b) for k, v in cond.items()}
-    if isinstance(cond, (tuple, list)):
-        return type(cond)(_broadcast(v, b) for v in cond)
-    if isinstance(cond, torch.Tensor) and cond.dim() >= 1 and cond.shape[0] >= 1 and cond.shape[0] != b:
-        p = cond.shape[0]
+    def rows(t):
+        p = t.shape[0] if t.dim() >= 1 else b
+        if p == b or p == 0:
+            return t
         if p == 1:
-            return cond.expand(b, *cond.shape[1:])
+            return t.expand(b, *t.shape[1:])
         if b % p:
             raise ValueError(f"cond: {p} conditioning rows for a batch of {b} samples; the batch must be a multiple "
                              f"of {p} (sample r uses row r mod {p})")
-        return cond.repeat(b // p, *([1] * (cond.dim() - 1)))
-    return cond
+        return t.repeat(b // p, *([1] * (t.dim() - 1)))
+    return map_cond(cond, rows)
 
 
 def _tensors(cond) -> list:
-    if isinstance(cond, dict):
-        return [t for v in cond.values() for t in _tensors(v)]
-    if isinstance(cond, (tuple, list)):
-        return [t for v in cond for t in _tensors(v)]
-    return [cond] if isinstance(cond, torch.Tensor) else []
+    found = []
+    map_cond(cond, found.append)
+    return found
 
 
 def _cat_cond(uncond, cond):

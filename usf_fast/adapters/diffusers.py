@@ -413,8 +413,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         custom = sigmas if sigmas is not None else timesteps
         if custom is not None:
             name = "sigmas" if sigmas is not None else "timesteps"
-            custom = np.asarray(custom.detach().cpu() if torch.is_tensor(custom) else custom, dtype=np.float64)
-            if custom.ndim != 1 or len(custom) < 1 or not np.all(np.isfinite(custom)):
+            custom = np.asarray(_key_of(custom, name), dtype=np.float64)
+            if len(custom) < 1 or not np.all(np.isfinite(custom)):
                 raise ValueError(f"set_timesteps: {name}= must be a non-empty list of finite numbers")
             num_inference_steps = len(custom) if num_inference_steps is None else num_inference_steps
             if int(num_inference_steps) != len(custom):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model import DiffusionModel
+from ..model import DiffusionModel, map_cond
 from ..schedule import Schedule
 from .diffusers import USFScheduler, wrap_transformer, wrap_unet
 
@@ -167,13 +167,8 @@ def _micro_batched(net, max_batch: int):
 
 
 def _slice(cond, sl, b):
-    if isinstance(cond, dict):
-        return {k: _slice(v, sl, b) for k, v in cond.items()}
-    if isinstance(cond, (tuple, list)):
-        return type(cond)(_slice(v, sl, b) for v in cond)
-    if isinstance(cond, torch.Tensor) and cond.dim() >= 1 and cond.shape[0] == b:
-        return cond[sl]
-    return cond
+    """Rows `sl` of every conditioning tensor with one row per sample of the batch of b."""
+    return map_cond(cond, lambda t: t[sl] if t.dim() >= 1 and t.shape[0] == b else t)
 
 
 def generate(pipe, schedule: Schedule, prompts: list[str] | None = None, guidance: float | None = None,

@@ -1,5 +1,6 @@
 """SearchConfig: every option validated by name, defaults that replace() cannot freeze, and the
 identity a resumed search must share with its log."""
+import dataclasses
 import json
 
 import pytest
@@ -28,6 +29,9 @@ def test_the_screen_default_follows_the_predictor_through_replace():
     ({"heldout": 0}, "heldout=0: must be a positive integer"),
     ({"max_minutes": float("nan")}, "max_minutes=nan: must be a finite number >= 0"),
     ({"screen": 0}, "screen=0: must be a positive integer"),
+    ({"finalists": 0}, "finalists=0: must be a positive integer"),
+    ({"heldout_presets": 0}, "heldout_presets=0: must be a positive integer"),
+    ({"heldout_presets": 2.5}, "heldout_presets=2.5: must be a positive integer"),
 ])
 def test_bad_options_name_the_field(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -122,3 +126,9 @@ def test_the_options_are_part_of_the_search_identity(tmp_path):
     assert res.best.nfe == 3
     with pytest.raises(ValueError, match="settings="):
         s3_search(model, 3, resume=True, **opts)
+
+
+def test_the_cli_search_defaults_are_search_configs():
+    from usf_fast.cli import SEARCH_DEFAULTS
+    fields = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
+    assert SEARCH_DEFAULTS == {k: fields[k] for k in SEARCH_DEFAULTS}

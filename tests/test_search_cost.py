@@ -6,7 +6,8 @@ import torch
 
 import usf_fast
 from usf_fast.models import embedded_model
-from usf_fast.search import SearchConfig, s3_search
+from usf_fast.search import SearchConfig, evaluate_schedules, make_metric, preset_candidates, s3_search
+from usf_fast.search.evaluate import NoiseSet
 
 
 def _counting(model):
@@ -51,3 +52,26 @@ def test_a_cheaper_reference_is_an_option_and_part_of_the_identity(tmp_path):
     from usf_fast.search.space import SearchSpace
     assert cfg.identity(SearchSpace(model.noise_schedule, 3), "ref")["settings"]["reference_nfe"] == 50
     assert "reference_nfe" not in SearchConfig(nfe=3).identity(SearchSpace(model.noise_schedule, 3), "ref")["settings"]
+
+
+def test_the_held_out_table_of_the_k_presets_best_on_stage_1(tmp_path, capsys):
+    """heldout_presets=k: the k presets with the lowest metric on stage 1's noise (every preset,
+    those the search did not seed with evaluated there first) and `finalists` searched schedules."""
+    model, seen = _counting(embedded_model("gmm-2d"))
+    res = s3_search(model, 4, budget=30, samples=(16, 32), heldout=32, finalists=2, heldout_presets=3,
+                    progress=True, log_path=tmp_path / "log.jsonl")
+    labels = [lbl for lbl, _ in res.table]
+    assert sum(lbl.startswith("searched") for lbl in labels) == 2 and len(labels) == 5
+    ns = model.noise_schedule
+    presets = preset_candidates(ns, 4)
+    s1 = NoiseSet(model.sample_shape, 16, 1, "s1")   # the search's stage-1 noise at seed 0
+    vals = dict(zip([lbl for lbl, _ in presets], evaluate_schedules(
+        model, [s for _, s in presets], s1, make_metric("ref", model), (ns.t_max, ns.t_min))))
+    kept = {lbl for lbl in labels if not lbl.startswith("searched")}
+    assert len(kept) == 3 and max(vals[k] for k in kept) <= min(v for k, v in vals.items() if k not in kept) * (1 + 1e-6)
+    assert res.best_preset[0] in kept
+    printed = capsys.readouterr().out
+    bound = int(re.search(r"at most ([\d,]+) network rows", printed).group(1).replace(",", ""))
+    assert res.cost["total"] <= bound
+    # the 40 presets at 32 held-out samples would be 40 * 32 * 4 rows; 3 (+ the stage-1 screen) are far fewer
+    assert res.cost["heldout"] <= (2 + 3) * 32 * 4 + len(presets) * 16 * 4

@@ -64,6 +64,12 @@ def _ints(flag: str, text: str, minimum: int = 1) -> list[int]:
     return vals
 
 
+# SearchConfig's defaults (a test keeps them equal; importing usf_fast.search here would add
+# ~0.5 s to every command's start)
+SEARCH_DEFAULTS = {"budget": 600, "samples": (256, 1024), "heldout": 1024, "finalists": 4, "heldout_presets": None,
+                   "reference_nfe": 200, "reference_dtype": torch.float64}
+
+
 def _check_counts(args, *flags) -> None:
     """Integer flags that must be >= 1 (sample counts, budgets)."""
     for flag in flags:
@@ -328,7 +334,10 @@ def _pipeline_model(args, device: str):
 
 def _check_search_args(args) -> None:
     """Every number a search takes, checked before anything is loaded or written."""
-    _check_counts(args, "--budget", "--samples", "--samples2", "--heldout", "--chunk", "--reference-nfe")
+    _check_counts(args, "--budget", "--samples", "--samples2", "--heldout", "--chunk", "--reference-nfe",
+                  "--finalists")
+    if args.heldout_presets != "all" and not (args.heldout_presets.isdigit() and int(args.heldout_presets) >= 1):
+        raise ValueError(f"--heldout-presets {args.heldout_presets}: must be 'all' or an integer >= 1")
     if args.seed < 0:
         raise ValueError(f"--seed {args.seed}: must be >= 0")
     if args.max_minutes is not None and not (math.isfinite(args.max_minutes) and args.max_minutes >= 0):
@@ -386,6 +395,8 @@ def _search(args, rank: int, device: str) -> int:
         resume = args.resume and os.path.exists(log_path)
         res = s3_search(model, n, space=_search_space(args, model, n), metric=args.metric, metric_options=metric_options, seed=args.seed,
                         budget=args.budget, samples=(args.samples, args.samples2), heldout=args.heldout,
+                        finalists=args.finalists,
+                        heldout_presets=None if args.heldout_presets == "all" else int(args.heldout_presets),
                         use_predictor=not args.no_predictor, predictor=args.predictor, shape=shape, log_path=log_path,
                         resume=resume,
                         max_minutes=remaining, progress=rank == 0, chunk=args.chunk, device=device,
@@ -550,10 +561,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "fd: the model's Fréchet distance (gmm-*, digits); fid: pytorch-fid")
     q.add_argument("--fid-stats", help="metric fid: .npz with mu and sigma of the data's Inception features")
     q.add_argument("--fid-weights", help="metric fid: local pytorch-fid Inception weights (.pth)")
-    q.add_argument("--budget", type=int, default=600, help="real evaluations per NFE (default 600)")
-    q.add_argument("--samples", type=int, default=256, help="noise samples per stage-1 evaluation (default 256)")
-    q.add_argument("--samples2", type=int, default=1024, help="noise samples per stage-2 evaluation (default 1024)")
-    q.add_argument("--heldout", type=int, default=1024, help="held-out noise samples for the final numbers")
+    d = SEARCH_DEFAULTS
+    q.add_argument("--budget", type=int, default=d["budget"], help=f"real evaluations per NFE (default {d['budget']})")
+    q.add_argument("--samples", type=int, default=d["samples"][0],
+                   help=f"noise samples per stage-1 evaluation (default {d['samples'][0]})")
+    q.add_argument("--samples2", type=int, default=d["samples"][1],
+                   help=f"noise samples per stage-2 evaluation (default {d['samples'][1]})")
+    q.add_argument("--heldout", type=int, default=d["heldout"],
+                   help=f"held-out noise samples for the final comparison (default {d['heldout']})")
+    q.add_argument("--finalists", type=int, default=d["finalists"],
+                   help=f"stage 2's best schedules compared on held-out noise (default {d['finalists']})")
+    q.add_argument("--heldout-presets", default="all" if d["heldout_presets"] is None else str(d["heldout_presets"]),
+                   help="presets in the held-out comparison: all, or the N best on stage 1's noise (default "
+                        f"{'all' if d['heldout_presets'] is None else d['heldout_presets']})")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--no-predictor", action="store_true", help="plain evolution (ablation)")
     q.add_argument("--predictor", default="gp", choices=["gp", "improve", "metric"],
@@ -572,9 +592,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search space: a step of order >= 2 may start two points back (singlestep-style)")
     q.add_argument("--dist-timeout", type=float, default=300.0,
                    help="under torchrun: seconds to wait for a peer process before stopping with an error (default 300)")
-    q.add_argument("--reference-nfe", type=int, default=200, help="steps of the reference solve (metric ref; default 200)")
-    q.add_argument("--reference-dtype", default="float64", choices=("float64", "float32"),
-                   help="precision of the reference solve (default float64)")
+    q.add_argument("--reference-nfe", type=int, default=d["reference_nfe"],
+                   help=f"steps of the reference solve (metric ref; default {d['reference_nfe']})")
+    q.add_argument("--reference-dtype", default=str(d["reference_dtype"]).replace("torch.", ""),
+                   choices=("float64", "float32"), help="precision of the reference solve (default "
+                   f"{str(d['reference_dtype']).replace('torch.', '')})")
     pipeline_args(q)
     q.add_argument("--max-batch", type=int, help="diffusers:DIR: rows per network call (micro-batches)")
     q.set_defaults(func=cmd_search)

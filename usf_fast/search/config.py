@@ -33,6 +33,8 @@ class SearchConfig:
     budget: int = 600
     samples: tuple = (256, 1024)
     heldout: int = 1024
+    finalists: int = 4
+    heldout_presets: int | None = None
     stage_split: float = 0.75
     population: int = 16
     proposals: int = 512
@@ -66,7 +68,9 @@ class SearchConfig:
         _positive_int("reference_nfe", self.reference_nfe, "steps of the reference solve")
         if self.reference_dtype not in (torch.float64, torch.float32):
             raise ValueError(f"reference_dtype={self.reference_dtype!r}: must be torch.float64 or torch.float32")
-        for name in ("population", "proposals", "per_generation", "heldout"):
+        if self.heldout_presets is not None:
+            _positive_int("heldout_presets", self.heldout_presets, "presets in the held-out table; None = every one")
+        for name in ("population", "proposals", "per_generation", "heldout", "finalists"):
             _positive_int(name, getattr(self, name), "a count")
         if (not isinstance(self.samples, (tuple, list)) or len(self.samples) != 2
                 or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in self.samples)):
@@ -103,19 +107,24 @@ class SearchConfig:
             **({"extra_points": True} if getattr(space, "extra_points", False) else {}),
             **({"singlestep": True} if getattr(space, "singlestep", False) else {}),
             **({"reference_nfe": self.reference_nfe} if self.reference_nfe != 200 else {}),
+            **({"finalists": self.finalists} if self.finalists != 4 else {}),
+            **({"heldout_presets": self.heldout_presets} if self.heldout_presets is not None else {}),
             **({"reference_dtype": str(self.reference_dtype)} if self.reference_dtype != torch.float64 else {})}}
 
     def cost_estimate(self, n_presets: int, guided: bool = False, needs_reference: bool = True,
                       n_seeds: int = 0) -> dict:
         """Network rows (samples through the network; ×2 under classifier-free guidance) a search
         makes at most, by phase: stage 1 and stage 2 (budget × samples × NFE), the held-out table
-        (4 finalists and the presets), the reference solves (every noise set × reference_nfe).
+        (the finalists and the presets; with `heldout_presets`, also every preset on stage 1's noise
+        to choose them), the reference solves (every noise set × reference_nfe).
         Evaluations read back from a log cost nothing."""
         k = 2 if guided else 1
         n1 = max(int(self.budget * self.stage_split), n_seeds)
+        table = n_presets if self.heldout_presets is None else min(self.heldout_presets, n_presets)
+        screen = n_presets * self.samples[0] if table < n_presets else 0
         out = {"stage1": n1 * self.samples[0] * self.nfe * k,
                "stage2": (max(self.budget - n1, 0) + self.population) * self.samples[1] * self.nfe * k,
-               "heldout": (4 + n_presets) * self.heldout * self.nfe * k,
+               "heldout": ((self.finalists + table) * self.heldout + screen) * self.nfe * k,
                "reference": (sum(self.samples) + self.heldout) * self.reference_nfe * k if needs_reference else 0}
         out["total"] = sum(out.values())
         return out

@@ -420,13 +420,25 @@ class S3Search:
         self._end_phase("stage2")
         if self.bar is not None:
             self.bar.close()
-        return self.final([s for s, _, _ in sorted(pool2, key=lambda p: p[1])[:4]])
+        return self.final([s for s, _, _ in sorted(pool2, key=lambda p: p[1])[:c.finalists]])
 
-    def final(self, finalists: list[Schedule]) -> SearchResult:
-        """The finalists and every preset over every spacing on held-out noise (not counted in the
-        budget): the result is never worse than the best preset."""
+    def table_presets(self) -> list[tuple[str, Schedule]]:
+        """The presets of the held-out table: every preset over every spacing, or with
+        `heldout_presets` = k the k that score best on stage 1's noise (read from the search's
+        evaluations; presets the search did not seed with are evaluated there first)."""
         c = self.config
         presets_ = preset_candidates(self.ns, c.nfe, self.space.t_start, self.space.t_end)
+        if c.heldout_presets is None or c.heldout_presets >= len(presets_):
+            return presets_
+        screen = self.evaluate([s for _, s in presets_], "s1", "final", count=False)
+        keep = sorted(np.argsort(screen, kind="stable")[:c.heldout_presets])
+        return [presets_[i] for i in keep]
+
+    def final(self, finalists: list[Schedule]) -> SearchResult:
+        """The finalists and the presets (`table_presets`) on held-out noise (not counted in the
+        budget): the result is never worse than the best of those presets."""
+        c = self.config
+        presets_ = self.table_presets()
         labels = [f"searched #{i + 1}" for i in range(len(finalists))] + [lbl for lbl, _ in presets_]
         cands = finalists + [s for _, s in presets_]
         held = self.evaluate(cands, "heldout", "final", count=False)
@@ -457,6 +469,10 @@ def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = No
         budget: real evaluations (candidate × fidelity) for the search stages; the held-out
             comparison of finalists and presets comes on top.
         samples: noise samples per evaluation in stage 1 and stage 2; heldout: final comparison.
+        finalists: stage 2's best schedules that go to the held-out comparison (default 4).
+        heldout_presets: presets in the held-out comparison: None = every preset over every
+            spacing; k = the k best on stage 1's noise (a cheaper table; the best preset is
+            almost always among them, docs/experiments.md).
         use_predictor: False = plain evolution (the ablation baseline).
         predictor: "gp" (default: Gaussian process on the metric, `GPPredictor`; each generation's
             evaluations are one batch chosen by expected improvement over the best so far, each

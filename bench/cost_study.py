@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from usf_fast.models import embedded_model
-from usf_fast.search import evaluate_schedules, make_metric, s3_search
+from usf_fast.search import SearchSpace, evaluate_schedules, make_metric, s3_search
 from usf_fast.search.evaluate import NoiseSet
 from usf_fast.search.s3 import preset_candidates
 
@@ -32,6 +32,11 @@ VARIANTS = {
     "c64": dict(budget=380, samples=(64, 256), heldout=512, heldout_presets=8, reference_nfe=50),
     "c96": dict(budget=320, samples=(96, 256), heldout=512, heldout_presets=8, reference_nfe=50),
     "c128": dict(budget=200, samples=(128, 512), heldout=512, heldout_presets=8, reference_nfe=50),
+    # three stages (successive halving)
+    "h3": dict(budget=360, samples=(32, 128, 512), stage_split=(0.6, 0.9), heldout=512, heldout_presets=8,
+               reference_nfe=50),
+    "h3b": dict(budget=240, samples=(64, 256, 512), stage_split=(0.6, 0.9), heldout=512, heldout_presets=8,
+                reference_nfe=40),
 }
 EVAL_SEED = 99_999
 
@@ -75,8 +80,10 @@ def main():
                 continue
             with tempfile.TemporaryDirectory() as d:
                 t0 = time.time()
-                res = s3_search(model, args.nfe, seed=seed, metric=args.metric, progress=False,
-                                log_path=os.path.join(d, "log.jsonl"), **VARIANTS[name])
+                opts = dict(VARIANTS[name])
+                space = SearchSpace(model.noise_schedule, args.nfe, **opts.pop("space", {}))
+                res = s3_search(model, args.nfe, seed=seed, metric=args.metric, progress=False, space=space,
+                                log_path=os.path.join(d, "log.jsonl"), **opts)
                 secs = time.time() - t0
             val = evaluate_schedules(model, [res.best], ev, metric, t_range)[0]
             row = {"variant": name, "seed": seed, "rows": res.cost["total"], "cost": res.cost, "seconds": secs,

@@ -61,6 +61,25 @@ def test_batched_evaluation_equals_one_at_a_time_and_the_direct_metric():
     np.testing.assert_allclose(batched, direct, rtol=1e-9)
 
 
+def test_batched_evaluation_of_schedules_with_every_space_option_equals_the_reference_sampler():
+    """Implicit correctors (fewer steps, same NFE), extra points and singlestep starts share one
+    batch with plain schedules and give what `reference_sample` gives for each."""
+    space = SearchSpace(NS, 5, implicit=True, extra_points=True, singlestep=True)
+    rng = np.random.default_rng(3)
+    scheds, s = [], space.seeds()[7]
+    while len(scheds) < 12:
+        s = space.mutate(s, rng)
+        if any(st.corrector == "implicit" for st in s.steps) or len(scheds) % 3 == 0:
+            scheds.append(s)
+    assert any(len(x.steps) < 5 + x.afs for x in scheds)
+    ns_ = NoiseSet((2,), 16, 0, "t")
+    metric = ReferenceDistance()
+    batched = evaluate_schedules(MODEL2D, scheds, ns_, metric, (NS.t_max, NS.t_min), chunk=6, dtype=torch.float64)
+    ref = ns_.reference(MODEL2D, NS.t_max, NS.t_min)
+    direct = [metric(usf_fast.reference_sample(MODEL2D, x, noise=ns_.noise), ref) for x in scheds]
+    np.testing.assert_allclose(batched, direct, rtol=1e-9)
+
+
 def test_predictor_learns_a_ranking():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 6))

@@ -25,7 +25,10 @@ def test_the_screen_default_follows_the_predictor_through_replace():
     ({"predictor": "mlp"}, "predictor='mlp': must be one of improve, metric, gp"),
     ({"per_generation": 0}, "per_generation=0: must be a positive integer"),
     ({"population": -1}, "population=-1: must be a positive integer"),
-    ({"samples": (256,)}, r"samples=\(256,\): must be two positive integers"),
+    ({"samples": (256,)}, r"samples=\(256,\): must be two or three positive integers"),
+    ({"samples": (8, 16, 32), "stage_split": 0.5}, r"stage_split=0.5: must be the fraction .* 2 number\(s\) for 3 stages"),
+    ({"samples": (8, 16, 32), "stage_split": (0.9, 0.6)}, r"stage_split=\(0.9, 0.6\): must be .* increasing"),
+    ({"stage_split": 1.5}, r"stage_split=1.5: must be the fraction"),
     ({"heldout": 0}, "heldout=0: must be a positive integer"),
     ({"max_minutes": float("nan")}, "max_minutes=nan: must be a finite number >= 0"),
     ({"screen": 0}, "screen=0: must be a positive integer"),
@@ -97,7 +100,8 @@ def test_a_log_of_another_network_with_the_same_noise_schedule_is_refused(tmp_pa
     assert s3_search(model, 2, resume=True, **opts).cost["total"] == 1   # the same network resumes
 
 
-@pytest.mark.parametrize("opts", [{"extra_points": True}, {"singlestep": True}, {"extra_points": True, "singlestep": True}])
+@pytest.mark.parametrize("opts", [{"extra_points": True}, {"singlestep": True}, {"extra_points": True, "singlestep": True},
+                                  {"implicit": True}, {"implicit": True, "extra_points": True, "singlestep": True}])
 def test_decision_space_options_give_valid_schedules_of_the_exact_nfe(opts):
     import numpy as np
 
@@ -107,14 +111,20 @@ def test_decision_space_options_give_valid_schedules_of_the_exact_nfe(opts):
     space = SearchSpace(ns, 5, **opts)
     rng = np.random.default_rng(0)
     s = space.seeds()[5]
-    seen_extra = seen_back = 0
-    for _ in range(300):
-        s = space.mutate(s, rng)
-        assert s.nfe == 5 and len(space.encode(s)) == space.encoding_size
+    seen_extra = seen_back = seen_implicit = 0
+    pop = [s]
+    for k in range(300):
+        s = space.mutate(s, rng) if k % 3 else space.crossover(s, pop[int(rng.integers(len(pop)))], rng)
+        pop.append(s)
+        # exact NFE counted by the schedule's own evaluation list (an implicit corrector's point twice)
+        assert s.nfe == 5 and len(s.evaluation_points()) == 5 and len(space.encode(s)) == space.encoding_size
+        assert len(s.steps) == 5 + s.afs - sum(st.corrector == "implicit" for st in s.steps)
         usf_fast.program.step_weights(s, ns)   # valid and well-conditioned
         seen_extra += any(len(st.points) > st.order - 1 for st in s.steps)
         seen_back += any(st.start < i - 1 for i, st in enumerate(s.steps, 1))
+        seen_implicit += any(st.corrector == "implicit" for st in s.steps)
     assert (seen_extra > 0) == opts.get("extra_points", False) and (seen_back > 0) == opts.get("singlestep", False)
+    assert (seen_implicit > 0) == opts.get("implicit", False)
 
 
 def test_the_options_are_part_of_the_search_identity(tmp_path):

@@ -353,10 +353,11 @@ def _check_search_args(args) -> None:
 
 def _search_space(args, model, nfe: int):
     """The search space the flags ask for, or None for the default one."""
-    if not (args.extra_points or args.singlestep_starts):
+    if not (args.extra_points or args.singlestep_starts or args.implicit_corrector):
         return None
     from .search import SearchSpace
-    return SearchSpace(model.noise_schedule, nfe, extra_points=args.extra_points, singlestep=args.singlestep_starts)
+    return SearchSpace(model.noise_schedule, nfe, extra_points=args.extra_points, singlestep=args.singlestep_starts,
+                       implicit=args.implicit_corrector)
 
 
 def _with_pipeline_meta(schedule: Schedule, args) -> Schedule:
@@ -590,6 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search space: a step may fit its derivatives to one more earlier point than its order needs")
     q.add_argument("--singlestep-starts", action="store_true",
                    help="search space: a step of order >= 2 may start two points back (singlestep-style)")
+    q.add_argument("--implicit-corrector", action="store_true",
+                   help="search space: a step's corrector may re-evaluate the model (+1 NFE; one step fewer)")
     q.add_argument("--dist-timeout", type=float, default=300.0,
                    help="under torchrun: seconds to wait for a peer process before stopping with an error (default 300)")
     q.add_argument("--reference-nfe", type=int, default=d["reference_nfe"],

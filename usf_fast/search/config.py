@@ -35,7 +35,7 @@ class SearchConfig:
     heldout: int = 1024
     finalists: int = 4
     heldout_presets: int | None = None
-    stage_split: float = 0.75
+    stage_split: float | tuple = 0.75
     population: int = 16
     proposals: int = 512
     per_generation: int = 16
@@ -72,12 +72,31 @@ class SearchConfig:
             _positive_int("heldout_presets", self.heldout_presets, "presets in the held-out table; None = every one")
         for name in ("population", "proposals", "per_generation", "heldout", "finalists"):
             _positive_int(name, getattr(self, name), "a count")
-        if (not isinstance(self.samples, (tuple, list)) or len(self.samples) != 2
+        if (not isinstance(self.samples, (tuple, list)) or len(self.samples) not in (2, 3)
                 or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in self.samples)):
-            raise ValueError(f"samples={self.samples!r}: must be two positive integers (stage 1, stage 2)")
+            raise ValueError(f"samples={self.samples!r}: must be two or three positive integers (noise samples "
+                             "per evaluation in each stage)")
+        splits = self.splits
+        if (len(splits) != len(self.samples) - 1
+                or any(not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1 for f in splits)
+                or any(b <= a for a, b in zip(splits, splits[1:]))):
+            raise ValueError(f"stage_split={self.stage_split!r}: must be the fraction of the budget spent before each "
+                             f"later stage starts, increasing in (0, 1]: {len(self.samples) - 1} number(s) for "
+                             f"{len(self.samples)} stages")
         if self.max_minutes is not None and not (isinstance(self.max_minutes, (int, float))
                                                  and math.isfinite(self.max_minutes) and self.max_minutes >= 0):
             raise ValueError(f"max_minutes={self.max_minutes!r}: must be a finite number >= 0")
+
+    @property
+    def splits(self) -> tuple:
+        """`stage_split` as a tuple: the fraction of the budget spent when each later stage starts."""
+        return tuple(self.stage_split) if isinstance(self.stage_split, (tuple, list)) else (self.stage_split,)
+
+    def stage_ends(self, n_seeds: int = 0) -> list[int]:
+        """Evaluations requested when each stage ends (stage 1 at least evaluates every seed)."""
+        ends = [int(self.budget * f) for f in self.splits] + [self.budget]
+        ends[0] = max(ends[0], n_seeds)
+        return [max(e, ends[0]) for e in ends]
 
     @property
     def screen_for_picks(self) -> int:
@@ -106,6 +125,7 @@ class SearchConfig:
             # only when changed, so logs written before these options existed still resume
             **({"extra_points": True} if getattr(space, "extra_points", False) else {}),
             **({"singlestep": True} if getattr(space, "singlestep", False) else {}),
+            **({"implicit": True} if getattr(space, "implicit", False) else {}),
             **({"reference_nfe": self.reference_nfe} if self.reference_nfe != 200 else {}),
             **({"finalists": self.finalists} if self.finalists != 4 else {}),
             **({"heldout_presets": self.heldout_presets} if self.heldout_presets is not None else {}),
@@ -119,12 +139,14 @@ class SearchConfig:
         to choose them), the reference solves (every noise set × reference_nfe).
         Evaluations read back from a log cost nothing."""
         k = 2 if guided else 1
-        n1 = max(int(self.budget * self.stage_split), n_seeds)
+        ends = self.stage_ends(n_seeds)
         table = n_presets if self.heldout_presets is None else min(self.heldout_presets, n_presets)
         screen = n_presets * self.samples[0] if table < n_presets else 0
-        out = {"stage1": n1 * self.samples[0] * self.nfe * k,
-               "stage2": (max(self.budget - n1, 0) + self.population) * self.samples[1] * self.nfe * k,
+        out = {"stage1": ends[0] * self.samples[0] * self.nfe * k}
+        for i in range(1, len(ends)):   # a later stage: its share of the budget, at most the survivors more
+            out[f"stage{i + 1}"] = (ends[i] - ends[i - 1] + self.population) * self.samples[i] * self.nfe * k
+        out.update({
                "heldout": ((self.finalists + table) * self.heldout + screen) * self.nfe * k,
-               "reference": (sum(self.samples) + self.heldout) * self.reference_nfe * k if needs_reference else 0}
+               "reference": (sum(self.samples) + self.heldout) * self.reference_nfe * k if needs_reference else 0})
         out["total"] = sum(out.values())
         return out

@@ -164,8 +164,12 @@ class S3Search:
         self.device = _resolve_device(c.device)
         fingerprint = _check_model(model, self.shape, self.device, c.dtype, self.space.t_start)
         self.rank, self.world = _dist()
+        # noise seeds 1000·seed + 1, 2, 3 for stage 1, stage 2 and held-out (as before a third stage
+        # existed), + 4 for stage 3
+        named = [("s1", c.samples[0], 1), ("s2", c.samples[1], 2), ("heldout", c.heldout, 3)]
+        named += [(f"s{i + 1}", n, i + 2) for i, n in enumerate(c.samples[2:], 2)]
         self.sets = {name: NoiseSet(self.shape, n, 1000 * c.seed + k, name, c.reference_nfe, c.reference_dtype)
-                     for k, (name, n) in enumerate((("s1", c.samples[0]), ("s2", c.samples[1]), ("heldout", c.heldout)), 1)}
+                     for name, n, k in named}
         self.metric_name = getattr(self.metric, "name", str(c.metric))
         # the model's noise schedule, parameterisation and sample shape are part of what a log is
         # about: another model's log is never reused
@@ -382,7 +386,8 @@ class S3Search:
         self._phase_start = (rows, ref)
 
     def _cost_total(self) -> dict:
-        cost = {k: self.cost.get(k, 0) for k in ("stage1", "stage2", "heldout", "reference")}
+        stages = [f"stage{i + 1}" for i in range(len(self.config.samples))]
+        cost = {k: self.cost.get(k, 0) for k in (*stages, "heldout", "reference")}
         if self.world > 1:   # each process ran its share of the chunks
             gathered = [None] * self.world
             torch.distributed.all_gather_object(gathered, cost)
@@ -395,8 +400,9 @@ class S3Search:
         return [(s, m, schedule_key(s)) for s, m in zip(schedules, self.evaluate(schedules, fidelity, stage))]
 
     def run(self) -> SearchResult:
-        """Stage 1: the presets, then evolution on few samples; stage 2: the survivors on more
-        samples, evolution continues there; final: finalists and every preset on held-out noise."""
+        """Stage 1: the presets, then evolution on few samples; each later stage: the last one's
+        survivors on more samples, evolution continues there; final: the finalists and the
+        presets on held-out noise."""
         c = self.config
         if self.requested or self.new:
             raise ValueError("S3Search.run: a search object runs once; make a new S3Search (its log resumes it)")
@@ -412,15 +418,17 @@ class S3Search:
             raise ValueError(f"every preset schedule at NFE {c.nfe} produced NaN/inf samples (or metric values): the "
                              "model returns NaN/inf, or the metric fails; the evaluations are in the log")
         self.curve.append((self.requested, min(m for _, m, _ in pool1)))
-        self.evolve(pool1, "s1", "stage1", max(int(c.budget * c.stage_split), len(seeds)))
-        self._end_phase("stage1")
-        survivors = [s for s, _, _ in sorted(pool1, key=lambda p: p[1])[:c.population]]
-        pool2 = self._pool(survivors, "s2", "stage2")
-        self.evolve(pool2, "s2", "stage2", c.budget)
-        self._end_phase("stage2")
+        pool = pool1
+        for i, until in enumerate(c.stage_ends(len(seeds))):
+            fidelity, stage = f"s{i + 1}", f"stage{i + 1}"
+            if i:   # the best of the last stage, re-evaluated on this stage's (more) samples
+                survivors = [s for s, _, _ in sorted(pool, key=lambda p: p[1])[:c.population]]
+                pool = self._pool(survivors, fidelity, stage)
+            self.evolve(pool, fidelity, stage, until)
+            self._end_phase(stage)
         if self.bar is not None:
             self.bar.close()
-        return self.final([s for s, _, _ in sorted(pool2, key=lambda p: p[1])[:c.finalists]])
+        return self.final([s for s, _, _ in sorted(pool, key=lambda p: p[1])[:c.finalists]])
 
     def table_presets(self) -> list[tuple[str, Schedule]]:
         """The presets of the held-out table: every preset over every spacing, or with
@@ -468,7 +476,11 @@ def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = No
             "exact" (analytic models), "fid" (metric_options: stats=, weights=), or a callable.
         budget: real evaluations (candidate × fidelity) for the search stages; the held-out
             comparison of finalists and presets comes on top.
-        samples: noise samples per evaluation in stage 1 and stage 2; heldout: final comparison.
+        samples: noise samples per evaluation in stage 1, stage 2 (and a stage 3, successive
+            halving: each stage re-evaluates the last one's `population` best on more samples and
+            evolution continues there); heldout: the final comparison.
+        stage_split: fraction of the budget spent when each later stage starts (a number for two
+            stages, two increasing numbers for three).
         finalists: stage 2's best schedules that go to the held-out comparison (default 4).
         heldout_presets: presets in the held-out comparison: None = every preset over every
             spacing; k = the k best on stage 1's noise (a cheaper table; the best preset is

@@ -5,7 +5,7 @@ A candidate *is* a `Schedule` restricted to multistep steps (start = i−1, the 
 active points): per step the target time (continuous, as a fraction of the λ range), prediction
 type, expansion order, first-derivative relaxation (kind and coefficient), second-derivative
 scale and pseudo-corrector with its own relaxation; globally the analytical first step. The NFE
-is exact: N = nfe + afs steps, no corrector on the last step.
+is exact: N = nfe + afs − (implicit correctors) steps, no corrector on the last step.
 """
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ class SearchSpace:
             fit through them, truncated to the step's order).
         singlestep: a step of order >= 2 may start two points back, using the point between as an
             active point (the second half of a singlestep solver's step).
+        implicit: a step's corrector may be implicit (the model re-evaluated at the corrected state,
+            +1 NFE); such a schedule has one step fewer per implicit corrector, so the NFE stays exact.
     """
 
     noise_schedule: NoiseSchedule
@@ -54,6 +56,7 @@ class SearchSpace:
     t_end: float | None = None
     extra_points: bool = False
     singlestep: bool = False
+    implicit: bool = False
     _lam: tuple = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -90,8 +93,8 @@ class SearchSpace:
     def make(self, u, steps, afs: bool) -> Schedule | None:
         """Schedule from interior λ-fractions u (N−1), N steps and afs; repaired to the space's
         rules (order ≤ available history, no corrector on the last step, multistep)."""
-        n = self.nfe + int(afs)
-        if len(steps) != n or len(u) != n - 1:
+        n = self.nfe + int(afs) - self._implicit_count(steps)
+        if n < 1 or len(steps) != n or len(u) != n - 1:
             return None
         ts = self.times_from_fractions(np.clip(u, 1e-4, 1 - 1e-4))
         if ts is None:
@@ -107,15 +110,23 @@ class SearchSpace:
             cr, ccoef = st.corrector_relax, st.corrector_relax_coef
             if cr == "linear":
                 ccoef = float(np.clip(ccoef, -self.relax_range, self.relax_range))
+            if corr != "none":
+                corr = "implicit" if (corr == "implicit" and self.implicit) else "pseudo"
             fixed.append(Step(prediction=st.prediction, order=order, start=start, points=points, relax=relax,
-                              relax_coef=coef, d2_scale=st.d2_scale, corrector="pseudo" if corr != "none" else "none",
+                              relax_coef=coef, d2_scale=st.d2_scale, corrector=corr,
                               corrector_relax=cr, corrector_relax_coef=ccoef))
         try:
             s = Schedule(ts, fixed, afs=afs, meta={"search": True})
             check_conditioning(s, self.noise_schedule)   # nearly coincident points: not a proposal
-            return s
         except ValueError:
             return None
+        return s if s.nfe == self.nfe else None
+
+    def _implicit_count(self, steps) -> int:
+        """Implicit correctors that count (+1 NFE each): on any step but the last, when allowed."""
+        if not (self.implicit and self.correctors):
+            return 0
+        return sum(st.corrector == "implicit" for st in steps[:-1])
 
     def _start_and_points(self, st: Step, i: int, order: int):
         """(start, points) of step i: the multistep defaults (None, None), or with the options a
@@ -170,7 +181,7 @@ class SearchSpace:
 
     @property
     def _step_width(self) -> int:
-        return 13 + int(self.extra_points) + int(self.singlestep)
+        return 13 + int(self.extra_points) + int(self.singlestep) + int(self.implicit)
 
     def encode(self, s: Schedule) -> np.ndarray:
         """Fixed-length vector: afs, then per step slot (N ≤ nfe + 1, zero-padded): target λ-fraction,
@@ -195,6 +206,9 @@ class SearchSpace:
                 k += 1
             if self.singlestep:
                 v[k] = float(st.start < i)   # step i + 1 (1-based) starts before point i
+                k += 1
+            if self.implicit:
+                v[k] = float(st.corrector == "implicit")
         return v
 
     @property
@@ -233,12 +247,15 @@ class SearchSpace:
             u = list(self.fractions(s)[1:-1])
             steps = list(s.steps)
             afs = s.afs
-            n_ops = 9 + int(self.extra_points) + int(self.singlestep)
+            options = [o for o, on in (("extra", self.extra_points), ("back", self.singlestep),
+                                          ("implicit", self.implicit and self.correctors)) if on]
             for _ in range(int(rng.integers(1, 4))):
-                op = rng.integers(0, n_ops)
+                op = rng.integers(0, 9 + len(options))
                 i = int(rng.integers(0, len(steps)))
                 st = steps[i]
-                if op == 0 and u:                                   # move one time
+                if op >= 9 and options[op - 9] == "implicit":      # implicit corrector: one step fewer / more
+                    steps, u = self._toggle_implicit(steps, u, i, rng)
+                elif op == 0 and u:                                   # move one time
                     j = int(rng.integers(0, len(u)))
                     u[j] = float(np.clip(u[j] + rng.normal(0, 0.08), 1e-3, 1 - 1e-3))
                 elif op == 1 and u:                                 # move all times a little
@@ -270,7 +287,7 @@ class SearchSpace:
                 elif op == 7 and st.order >= 3:
                     steps[i] = st.replace(d2_scale=float(np.clip(st.d2_scale + rng.normal(0, 0.25), 0.0, 2.0)))
                 elif op >= 9:                                       # the options: extra point / singlestep start
-                    if self.extra_points and (op == 9 or not self.singlestep):
+                    if options[op - 9] == "extra":
                         more = not (st.points is not None and len(st.points) > st.order - 1)
                         steps[i] = st.replace(points=tuple(range(st.order)) if more else None, start=st.start)
                     else:
@@ -287,9 +304,33 @@ class SearchSpace:
                 return out
         return s
 
+    @staticmethod
+    def _toggle_implicit(steps: list, u: list, i: int, rng) -> tuple[list, list]:
+        """Make step i's corrector implicit and drop another step (its target time goes; the NFE is
+        unchanged), or make an implicit one pseudo and split its step at a new time between its
+        ends. The last step never gets a corrector; too few steps: unchanged."""
+        n = len(steps)
+        if i >= n - 1:
+            return steps, u
+        st = steps[i]
+        if st.corrector == "implicit":
+            fr = [0.0] + list(u) + [1.0]
+            mid = float(rng.uniform(0.3, 0.7))
+            new_u = fr[i] + mid * (fr[i + 1] - fr[i])
+            first = st.replace(corrector="none")
+            return steps[:i] + [first, st.replace(corrector="pseudo")] + steps[i + 1:], list(u[:i]) + [new_u] + list(u[i:])
+        others = [j for j in range(n - 1) if j != i]
+        if not others:
+            return steps, u
+        j = int(rng.choice(others))
+        steps = list(steps)
+        steps[i] = st.replace(corrector="implicit")
+        return steps[:j] + steps[j + 1:], list(u[:j]) + list(u[j + 1:])
+
     def crossover(self, a: Schedule, b: Schedule, rng: np.random.Generator) -> Schedule:
-        """Uniform per-step crossover (same AFS), times blended; falls back to mutating `a`."""
-        if a.afs != b.afs:
+        """Uniform per-step crossover (same AFS and step count), times blended; falls back to
+        mutating `a`."""
+        if a.afs != b.afs or len(a.steps) != len(b.steps):
             return self.mutate(a, rng)
         ua, ub = self.fractions(a)[1:-1], self.fractions(b)[1:-1]
         w = rng.random()

@@ -32,6 +32,8 @@ VARIANTS = {
     "c64": dict(budget=380, samples=(64, 256), heldout=512, heldout_presets=8, reference_nfe=50),
     "c96": dict(budget=320, samples=(96, 256), heldout=512, heldout_presets=8, reference_nfe=50),
     "c128": dict(budget=200, samples=(128, 512), heldout=512, heldout_presets=8, reference_nfe=50),
+    "c96g8": dict(budget=320, samples=(96, 256), heldout=512, heldout_presets=8, reference_nfe=50, per_generation=8),
+    "c96p": dict(budget=320, samples=(96, 256), heldout=512, heldout_presets=8, reference_nfe=50, proposals=1024),
     # three stages (successive halving)
     "h3": dict(budget=360, samples=(32, 128, 512), stage_split=(0.6, 0.9), heldout=512, heldout_presets=8,
                reference_nfe=50),

@@ -8,6 +8,7 @@ import usf_fast
 from usf_fast.models import embedded_model
 from usf_fast.search import SearchConfig, evaluate_schedules, make_metric, preset_candidates, s3_search
 from usf_fast.search.evaluate import NoiseSet
+from usf_fast.search.log import read_evaluations
 
 
 def _counting(model):
@@ -75,3 +76,23 @@ def test_the_held_out_table_of_the_k_presets_best_on_stage_1(tmp_path, capsys):
     assert res.cost["total"] <= bound
     # the 40 presets at 32 held-out samples would be 40 * 32 * 4 rows; 3 (+ the stage-1 screen) are far fewer
     assert res.cost["heldout"] <= (2 + 3) * 32 * 4 + len(presets) * 16 * 4
+
+
+def test_a_three_stage_search_counts_each_stage_and_ends_each_at_its_share_of_the_budget(tmp_path, capsys):
+    model, seen = _counting(embedded_model("gmm-2d"))
+    log = tmp_path / "log.jsonl"
+    res = s3_search(model, 4, budget=160, samples=(8, 16, 32), stage_split=(0.6, 0.85), heldout=16, population=4,
+                    per_generation=4, progress=True, log_path=log)
+    assert set(res.cost) == {"stage1", "stage2", "stage3", "heldout", "reference", "total"}
+    assert res.cost["total"] == seen["rows"] and res.cost["reference"] == (8 + 16 + 32 + 16) * 200
+    bound = int(re.search(r"at most ([\d,]+) network rows", capsys.readouterr().out).group(1).replace(",", ""))
+    assert res.cost["total"] <= bound
+    evals = [r for r in read_evaluations(log) if r["stage"] != "final"]
+    by_fid = {f: sum(r["fidelity"] == f for r in evals) for f in ("s1", "s2", "s3")}
+    # stage 1 (the 72 seeds and evolution) to 60 % of 160, stage 2 to 85 % (40 more), stage 3 the rest (24);
+    # each later stage starts with the last one's 4 best (the seeds hold duplicates: evaluated once)
+    assert any(r["stage"] == "stage1" for r in evals) and by_fid["s1"] <= 96
+    assert 30 <= by_fid["s2"] <= 40 and 18 <= by_fid["s3"] <= 24
+    assert res.evaluations == 160
+    # stage 3's noise is its own: 32 samples seeded apart from stage 2 and the held-out set
+    assert res.table[0][1] == res.best_metric

@@ -1,8 +1,8 @@
 """The acceleration claim, measured (docs/experiments.md, "Acceleration"): is the searched NFE-n
 schedule at least as good as the best preset at 2n NFE, on noise no search saw?
 
-For every embedded model and n: one search at NFE n (settings `--variant`, default "v233k" of
-bench/cost_study.py), then on 1,024 fresh noise samples (seed 99,999) the searched
+For every embedded model and n: one search at NFE n (settings `--variant`: a variant of bench/cost_study.py;
+"default" = `SearchConfig`'s defaults), then on 1,024 fresh noise samples (seed 99,999) the searched
 schedule, the best preset at NFE n and the best preset at 2n (every method over every spacing),
 all with the search's metric.
 
@@ -22,8 +22,7 @@ from usf_fast.search import evaluate_schedules, make_metric, s3_search
 from usf_fast.search.evaluate import NoiseSet
 from usf_fast.search.s3 import preset_candidates
 
-VARIANTS = {"default": {}, "v289k": dict(samples=(32, 128), heldout=256, reference_nfe=100),
-            "v233k": dict(budget=400, samples=(32, 128), heldout=256, reference_nfe=100)}
+from cost_study import VARIANTS   # bench/ is on the path when this runs as a script
 
 
 def _model(spec):
@@ -35,7 +34,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="gmm-2d,gmm-image,gmm-image:flow,digits,digits-flow")
     ap.add_argument("--n", default="4,5")
-    ap.add_argument("--variant", default="v233k", choices=sorted(VARIANTS))
+    ap.add_argument("--variant", default="default", choices=sorted(VARIANTS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="out/accel.json")
     args = ap.parse_args()

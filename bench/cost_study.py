@@ -34,6 +34,13 @@ VARIANTS = {
     "c128": dict(budget=200, samples=(128, 512), heldout=512, heldout_presets=8, reference_nfe=50),
     "c96g8": dict(budget=320, samples=(96, 256), heldout=512, heldout_presets=8, reference_nfe=50, per_generation=8),
     "c96p": dict(budget=320, samples=(96, 256), heldout=512, heldout_presets=8, reference_nfe=50, proposals=1024),
+    # the decision-space options on c96 (docs/experiments.md, "The rest of the decision space")
+    "c96-extra": dict(budget=320, samples=(96, 256), heldout=512, heldout_presets=8, reference_nfe=50,
+                      space=dict(extra_points=True)),
+    "c96-single": dict(budget=320, samples=(96, 256), heldout=512, heldout_presets=8, reference_nfe=50,
+                       space=dict(singlestep=True)),
+    "c96-implicit": dict(budget=320, samples=(96, 256), heldout=512, heldout_presets=8, reference_nfe=50,
+                         space=dict(implicit=True)),
     # three stages (successive halving)
     "h3": dict(budget=360, samples=(32, 128, 512), stage_split=(0.6, 0.9), heldout=512, heldout_presets=8,
                reference_nfe=50),

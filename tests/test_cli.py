@@ -1,4 +1,5 @@
 """The `usf-fast` command line."""
+import json
 import subprocess
 import sys
 
@@ -85,6 +86,12 @@ def test_sample_with_explicit_backend(capsys):
     (["search", "--metric", "fid", "--out", "OUT", "--budget", "5"], "needs fid_stats="),
     (["search", "--device", "gpu0", "--out", "OUT"], "--device 'gpu0': use auto, cpu, cuda or cuda:N"),
     (["search", "--chunk", "0", "--out", "OUT", "--budget", "5"], "--chunk 0: must be >= 1"),
+    (["search", "--finalists", "0", "--out", "OUT"], "--finalists 0: must be >= 1"),
+    (["search", "--heldout-presets", "some", "--out", "OUT"], "--heldout-presets some: must be 'all' or an integer >= 1"),
+    (["search", "--samples3", "0", "--out", "OUT"], "--samples3 0: must be >= 1"),
+    (["search", "--stage-split", "0.5,0.9", "--out", "OUT"], "(a third stage needs --samples3)"),
+    (["search", "--samples3", "64", "--stage-split", "0.9,0.5", "--out", "OUT"], "must be two increasing fractions"),
+    (["search", "--stage-split", "half", "--out", "OUT"], "--stage-split half: must be one fraction"),
 ])
 def test_bad_search_input_is_one_clear_line(tmp_path, capsys, argv, match):
     argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]
@@ -110,6 +117,37 @@ def test_search_predictor_choices_are_the_searchs():
     action = next(a for a in search._actions if a.dest == "predictor")
     assert sorted(action.choices) == sorted(PREDICTORS)
     assert action.default == SearchConfig.predictor
+
+
+def test_search_flag_defaults_are_search_configs():
+    """The CLI writes SearchConfig's defaults literally (usf_fast.search is imported only by search);
+    they must stay equal."""
+    import dataclasses
+
+    from usf_fast.cli import build_parser
+    from usf_fast.search import SearchConfig
+    d = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
+    args = build_parser().parse_args(["search", "--out", "x"])
+    split = d["stage_split"] if isinstance(d["stage_split"], tuple) else (d["stage_split"],)
+    assert (args.budget, args.samples, args.samples2, args.samples3) == (d["budget"], *d["samples"][:2],
+                                                                         (d["samples"][2:] or (None,))[0])
+    assert tuple(float(v) for v in args.stage_split.split(",")) == split
+    assert (args.heldout, args.finalists, args.reference_nfe) == (d["heldout"], d["finalists"], d["reference_nfe"])
+    assert args.heldout_presets == ("all" if d["heldout_presets"] is None else str(d["heldout_presets"]))
+    assert args.reference_dtype == str(d["reference_dtype"]).replace("torch.", "")
+
+
+def test_search_with_three_stages_and_every_space_option_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["search", "--model", "gmm-2d", "--nfe", "4", "--budget", "100", "--samples", "8", "--samples2", "16",
+                 "--samples3", "32", "--stage-split", "0.7,0.9", "--heldout", "32", "--finalists", "2",
+                 "--heldout-presets", "5", "--reference-nfe", "50", "--extra-points", "--singlestep-starts",
+                 "--implicit-corrector", "--out", str(out)]) == 0
+    summary = (out / "summary.txt").read_text()
+    assert "stage3" in summary and "searched #3" not in summary
+    header = json.loads((out / "log_nfe4.jsonl").read_text().splitlines()[0])
+    assert header["settings"]["samples"] == [8, 16, 32] and header["settings"]["implicit"] is True
+    assert header["settings"]["heldout_presets"] == 5 and header["settings"]["finalists"] == 2
 
 
 def test_search_with_a_factory_model_writes_best_json(tmp_path, capsys, monkeypatch):

@@ -1,6 +1,5 @@
 """SearchConfig: every option validated by name, defaults that replace() cannot freeze, and the
 identity a resumed search must share with its log."""
-import dataclasses
 import json
 
 import pytest
@@ -137,8 +136,3 @@ def test_the_options_are_part_of_the_search_identity(tmp_path):
     with pytest.raises(ValueError, match="settings="):
         s3_search(model, 3, resume=True, **opts)
 
-
-def test_the_cli_search_defaults_are_search_configs():
-    from usf_fast.cli import SEARCH_DEFAULTS
-    fields = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
-    assert SEARCH_DEFAULTS == {k: fields[k] for k in SEARCH_DEFAULTS}

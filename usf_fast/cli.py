@@ -64,10 +64,10 @@ def _ints(flag: str, text: str, minimum: int = 1) -> list[int]:
     return vals
 
 
-# SearchConfig's defaults (a test keeps them equal; importing usf_fast.search here would add
-# ~0.5 s to every command's start)
-SEARCH_DEFAULTS = {"budget": 600, "samples": (256, 1024), "heldout": 1024, "finalists": 4, "heldout_presets": None,
-                   "reference_nfe": 200, "reference_dtype": torch.float64}
+# SearchConfig's defaults, written out (importing usf_fast.search here would add ~0.5 s to every
+# command's start; tests/test_cli.py keeps them equal)
+SEARCH_DEFAULTS = {"budget": 600, "samples": (256, 1024), "stage_split": 0.75, "heldout": 1024, "finalists": 4,
+                   "heldout_presets": None, "reference_nfe": 200, "reference_dtype": torch.float64}
 
 
 def _check_counts(args, *flags) -> None:
@@ -325,17 +325,33 @@ def _pipeline_model(args, device: str):
     pm = pipeline_model(pipe, prompts=prompts, guidance=args.guidance, height=args.height, width=args.width,
                         max_batch=args.max_batch)
     if prompts:
-        for flag, n in (("--samples", args.samples), ("--samples2", args.samples2), ("--heldout", args.heldout)):
+        for flag, n in (("--samples", args.samples), ("--samples2", args.samples2), ("--samples3", args.samples3 or 0),
+                        ("--heldout", args.heldout)):
             if n % len(prompts):
                 raise ValueError(f"{flag} {n}: must be a multiple of the {len(prompts)} prompts (sample r uses prompt "
                                  f"r mod {len(prompts)})")
     return pm.model, pm.shape
 
 
+def _stage_split(args):
+    """--stage-split as SearchConfig takes it: one fraction for two stages, two for three."""
+    try:
+        fr = tuple(float(v) for v in args.stage_split.split(","))
+    except ValueError:
+        raise ValueError(f"--stage-split {args.stage_split}: must be one fraction (two stages) or two comma-separated "
+                         "increasing fractions (three stages, with --samples3) in (0, 1]") from None
+    want = 2 if args.samples3 else 1
+    if len(fr) != want or any(not 0 < f <= 1 for f in fr) or (want == 2 and fr[1] <= fr[0]):
+        raise ValueError(f"--stage-split {args.stage_split}: must be {'two increasing fractions' if want == 2 else 'one fraction'} "
+                         f"in (0, 1] for {want + 1} stages" + ("" if args.samples3 else " (a third stage needs --samples3)"))
+    return fr[0] if want == 1 else fr
+
+
 def _check_search_args(args) -> None:
     """Every number a search takes, checked before anything is loaded or written."""
-    _check_counts(args, "--budget", "--samples", "--samples2", "--heldout", "--chunk", "--reference-nfe",
+    _check_counts(args, "--budget", "--samples", "--samples2", "--samples3", "--heldout", "--chunk", "--reference-nfe",
                   "--finalists")
+    _stage_split(args)
     if args.heldout_presets != "all" and not (args.heldout_presets.isdigit() and int(args.heldout_presets) >= 1):
         raise ValueError(f"--heldout-presets {args.heldout_presets}: must be 'all' or an integer >= 1")
     if args.seed < 0:
@@ -343,8 +359,8 @@ def _check_search_args(args) -> None:
     if args.max_minutes is not None and not (math.isfinite(args.max_minutes) and args.max_minutes >= 0):
         raise ValueError(f"--max-minutes {args.max_minutes}: must be a finite number >= 0")
     if args.metric in ("exact", "fd", "fid"):
-        for flag in ("--samples", "--samples2", "--heldout"):
-            if getattr(args, flag[2:]) < 2:
+        for flag in ("--samples", "--samples2", "--samples3", "--heldout"):
+            if getattr(args, flag[2:]) is not None and getattr(args, flag[2:]) < 2:
                 raise ValueError(f"{flag} {getattr(args, flag[2:])}: metric {args.metric} (a Fréchet distance) needs "
                                  "at least 2 samples")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -395,8 +411,9 @@ def _search(args, rank: int, device: str) -> int:
         # --resume on a multi-NFE search: an NFE the killed run never reached starts here
         resume = args.resume and os.path.exists(log_path)
         res = s3_search(model, n, space=_search_space(args, model, n), metric=args.metric, metric_options=metric_options, seed=args.seed,
-                        budget=args.budget, samples=(args.samples, args.samples2), heldout=args.heldout,
-                        finalists=args.finalists,
+                        budget=args.budget, heldout=args.heldout, finalists=args.finalists,
+                        samples=(args.samples, args.samples2) + ((args.samples3,) if args.samples3 else ()),
+                        stage_split=_stage_split(args),
                         heldout_presets=None if args.heldout_presets == "all" else int(args.heldout_presets),
                         use_predictor=not args.no_predictor, predictor=args.predictor, shape=shape, log_path=log_path,
                         resume=resume,
@@ -568,6 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"noise samples per stage-1 evaluation (default {d['samples'][0]})")
     q.add_argument("--samples2", type=int, default=d["samples"][1],
                    help=f"noise samples per stage-2 evaluation (default {d['samples'][1]})")
+    q.add_argument("--samples3", type=int, default=d["samples"][2] if len(d["samples"]) > 2 else None,
+                   help="noise samples per evaluation in a third stage (successive halving; default: "
+                        + (str(d["samples"][2]) if len(d["samples"]) > 2 else "two stages") + ")")
+    split = d["stage_split"] if isinstance(d["stage_split"], tuple) else (d["stage_split"],)
+    q.add_argument("--stage-split", default=",".join(f"{f:g}" for f in split),
+                   help="fraction of the budget spent when each later stage starts: one number for two stages, "
+                        f"two for three (default {','.join(f'{f:g}' for f in split)})")
     q.add_argument("--heldout", type=int, default=d["heldout"],
                    help=f"held-out noise samples for the final comparison (default {d['heldout']})")
     q.add_argument("--finalists", type=int, default=d["finalists"],

@@ -22,12 +22,15 @@ from usf_fast.search import SearchSpace, evaluate_schedules, make_metric, s3_sea
 from usf_fast.search.evaluate import NoiseSet
 from usf_fast.search.s3 import preset_candidates
 
+THOROUGH = dict(budget=600, samples=(256, 1024), heldout=1024, heldout_presets=None, reference_nfe=200)
 VARIANTS = {
     "default": {},
-    "v289k": dict(samples=(32, 128), heldout=256, reference_nfe=100),
-    "v233k": dict(budget=400, samples=(32, 128), heldout=256, reference_nfe=100),
-    "v64": dict(samples=(64, 256), heldout=256, reference_nfe=100),
-    "v289k-f32": dict(samples=(32, 128), heldout=256, reference_nfe=100, reference_dtype=torch.float32),
+    "thorough": THOROUGH,   # the defaults before 2026-12-02
+    # every setting written out, so that a change of the defaults does not change a variant
+    "v289k": dict(THOROUGH, samples=(32, 128), heldout=256, reference_nfe=100),
+    "v233k": dict(THOROUGH, budget=400, samples=(32, 128), heldout=256, reference_nfe=100),
+    "v64": dict(THOROUGH, samples=(64, 256), heldout=256, reference_nfe=100),
+    "v289k-f32": dict(THOROUGH, samples=(32, 128), heldout=256, reference_nfe=100, reference_dtype=torch.float32),
     # the held-out table of the 8 presets best on stage 1's noise, 512 held-out samples, 50-step reference
     "c64": dict(budget=380, samples=(64, 256), heldout=512, heldout_presets=8, reference_nfe=50),
     "c96": dict(budget=320, samples=(96, 256), heldout=512, heldout_presets=8, reference_nfe=50),
@@ -97,7 +100,8 @@ def main():
             val = evaluate_schedules(model, [res.best], ev, metric, t_range)[0]
             row = {"variant": name, "seed": seed, "rows": res.cost["total"], "cost": res.cost, "seconds": secs,
                    "eval_metric": val, "best_preset": best_preset[0], "improvement": 1 - val / best_preset[0],
-                   "search_heldout_improvement": res.improvement}
+                   "search_heldout_improvement": res.improvement, "search_best_preset": res.best_preset[0],
+                   "eval_best_preset": best_preset[1]}
             rows.append(row)
             print(json.dumps(row), flush=True)
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build the extensions, run the backend, graph and search tests on the GPU
 # (cuda and triton against the float64 reference, graph replay = eager, S³ evaluation on the GPU = on
-# the CPU), and time the kernels, loops and S³ candidate evaluation with the report table.
+# the CPU), time the kernels, loops and S³ candidate evaluation with the report table, and measure
+# the share of a default search's wall time spent in the network (digits, a CIFAR-size UNet).
 #
 #   bash bench/gpu_check.sh                 uses $PY (default: python3, which must hold a CUDA torch)
 #   BENCH=0 bash bench/gpu_check.sh         build and tests only
@@ -44,5 +45,8 @@ stamp "benchmarks"
 $PY -m pytest bench/test_solver_step.py bench/test_sampling_loop.py bench/test_graph_loop.py bench/test_search_eval.py --benchmark-only -q \
   --benchmark-max-time "${BENCH_MAX_TIME:-0.25}" --benchmark-json "$OUT_DIR/gpu_bench.json" || status=1
 $PY bench/report.py "$OUT_DIR/gpu_bench.json"
+stamp "search: the network's share of the wall time (target >= 80 %)"
+$PY bench/search_fraction.py --model digits --device cuda --chunk 32 --out "$OUT_DIR/fraction.json" || status=1
+$PY bench/search_fraction.py --model cifar-unet --device cuda --chunk 8 --out "$OUT_DIR/fraction.json" || status=1
 stamp "done (status $status)"
 exit $status

@@ -137,6 +137,19 @@ def test_search_flag_defaults_are_search_configs():
     assert args.reference_dtype == str(d["reference_dtype"]).replace("torch.", "")
 
 
+def test_thorough_is_the_earlier_defaults_and_explicit_flags_win():
+    from usf_fast.cli import THOROUGH_FLAGS, _apply_thorough, build_parser
+    from usf_fast.search import THOROUGH
+    assert (THOROUGH_FLAGS["budget"], (THOROUGH_FLAGS["samples"], THOROUGH_FLAGS["samples2"]), THOROUGH_FLAGS["heldout"],
+            THOROUGH_FLAGS["reference_nfe"]) == (THOROUGH["budget"], THOROUGH["samples"], THOROUGH["heldout"],
+                                                 THOROUGH["reference_nfe"])
+    assert THOROUGH_FLAGS["heldout_presets"] == "all" and THOROUGH["heldout_presets"] is None
+    args = build_parser().parse_args(["search", "--out", "x", "--thorough", "--budget", "50"])
+    _apply_thorough(args)
+    assert (args.budget, args.samples, args.samples2, args.heldout, args.heldout_presets, args.reference_nfe) == \
+        (50, 256, 1024, 1024, "all", 200)
+
+
 def test_search_with_three_stages_and_every_space_option_from_the_cli(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["search", "--model", "gmm-2d", "--nfe", "4", "--budget", "100", "--samples", "8", "--samples2", "16",

@@ -66,8 +66,11 @@ def _ints(flag: str, text: str, minimum: int = 1) -> list[int]:
 
 # SearchConfig's defaults, written out (importing usf_fast.search here would add ~0.5 s to every
 # command's start; tests/test_cli.py keeps them equal)
-SEARCH_DEFAULTS = {"budget": 600, "samples": (256, 1024), "stage_split": 0.75, "heldout": 1024, "finalists": 4,
-                   "heldout_presets": None, "reference_nfe": 200, "reference_dtype": torch.float64}
+SEARCH_DEFAULTS = {"budget": 320, "samples": (96, 256), "stage_split": 0.75, "heldout": 512, "finalists": 4,
+                   "heldout_presets": 8, "reference_nfe": 50, "reference_dtype": torch.float64}
+# search.THOROUGH as flag values (tests/test_cli.py keeps them equal)
+THOROUGH_FLAGS = {"budget": 600, "samples": 256, "samples2": 1024, "heldout": 1024, "heldout_presets": "all",
+                  "reference_nfe": 200}
 
 
 def _check_counts(args, *flags) -> None:
@@ -333,6 +336,18 @@ def _pipeline_model(args, device: str):
     return pm.model, pm.shape
 
 
+def _apply_thorough(args) -> None:
+    """--thorough: the earlier defaults (search.THOROUGH) for each of its flags left at its default."""
+    d = SEARCH_DEFAULTS
+    default = {"budget": d["budget"], "samples": d["samples"][0], "samples2": d["samples"][1], "heldout": d["heldout"],
+               "heldout_presets": "all" if d["heldout_presets"] is None else str(d["heldout_presets"]),
+               "reference_nfe": d["reference_nfe"]}
+    if args.thorough:
+        for name, value in THOROUGH_FLAGS.items():
+            if getattr(args, name) == default[name]:
+                setattr(args, name, value)
+
+
 def _stage_split(args):
     """--stage-split as SearchConfig takes it: one fraction for two stages, two for three."""
     try:
@@ -349,6 +364,7 @@ def _stage_split(args):
 
 def _check_search_args(args) -> None:
     """Every number a search takes, checked before anything is loaded or written."""
+    _apply_thorough(args)
     _check_counts(args, "--budget", "--samples", "--samples2", "--samples3", "--heldout", "--chunk", "--reference-nfe",
                   "--finalists")
     _stage_split(args)
@@ -594,6 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"two for three (default {','.join(f'{f:g}' for f in split)})")
     q.add_argument("--heldout", type=int, default=d["heldout"],
                    help=f"held-out noise samples for the final comparison (default {d['heldout']})")
+    q.add_argument("--thorough", action="store_true",
+                   help="the earlier defaults, about 7x the network calls: --budget 600 --samples 256 --samples2 1024 "
+                        "--heldout 1024 --heldout-presets all --reference-nfe 200 (flags given with other values win)")
     q.add_argument("--finalists", type=int, default=d["finalists"],
                    help=f"stage 2's best schedules compared on held-out noise (default {d['finalists']})")
     q.add_argument("--heldout-presets", default="all" if d["heldout_presets"] is None else str(d["heldout_presets"]),

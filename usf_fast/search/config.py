@@ -7,10 +7,15 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SearchConfig", "PREDICTORS", "WARM_PAIRS"]
+__all__ = ["SearchConfig", "PREDICTORS", "WARM_PAIRS", "THOROUGH"]
 
 PREDICTORS = ("improve", "metric", "gp")
 WARM_PAIRS = 48   # (parent, child) pairs evaluated before the predictor takes over from the probe
+
+#: the defaults before 2026-12-02: about 2.0 million network rows at NFE 5 where the defaults make
+#: about 300,000 (docs/experiments.md, "A cheaper search"); `s3_search(model, 5, **THOROUGH)`,
+#: `usf-fast search --thorough`
+THOROUGH = {"budget": 600, "samples": (256, 1024), "heldout": 1024, "heldout_presets": None, "reference_nfe": 200}
 
 
 def _positive_int(name: str, v, what: str) -> None:
@@ -22,6 +27,9 @@ def _positive_int(name: str, v, what: str) -> None:
 class SearchConfig:
     """Options of `s3_search` (see there for what each one does).
 
+    The defaults cost about 300,000 network rows at NFE 5 (`cost_estimate`); `THOROUGH` holds the
+    earlier, seven times dearer ones (docs/experiments.md, "A cheaper search").
+
     `identity()` is what a resumed search must share with the log it continues; it is stored in
     the log's header as a readable dict.
     """
@@ -30,11 +38,11 @@ class SearchConfig:
     metric: object = "ref"
     metric_options: dict | None = None
     seed: int = 0
-    budget: int = 600
-    samples: tuple = (256, 1024)
-    heldout: int = 1024
+    budget: int = 320
+    samples: tuple = (96, 256)
+    heldout: int = 512
     finalists: int = 4
-    heldout_presets: int | None = None
+    heldout_presets: int | None = 8
     stage_split: float | tuple = 0.75
     population: int = 16
     proposals: int = 512
@@ -53,7 +61,7 @@ class SearchConfig:
     dtype: torch.dtype = torch.float32
     backend: str = "auto"
     device: object = "cpu"
-    reference_nfe: int = 200
+    reference_nfe: int = 50
     reference_dtype: torch.dtype = torch.float64
 
     def __post_init__(self):
@@ -132,19 +140,21 @@ class SearchConfig:
             **({"reference_dtype": str(self.reference_dtype)} if self.reference_dtype != torch.float64 else {})}}
 
     def cost_estimate(self, n_presets: int, guided: bool = False, needs_reference: bool = True,
-                      n_seeds: int = 0) -> dict:
+                      n_seeds: int = 0, n_unseeded: int | None = None, check_rows: int = 1) -> dict:
         """Network rows (samples through the network; ×2 under classifier-free guidance) a search
         makes at most, by phase: stage 1 and stage 2 (budget × samples × NFE), the held-out table
-        (the finalists and the presets; with `heldout_presets`, also every preset on stage 1's noise
-        to choose them), the reference solves (every noise set × reference_nfe).
-        Evaluations read back from a log cost nothing."""
+        (the finalists and the presets; with `heldout_presets`, also the `n_unseeded` presets the
+        search did not start from, default all, on stage 1's noise to choose them), the reference
+        solves (every noise set × reference_nfe); stage 1 also holds the one-sample network check
+        before the search (`check_rows`: a row per prompt). Evaluations read back from a log cost
+        nothing."""
         k = 2 if guided else 1
         ends = self.stage_ends(n_seeds)
         table = n_presets if self.heldout_presets is None else min(self.heldout_presets, n_presets)
-        screen = n_presets * self.samples[0] if table < n_presets else 0
-        out = {"stage1": ends[0] * self.samples[0] * self.nfe * k}
-        for i in range(1, len(ends)):   # a later stage: its share of the budget, at most the survivors more
-            out[f"stage{i + 1}"] = (ends[i] - ends[i - 1] + self.population) * self.samples[i] * self.nfe * k
+        screen = (n_presets if n_unseeded is None else n_unseeded) * self.samples[0] if table < n_presets else 0
+        out = {"stage1": (ends[0] * self.samples[0] * self.nfe + check_rows) * k}
+        for i in range(1, len(ends)):   # a later stage: its share of the budget (or the survivors, if more)
+            out[f"stage{i + 1}"] = max(ends[i] - ends[i - 1], self.population) * self.samples[i] * self.nfe * k
         out.update({
                "heldout": ((self.finalists + table) * self.heldout + screen) * self.nfe * k,
                "reference": (sum(self.samples) + self.heldout) * self.reference_nfe * k if needs_reference else 0})

@@ -367,12 +367,15 @@ class S3Search:
                 self.curve.append((self.requested, min(m for _, m, _ in pool)))
 
     # ---- cost: network rows by phase ----------------------------------------------------------
-    def cost_estimate(self, n_seeds: int) -> dict:
+    def cost_estimate(self, seeds: list) -> dict:
         """`SearchConfig.cost_estimate` for this model, metric and space (an upper bound)."""
-        n_presets = len(preset_candidates(self.ns, self.config.nfe, self.space.t_start, self.space.t_end))
-        return self.config.cost_estimate(n_presets, guided=self.model.guidance_scale is not None,
+        presets_ = preset_candidates(self.ns, self.config.nfe, self.space.t_start, self.space.t_end)
+        seeded = {schedule_key(s) for s in seeds}
+        return self.config.cost_estimate(len(presets_), guided=self.model.guidance_scale is not None,
                                          needs_reference=getattr(self.metric, "needs_reference", False),
-                                         n_seeds=n_seeds)
+                                         n_seeds=len(seeds),
+                                         n_unseeded=sum(schedule_key(s) not in seeded for _, s in presets_),
+                                         check_rows=self.model.cond_rows)
 
     def _rows_now(self) -> tuple[int, int]:
         return self.model.rows, sum(ns.reference_rows for ns in self.sets.values())
@@ -408,7 +411,7 @@ class S3Search:
             raise ValueError("S3Search.run: a search object runs once; make a new S3Search (its log resumes it)")
         seeds = self.space.seeds()
         if c.progress and self.rank == 0:
-            est = self.cost_estimate(len(seeds))
+            est = self.cost_estimate(seeds)
             print(f"S3 NFE {c.nfe}: at most {est['total']:,} network rows (stage 1 {est['stage1']:,}, stage 2 "
                   f"{est['stage2']:,}, held-out table {est['heldout']:,}, reference {est['reference']:,}); "
                   "what the log holds is not rerun", flush=True)
@@ -506,8 +509,11 @@ def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = No
         log_path / resume / max_minutes: persistence and a wall-clock stop (the log keeps
             everything; resuming continues).
         chunk: candidates evaluated in one batch (chunk × samples rows through the model).
-        reference_nfe, reference_dtype: the reference solve of metric "ref" (UniPC-3, 200 steps,
-            float64 by default); float32 or fewer steps make it cheaper on a real network.
+        reference_nfe, reference_dtype: the reference solve of metric "ref" (UniPC-3, 50 steps,
+            float64 by default: within 3 % of the NFE-5 metric of the 200-step solve on the digits
+            UNet, docs/experiments.md); float32 makes it cheaper on a real network.
+        The defaults cost about 300,000 network rows at NFE 5; `**THOROUGH` gives the earlier ones
+        (about 2.0 million).
         device: where the samples are computed (the reference solve too); the model's network
             must accept tensors there (the embedded models follow their input).
     """

@@ -65,6 +65,7 @@ class SearchResult:
     log_path: str | None = None
     heldout_evaluations: int = 0            # the final comparison's (finalists and presets)
     cost: dict = field(default_factory=dict)    # network rows run by this call, by phase (+ "total")
+    presets_compared: int = 0               # presets in the held-out table (heldout_presets)
 
     @property
     def improvement(self) -> float:
@@ -76,7 +77,8 @@ class SearchResult:
                  f"held-out ones; {self.new_evaluations} distinct evaluations of both kinds run now (the rest read from the log), "
                  f"{self.seconds:.0f} s",
                  f"best: {self.best_source}  held-out metric {self.best_metric:.5g}",
-                 f"best preset: {self.best_preset[0]}  {self.best_preset[1]:.5g}  "
+                 f"best preset{f' (of the {self.presets_compared} compared)' if self.presets_compared else ''}: "
+                 f"{self.best_preset[0]}  {self.best_preset[1]:.5g}  "
                  f"(improvement {self.improvement:+.1%})", "", "held-out metric (lower is better):"]
         if self.cost:
             lines.insert(1, "network rows run now: " + ", ".join(f"{k} {v:,}" for k, v in self.cost.items()))
@@ -468,7 +470,7 @@ class S3Search:
                             table=table, best_preset=best_preset, evaluations=self.requested,
                             new_evaluations=self.new, seconds=time.perf_counter() - self.t_begin, curve=self.curve,
                             taus=self.taus, log_path=self.log.path, heldout_evaluations=len(cands),
-                            cost=self._cost_total())
+                            cost=self._cost_total(), presets_compared=len(presets_))
 
 
 def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = None, **options) -> SearchResult:

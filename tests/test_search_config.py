@@ -136,3 +136,12 @@ def test_the_options_are_part_of_the_search_identity(tmp_path):
     with pytest.raises(ValueError, match="settings="):
         s3_search(model, 3, resume=True, **opts)
 
+
+
+def test_stages_and_the_held_out_table_are_part_of_the_identity():
+    space = SearchSpace(MODEL.noise_schedule, 3)
+    three = SearchConfig(nfe=3, samples=(8, 16, 32), stage_split=(0.5, 0.8), finalists=2, heldout_presets=5)
+    settings = three.identity(space, "ref")["settings"]
+    assert settings["samples"] == [8, 16, 32] and settings["stage_split"] == [0.5, 0.8]
+    assert settings["finalists"] == 2 and settings["heldout_presets"] == 5
+    assert "stage_split" not in SearchConfig(nfe=3).identity(space, "ref")["settings"]

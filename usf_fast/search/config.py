@@ -136,6 +136,7 @@ class SearchConfig:
             **({"implicit": True} if getattr(space, "implicit", False) else {}),
             **({"reference_nfe": self.reference_nfe} if self.reference_nfe != 200 else {}),
             **({"finalists": self.finalists} if self.finalists != 4 else {}),
+            **({"stage_split": list(self.splits)} if self.splits != (0.75,) else {}),
             **({"heldout_presets": self.heldout_presets} if self.heldout_presets is not None else {}),
             **({"reference_dtype": str(self.reference_dtype)} if self.reference_dtype != torch.float64 else {})}}
 

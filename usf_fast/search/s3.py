@@ -414,9 +414,10 @@ class S3Search:
         seeds = self.space.seeds()
         if c.progress and self.rank == 0:
             est = self.cost_estimate(seeds)
-            print(f"S3 NFE {c.nfe}: at most {est['total']:,} network rows (stage 1 {est['stage1']:,}, stage 2 "
-                  f"{est['stage2']:,}, held-out table {est['heldout']:,}, reference {est['reference']:,}); "
-                  "what the log holds is not rerun", flush=True)
+            phases = ", ".join(f"{k.replace('stage', 'stage ').replace('heldout', 'held-out table')} {v:,}"
+                               for k, v in est.items() if k != "total")
+            print(f"S3 NFE {c.nfe}: at most {est['total']:,} network rows ({phases}); what the log holds is not rerun",
+                  flush=True)
             self.bar = tqdm(total=c.budget, desc=f"S3 NFE {c.nfe}", unit="eval")
         pool1 = self._pool(seeds, "s1", "seed")
         if not any(math.isfinite(m) for _, m, _ in pool1):

@@ -111,3 +111,17 @@ def test_the_default_nfe5_search_on_gmm_image_stays_within_300000_rows(tmp_path,
     bound = int(re.search(r"at most ([\d,]+) network rows", capsys.readouterr().out).group(1).replace(",", ""))
     assert res.cost["total"] <= bound <= 300_000
     assert res.improvement > 0.3   # seed 0; the 5-seed study is in docs/experiments.md
+
+
+def test_a_frechet_metric_on_few_samples_says_to_give_more():
+    import pytest
+
+    from usf_fast.search import S3Search
+    model = embedded_model("gmm-2d")
+    with pytest.warns(UserWarning, match=r"metric exact: a Fréchet distance on 96 samples .* --thorough"):
+        S3Search(model, SearchConfig(nfe=3, metric="exact"))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        S3Search(model, SearchConfig(nfe=3, metric="exact", samples=(256, 1024), heldout=1024))
+        S3Search(model, SearchConfig(nfe=3))   # ref: the defaults are fine

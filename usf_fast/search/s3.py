@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +46,9 @@ from .log import SearchLog
 from .predictor import ImprovementPredictor, Predictor
 from .probe import gaussian_probe
 from .space import SearchSpace, schedule_key
+
+FRECHET_METRICS = ("fd", "fid", "exact")   # distances between sample sets: biased and noisy on few samples
+FRECHET_MIN_SAMPLES = 256
 
 __all__ = ["s3_search", "S3Search", "SearchConfig", "SearchResult", "PREDICTORS", "preset_candidates"]
 
@@ -173,6 +177,11 @@ class S3Search:
         self.sets = {name: NoiseSet(self.shape, n, 1000 * c.seed + k, name, c.reference_nfe, c.reference_dtype)
                      for name, n, k in named}
         self.metric_name = getattr(self.metric, "name", str(c.metric))
+        if self.metric_name in FRECHET_METRICS and min(c.samples) < FRECHET_MIN_SAMPLES:
+            warnings.warn(f"metric {self.metric_name}: a Fréchet distance on {min(c.samples)} samples per evaluation "
+                          "ranks schedules poorly (at the defaults' 96/256 a digits UNet search did not beat the best "
+                          f"preset, docs/experiments.md); give samples of at least {FRECHET_MIN_SAMPLES} per stage "
+                          "(search.THOROUGH, usf-fast search --thorough)", stacklevel=3)
         # the model's noise schedule, parameterisation and sample shape are part of what a log is
         # about: another model's log is never reused
         header = dict(self.config.identity(self.space, self.metric_name), shape=list(self.shape),

@@ -88,6 +88,7 @@ def test_sample_with_explicit_backend(capsys):
     (["search", "--chunk", "0", "--out", "OUT", "--budget", "5"], "--chunk 0: must be >= 1"),
     (["search", "--finalists", "0", "--out", "OUT"], "--finalists 0: must be >= 1"),
     (["search", "--heldout-presets", "some", "--out", "OUT"], "--heldout-presets some: must be 'all' or an integer >= 1"),
+    (["search", "--heldout-presets", "²", "--out", "OUT"], "--heldout-presets ²: must be 'all' or an integer >= 1"),
     (["search", "--samples3", "0", "--out", "OUT"], "--samples3 0: must be >= 1"),
     (["search", "--stage-split", "0.5,0.9", "--out", "OUT"], "(a third stage needs --samples3)"),
     (["search", "--samples3", "64", "--stage-split", "0.9,0.5", "--out", "OUT"], "must be two increasing fractions"),
@@ -126,8 +127,10 @@ def test_search_flag_defaults_are_search_configs():
 
     from usf_fast.cli import build_parser
     from usf_fast.search import SearchConfig
+    from usf_fast.cli import _fill_search_defaults
     d = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
     args = build_parser().parse_args(["search", "--out", "x"])
+    _fill_search_defaults(args)
     split = d["stage_split"] if isinstance(d["stage_split"], tuple) else (d["stage_split"],)
     assert (args.budget, args.samples, args.samples2, args.samples3) == (d["budget"], *d["samples"][:2],
                                                                          (d["samples"][2:] or (None,))[0])
@@ -138,16 +141,24 @@ def test_search_flag_defaults_are_search_configs():
 
 
 def test_thorough_is_the_earlier_defaults_and_explicit_flags_win():
-    from usf_fast.cli import THOROUGH_FLAGS, _apply_thorough, build_parser
+    from usf_fast.cli import THOROUGH_FLAGS, _fill_search_defaults, build_parser
     from usf_fast.search import THOROUGH
     assert (THOROUGH_FLAGS["budget"], (THOROUGH_FLAGS["samples"], THOROUGH_FLAGS["samples2"]), THOROUGH_FLAGS["heldout"],
             THOROUGH_FLAGS["reference_nfe"]) == (THOROUGH["budget"], THOROUGH["samples"], THOROUGH["heldout"],
                                                  THOROUGH["reference_nfe"])
     assert THOROUGH_FLAGS["heldout_presets"] == "all" and THOROUGH["heldout_presets"] is None
     args = build_parser().parse_args(["search", "--out", "x", "--thorough", "--budget", "50"])
-    _apply_thorough(args)
+    _fill_search_defaults(args)
     assert (args.budget, args.samples, args.samples2, args.heldout, args.heldout_presets, args.reference_nfe) == \
         (50, 256, 1024, 1024, "all", 200)
+    # a flag given with the value of today's default is the user's too
+    args = build_parser().parse_args(["search", "--out", "x", "--thorough", "--heldout-presets", "8", "--samples", "96"])
+    _fill_search_defaults(args)
+    assert (args.heldout_presets, args.samples, args.samples2) == ("8", 96, 1024)
+    # three stages without --stage-split: 0.6,0.9
+    args = build_parser().parse_args(["search", "--out", "x", "--samples3", "512"])
+    _fill_search_defaults(args)
+    assert args.stage_split == "0.6,0.9"
 
 
 def test_search_with_three_stages_and_every_space_option_from_the_cli(tmp_path, capsys):

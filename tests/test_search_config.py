@@ -145,3 +145,45 @@ def test_stages_and_the_held_out_table_are_part_of_the_identity():
     assert settings["samples"] == [8, 16, 32] and settings["stage_split"] == [0.5, 0.8]
     assert settings["finalists"] == 2 and settings["heldout_presets"] == 5
     assert "stage_split" not in SearchConfig(nfe=3).identity(space, "ref")["settings"]
+
+
+def test_an_implicit_toggle_keeps_every_later_steps_relative_start():
+    """Splitting or dropping a step moves the later steps; their explicit starts (singlestep) move
+    with them, so a singlestep start stays one and a plain start stays plain."""
+    import numpy as np
+
+    import usf_fast
+    space = SearchSpace(usf_fast.NoiseScheduleVP("linear"), 6, singlestep=True, extra_points=True, implicit=True)
+    rng = np.random.default_rng(1)
+
+    class Pick:   # the step to drop and where to split, chosen by the test
+        def __init__(self, j):
+            self.j = j
+
+        def choice(self, others):
+            return self.j if self.j in others else others[0]
+
+        def uniform(self, a, b):
+            return 0.5
+
+    checked = 0
+    for _ in range(300):
+        s = space.random(rng)
+        for _ in range(int(rng.integers(1, 8))):
+            s = space.mutate(s, rng)
+        steps, u = list(s.steps), list(space.fractions(s)[1:-1])
+        i = int(rng.integers(0, len(steps) - 1))
+        if steps[i].corrector == "implicit":    # split: old step m >= i is new step m + 1
+            new, _ = space._toggle_implicit(steps, u, i, Pick(0))
+            pairs = [(m, m + 1) for m in range(i, len(steps))]
+        else:                                   # drop step j: old step m > j is new step m - 1
+            j = next((k for k in range(len(steps) - 1) if k != i), None)
+            if j is None:
+                continue
+            new, _ = space._toggle_implicit(steps, u, i, Pick(j))
+            pairs = [(m, m - 1) for m in range(j + 1, len(steps))]
+        for m_old, m_new in pairs:   # (a start at point 0 cannot move before it)
+            if steps[m_old].start is not None and steps[m_old].start + m_new - m_old >= 0:
+                assert m_old - steps[m_old].start == m_new - new[m_new].start
+                checked += 1
+    assert checked > 50

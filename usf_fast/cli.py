@@ -336,16 +336,18 @@ def _pipeline_model(args, device: str):
     return pm.model, pm.shape
 
 
-def _apply_thorough(args) -> None:
-    """--thorough: the earlier defaults (search.THOROUGH) for each of its flags left at its default."""
+def _fill_search_defaults(args) -> None:
+    """The search flags the user left out (None): SearchConfig's defaults, or with --thorough the
+    earlier ones (search.THOROUGH); flags given always win."""
     d = SEARCH_DEFAULTS
     default = {"budget": d["budget"], "samples": d["samples"][0], "samples2": d["samples"][1], "heldout": d["heldout"],
                "heldout_presets": "all" if d["heldout_presets"] is None else str(d["heldout_presets"]),
                "reference_nfe": d["reference_nfe"]}
-    if args.thorough:
-        for name, value in THOROUGH_FLAGS.items():
-            if getattr(args, name) == default[name]:
-                setattr(args, name, value)
+    for name, value in default.items():
+        if getattr(args, name) is None:
+            setattr(args, name, THOROUGH_FLAGS[name] if args.thorough else value)
+    if args.stage_split is None:   # three stages: the fractions measured in docs/experiments.md (h3)
+        args.stage_split = "0.6,0.9" if args.samples3 else f"{d['stage_split']:g}"
 
 
 def _stage_split(args):
@@ -364,12 +366,17 @@ def _stage_split(args):
 
 def _check_search_args(args) -> None:
     """Every number a search takes, checked before anything is loaded or written."""
-    _apply_thorough(args)
+    _fill_search_defaults(args)
     _check_counts(args, "--budget", "--samples", "--samples2", "--samples3", "--heldout", "--chunk", "--reference-nfe",
                   "--finalists")
     _stage_split(args)
-    if args.heldout_presets != "all" and not (args.heldout_presets.isdigit() and int(args.heldout_presets) >= 1):
-        raise ValueError(f"--heldout-presets {args.heldout_presets}: must be 'all' or an integer >= 1")
+    if args.heldout_presets != "all":
+        try:
+            ok = int(args.heldout_presets) >= 1
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"--heldout-presets {args.heldout_presets}: must be 'all' or an integer >= 1")
     if args.seed < 0:
         raise ValueError(f"--seed {args.seed}: must be >= 0")
     if args.max_minutes is not None and not (math.isfinite(args.max_minutes) and args.max_minutes >= 0):
@@ -596,26 +603,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--fid-stats", help="metric fid: .npz with mu and sigma of the data's Inception features")
     q.add_argument("--fid-weights", help="metric fid: local pytorch-fid Inception weights (.pth)")
     d = SEARCH_DEFAULTS
-    q.add_argument("--budget", type=int, default=d["budget"], help=f"real evaluations per NFE (default {d['budget']})")
-    q.add_argument("--samples", type=int, default=d["samples"][0],
+    q.add_argument("--budget", type=int, default=None, help=f"real evaluations per NFE (default {d['budget']})")
+    q.add_argument("--samples", type=int, default=None,
                    help=f"noise samples per stage-1 evaluation (default {d['samples'][0]})")
-    q.add_argument("--samples2", type=int, default=d["samples"][1],
+    q.add_argument("--samples2", type=int, default=None,
                    help=f"noise samples per stage-2 evaluation (default {d['samples'][1]})")
     q.add_argument("--samples3", type=int, default=d["samples"][2] if len(d["samples"]) > 2 else None,
                    help="noise samples per evaluation in a third stage (successive halving; default: "
                         + (str(d["samples"][2]) if len(d["samples"]) > 2 else "two stages") + ")")
     split = d["stage_split"] if isinstance(d["stage_split"], tuple) else (d["stage_split"],)
-    q.add_argument("--stage-split", default=",".join(f"{f:g}" for f in split),
+    q.add_argument("--stage-split", default=None,
                    help="fraction of the budget spent when each later stage starts: one number for two stages, "
-                        f"two for three (default {','.join(f'{f:g}' for f in split)})")
-    q.add_argument("--heldout", type=int, default=d["heldout"],
+                        f"two for three (default {','.join(f'{f:g}' for f in split)}; with --samples3 0.6,0.9)")
+    q.add_argument("--heldout", type=int, default=None,
                    help=f"held-out noise samples for the final comparison (default {d['heldout']})")
     q.add_argument("--thorough", action="store_true",
                    help="the earlier defaults, about 7x the network calls: --budget 600 --samples 256 --samples2 1024 "
                         "--heldout 1024 --heldout-presets all --reference-nfe 200 (flags given with other values win)")
     q.add_argument("--finalists", type=int, default=d["finalists"],
                    help=f"stage 2's best schedules compared on held-out noise (default {d['finalists']})")
-    q.add_argument("--heldout-presets", default="all" if d["heldout_presets"] is None else str(d["heldout_presets"]),
+    q.add_argument("--heldout-presets", default=None,
                    help="presets in the held-out comparison: all, or the N best on stage 1's noise (default "
                         f"{'all' if d['heldout_presets'] is None else d['heldout_presets']})")
     q.add_argument("--seed", type=int, default=0)
@@ -638,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search space: a step's corrector may re-evaluate the model (+1 NFE; one step fewer)")
     q.add_argument("--dist-timeout", type=float, default=300.0,
                    help="under torchrun: seconds to wait for a peer process before stopping with an error (default 300)")
-    q.add_argument("--reference-nfe", type=int, default=d["reference_nfe"],
+    q.add_argument("--reference-nfe", type=int, default=None,
                    help=f"steps of the reference solve (metric ref; default {d['reference_nfe']})")
     q.add_argument("--reference-dtype", default=str(d["reference_dtype"]).replace("torch.", ""),
                    choices=("float64", "float32"), help="precision of the reference solve (default "

@@ -141,23 +141,26 @@ class SearchConfig:
             **({"reference_dtype": str(self.reference_dtype)} if self.reference_dtype != torch.float64 else {})}}
 
     def cost_estimate(self, n_presets: int, guided: bool = False, needs_reference: bool = True,
-                      n_seeds: int = 0, n_unseeded: int | None = None, check_rows: int = 1) -> dict:
+                      n_seeds: int = 0, n_unseeded: int | None = None, check_rows: int = 1,
+                      processes: int = 1) -> dict:
         """Network rows (samples through the network; ×2 under classifier-free guidance) a search
         makes at most, by phase: stage 1 and stage 2 (budget × samples × NFE), the held-out table
         (the finalists and the presets; with `heldout_presets`, also the `n_unseeded` presets the
         search did not start from, default all, on stage 1's noise to choose them), the reference
         solves (every noise set × reference_nfe); stage 1 also holds the one-sample network check
-        before the search (`check_rows`: a row per prompt). Evaluations read back from a log cost
+        before the search (`check_rows`: a row per prompt). Under torchrun every one of `processes`
+        runs the check and may solve every reference. Evaluations read back from a log cost
         nothing."""
         k = 2 if guided else 1
         ends = self.stage_ends(n_seeds)
         table = n_presets if self.heldout_presets is None else min(self.heldout_presets, n_presets)
         screen = (n_presets if n_unseeded is None else n_unseeded) * self.samples[0] if table < n_presets else 0
-        out = {"stage1": (ends[0] * self.samples[0] * self.nfe + check_rows) * k}
+        out = {"stage1": (ends[0] * self.samples[0] * self.nfe + check_rows * processes) * k}
         for i in range(1, len(ends)):   # a later stage: its share of the budget (or the survivors, if more)
             out[f"stage{i + 1}"] = max(ends[i] - ends[i - 1], self.population) * self.samples[i] * self.nfe * k
         out.update({
                "heldout": ((self.finalists + table) * self.heldout + screen) * self.nfe * k,
-               "reference": (sum(self.samples) + self.heldout) * self.reference_nfe * k if needs_reference else 0})
+               "reference": ((sum(self.samples) + self.heldout) * self.reference_nfe * k * processes
+                             if needs_reference else 0)})
         out["total"] = sum(out.values())
         return out

@@ -163,6 +163,8 @@ class S3Search:
         self._phase_start = (model.rows if isinstance(model, DiffusionModel) else 0, 0)   # the model check counts
         self.model, self.ns = model, model.noise_schedule
         self.metric = make_metric(c.metric, model, **(c.metric_options or {}))
+        if space is not None and not isinstance(space, SearchSpace):
+            raise ValueError(f"space: must be a usf_fast.search.SearchSpace, got {type(space).__name__}")
         self.space = space or SearchSpace(self.ns, c.nfe)
         if self.space.nfe != c.nfe:
             raise ValueError(f"space.nfe={self.space.nfe} differs from nfe={c.nfe}")
@@ -386,7 +388,7 @@ class S3Search:
                                          needs_reference=getattr(self.metric, "needs_reference", False),
                                          n_seeds=len(seeds),
                                          n_unseeded=sum(schedule_key(s) not in seeded for _, s in presets_),
-                                         check_rows=self.model.cond_rows)
+                                         check_rows=self.model.cond_rows, processes=self.world)
 
     def _rows_now(self) -> tuple[int, int]:
         return self.model.rows, sum(ns.reference_rows for ns in self.sets.values())

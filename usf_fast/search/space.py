@@ -305,27 +305,36 @@ class SearchSpace:
         return s
 
     @staticmethod
-    def _toggle_implicit(steps: list, u: list, i: int, rng) -> tuple[list, list]:
+    def _shifted(steps: list, by: int) -> list:
+        """Steps moved `by` positions: explicit starts and active points (absolute point indices)
+        move with them, so a singlestep start stays one (`make` reads them relative to the step)."""
+        return [st if st.start is None else
+                st.replace(start=max(0, st.start + by), points=tuple(max(0, p + by) for p in st.points or ()))
+                for st in steps]
+
+    def _toggle_implicit(self, steps: list, u: list, i: int, rng) -> tuple[list, list]:
         """Make step i's corrector implicit and drop another step (its target time goes; the NFE is
         unchanged), or make an implicit one pseudo and split its step at a new time between its
-        ends. The last step never gets a corrector; too few steps: unchanged."""
+        ends (the first half a plain multistep step). Later steps keep their relative starts. The
+        last step never gets a corrector; too few steps: unchanged."""
         n = len(steps)
         if i >= n - 1:
             return steps, u
         st = steps[i]
         if st.corrector == "implicit":
             fr = [0.0] + list(u) + [1.0]
-            mid = float(rng.uniform(0.3, 0.7))
-            new_u = fr[i] + mid * (fr[i + 1] - fr[i])
-            first = st.replace(corrector="none")
-            return steps[:i] + [first, st.replace(corrector="pseudo")] + steps[i + 1:], list(u[:i]) + [new_u] + list(u[i:])
+            new_u = fr[i] + float(rng.uniform(0.3, 0.7)) * (fr[i + 1] - fr[i])
+            first = st.replace(corrector="none", start=None, points=None)
+            second = self._shifted([st.replace(corrector="pseudo")], 1)
+            return (steps[:i] + [first] + second + self._shifted(steps[i + 1:], 1),
+                    list(u[:i]) + [new_u] + list(u[i:]))
         others = [j for j in range(n - 1) if j != i]
         if not others:
             return steps, u
         j = int(rng.choice(others))
         steps = list(steps)
         steps[i] = st.replace(corrector="implicit")
-        return steps[:j] + steps[j + 1:], list(u[:j]) + list(u[j + 1:])
+        return steps[:j] + self._shifted(steps[j + 1:], -1), list(u[:j]) + list(u[j + 1:])
 
     def crossover(self, a: Schedule, b: Schedule, rng: np.random.Generator) -> Schedule:
         """Uniform per-step crossover (same AFS and step count), times blended; falls back to

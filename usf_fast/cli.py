@@ -619,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"held-out noise samples for the final comparison (default {d['heldout']})")
     q.add_argument("--thorough", action="store_true",
                    help="the earlier defaults, about 7x the network calls: --budget 600 --samples 256 --samples2 1024 "
-                        "--heldout 1024 --heldout-presets all --reference-nfe 200 (flags given with other values win)")
+                        "--heldout 1024 --heldout-presets all --reference-nfe 200 (flags given win)")
     q.add_argument("--finalists", type=int, default=d["finalists"],
                    help=f"stage 2's best schedules compared on held-out noise (default {d['finalists']})")
     q.add_argument("--heldout-presets", default=None,

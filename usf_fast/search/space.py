@@ -253,9 +253,9 @@ class SearchSpace:
                 op = rng.integers(0, 9 + len(options))
                 i = int(rng.integers(0, len(steps)))
                 st = steps[i]
-                if op >= 9 and options[op - 9] == "implicit":      # implicit corrector: one step fewer / more
-                    steps, u = self._toggle_implicit(steps, u, i, rng)
-                elif op == 0 and u:                                   # move one time
+                if op >= 9:                                         # the space's options
+                    steps, u = self._option_edit(options[op - 9], steps, u, i, rng)
+                elif op == 0 and u:                                 # move one time
                     j = int(rng.integers(0, len(u)))
                     u[j] = float(np.clip(u[j] + rng.normal(0, 0.08), 1e-3, 1 - 1e-3))
                 elif op == 1 and u:                                 # move all times a little
@@ -286,13 +286,6 @@ class SearchSpace:
                                               corrector_relax_coef=float(rng.normal(0, 0.3)) if kind == "linear" else 0.0)
                 elif op == 7 and st.order >= 3:
                     steps[i] = st.replace(d2_scale=float(np.clip(st.d2_scale + rng.normal(0, 0.25), 0.0, 2.0)))
-                elif op >= 9:                                       # the options: extra point / singlestep start
-                    if options[op - 9] == "extra":
-                        more = not (st.points is not None and len(st.points) > st.order - 1)
-                        steps[i] = st.replace(points=tuple(range(st.order)) if more else None, start=st.start)
-                    else:
-                        back = not (st.start is not None and st.start <= i - 1)
-                        steps[i] = st.replace(start=max(0, i - 1) if back else None, points=st.points)
                 elif op == 8 and self.afs:                          # toggle AFS: one step more / fewer
                     if afs and len(steps) > 1:
                         steps, u, afs = steps[1:], u[1:], False
@@ -303,6 +296,21 @@ class SearchSpace:
             if out is not None and out != s:
                 return out
         return s
+
+    def _option_edit(self, option: str, steps: list, u: list, i: int, rng) -> tuple[list, list]:
+        """One edit of an option of the space at step i: toggle its extra active point ("extra"),
+        its singlestep start ("back"), or its implicit corrector ("implicit": one step fewer / more)."""
+        st = steps[i]
+        if option == "implicit":
+            return self._toggle_implicit(steps, u, i, rng)
+        steps = list(steps)
+        if option == "extra":
+            more = not (st.points is not None and len(st.points) > st.order - 1)
+            steps[i] = st.replace(points=tuple(range(st.order)) if more else None, start=st.start)
+        else:
+            back = not (st.start is not None and st.start <= i - 1)
+            steps[i] = st.replace(start=max(0, i - 1) if back else None, points=st.points)
+        return steps, u
 
     @staticmethod
     def _shifted(steps: list, by: int) -> list:

@@ -18,11 +18,11 @@ import torch
 
 from usf_fast.models import embedded_model
 from usf_fast.noise_schedules import NoiseScheduleFlow
-from usf_fast.search import SearchSpace, evaluate_schedules, make_metric, s3_search
+from usf_fast.search import evaluate_schedules, make_metric, s3_search
 from usf_fast.search.evaluate import NoiseSet
 from usf_fast.search.s3 import preset_candidates
 
-from cost_study import VARIANTS   # bench/ is on the path when this runs as a script
+from cost_study import VARIANTS, variant_options   # bench/ is on the path when this runs as a script
 
 
 def _model(spec):
@@ -51,10 +51,8 @@ def main():
                 continue
             t0 = time.time()
             with tempfile.TemporaryDirectory() as d:
-                opts = dict(VARIANTS[args.variant])
-                space = SearchSpace(ns, n, **opts.pop("space", {}))
                 res = s3_search(model, n, seed=args.seed, progress=False, log_path=os.path.join(d, "log.jsonl"),
-                                space=space, **opts)
+                                **variant_options(args.variant, ns, n))
             secs = time.time() - t0
             searched = evaluate_schedules(model, [res.best], ev, metric, t_range)[0]
             best = {}

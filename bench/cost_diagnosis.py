@@ -11,12 +11,12 @@ import sys
 import time
 
 import numpy as np
-from cost_study import EVAL_SEED, VARIANTS   # bench/ is on the path when this runs as a script
+from cost_study import EVAL_SEED, variant_options   # bench/ is on the path when this runs as a script
 from scipy.stats import spearmanr
 
 from usf_fast.models import embedded_model
 from usf_fast.schedule import Schedule
-from usf_fast.search import SearchSpace, evaluate_schedules, make_metric, s3_search
+from usf_fast.search import evaluate_schedules, make_metric, s3_search
 from usf_fast.search.evaluate import NoiseSet
 from usf_fast.search.log import read_evaluations
 from usf_fast.search.s3 import preset_candidates
@@ -34,9 +34,7 @@ def main():
     if os.path.exists(log):
         os.remove(log)
     t0 = time.time()
-    opts = dict(VARIANTS[variant])
-    space = SearchSpace(model.noise_schedule, 5, **opts.pop("space", {}))
-    res = s3_search(model, 5, seed=seed, progress=False, log_path=log, space=space, **opts)
+    res = s3_search(model, 5, seed=seed, progress=False, log_path=log, **variant_options(variant, model.noise_schedule, 5))
     print(f"search {time.time() - t0:.0f} s, cost {res.cost}, its held-out improvement {res.improvement:+.1%}")
     by_key: dict = {}
     for r in read_evaluations(log):

@@ -53,6 +53,12 @@ VARIANTS = {
 EVAL_SEED = 99_999
 
 
+def variant_options(name: str, noise_schedule, nfe: int) -> dict:
+    """`s3_search` keywords of variant `name`: its settings, and its search space built."""
+    opts = dict(VARIANTS[name])
+    return dict(opts, space=SearchSpace(noise_schedule, nfe, **opts.pop("space", {})))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="gmm-image")
@@ -92,10 +98,9 @@ def main():
                 continue
             with tempfile.TemporaryDirectory() as d:
                 t0 = time.time()
-                opts = dict(VARIANTS[name])
-                space = SearchSpace(model.noise_schedule, args.nfe, **opts.pop("space", {}))
-                res = s3_search(model, args.nfe, seed=seed, metric=args.metric, progress=False, space=space,
-                                log_path=os.path.join(d, "log.jsonl"), **opts)
+                res = s3_search(model, args.nfe, seed=seed, metric=args.metric, progress=False,
+                                log_path=os.path.join(d, "log.jsonl"),
+                                **variant_options(name, model.noise_schedule, args.nfe))
                 secs = time.time() - t0
             val = evaluate_schedules(model, [res.best], ev, metric, t_range)[0]
             row = {"variant": name, "seed": seed, "rows": res.cost["total"], "cost": res.cost, "seconds": secs,

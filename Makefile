@@ -6,23 +6,38 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTHON ?= python3
+# every distribution the set-up installs, pinned (a fresh clone installs the same versions every
+# time); `make lock` refreshes it (docs/development.md)
+CONSTRAINTS ?= constraints.txt
+PIP    := $(PY) -m pip install -q -c $(CONSTRAINTS)
 
-.PHONY: run test bench setup clean
+.PHONY: run test bench setup lock clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py Makefile $(wildcard csrc/*)
+$(STAMP): pyproject.toml setup.py Makefile $(CONSTRAINTS) $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch first and pinned: a CUDA build that also runs on CPU-only machines (wheel cache here)
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 setuptools wheel ninja pybind11
+	$(PIP) --upgrade pip setuptools wheel
+	# torch first: a CUDA build that also runs on CPU-only machines (wheel cache here)
+	$(PIP) torch torchvision ninja pybind11
 	# no build isolation: the C++/CUDA backends compile against this venv's torch; PYTHONWARNINGS
-	# hides setuptools' notes on editable layouts (usf_fast.kernels lives in kernels/), not errors
-	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} PYTHONWARNINGS=ignore $(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	# hides setuptools' notes (kernels/ is a namespace folder: kernels/README.md), not errors
+	CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda} PYTHONWARNINGS=ignore $(PIP) --no-build-isolation -e '.[dev]'
 	# test oracle: k-diffusion's samplers, without its training stack (wandb, CLIP, kornia; its
 	# resolver would also downgrade numpy), so with --no-deps and the three modules sampling.py imports
-	$(PY) -m pip install -q --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 torchdiffeq==0.2.5 trampoline==0.1.2
+	$(PIP) --no-deps k-diffusion torchsde torchdiffeq trampoline
 	touch $(STAMP)
+
+# refresh constraints.txt: the newest versions pyproject.toml's bounds admit, installed into a new
+# venv (.venv-lock) without the old pins, frozen, then the test suite run on them
+lock:
+	rm -rf .venv-lock
+	printf '' > .venv-lock.empty
+	$(MAKE) VENV=.venv-lock CONSTRAINTS=.venv-lock.empty setup
+	{ echo "# Pinned versions of everything 'make setup' installs (pip freeze of a new venv); refresh: make lock"; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude-editable; } > constraints.txt
+	rm -f .venv-lock.empty
+	$(MAKE) VENV=.venv-lock test
 
 # a second `make run` resumes (and reprints) the search in out/search instead of deleting it
 run: $(STAMP)
@@ -35,4 +50,4 @@ bench: $(STAMP)
 	$(PY) -m pytest bench --benchmark-only
 
 clean:
-	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis .benchmarks
+	rm -rf $(VENV) .venv-lock out build *.egg-info .pytest_cache .hypothesis .benchmarks

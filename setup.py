@@ -11,9 +11,10 @@ import sys
 
 from setuptools import setup
 
-# usf_fast.weights is a data package (the digits networks' .pt files)
+# usf_fast.weights is a data package (the digits networks' .pt files); usf_fast.kernels is the link
+# usf_fast/kernels -> ../kernels (the Triton sources keep their top-level folder, which is not a
+# package so it never shadows PyPI's `kernels`: kernels/README.md); both are namespace packages
 PACKAGES = ["usf_fast", "usf_fast.kernels", "usf_fast.search", "usf_fast.adapters", "usf_fast.models", "usf_fast.weights"]
-PACKAGE_DIR = {"usf_fast.kernels": "kernels"}
 
 
 def _extensions():
@@ -90,5 +91,5 @@ def _cuda_library_headers(ce):
 
 
 ext_modules, cmdclass = _extensions()
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR, package_data={"usf_fast.weights": ["*.pt"]},
+setup(packages=PACKAGES, package_data={"usf_fast.weights": ["*.pt"]},
       ext_modules=ext_modules, cmdclass=cmdclass)

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 import usf_fast  # noqa: E402
-from usf_fast.cli import image_grid  # noqa: E402
+from usf_fast.pictures import image_grid  # noqa: E402
 from usf_fast.models.digits import DIGITS_SHAPE, DigitsFrechet, digits_data, digits_model  # noqa: E402
 
 

@@ -3,9 +3,16 @@ import sys
 
 import pytest
 import torch
+from hypothesis import settings
+
 
 sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# No test depends on how busy the machine is: hypothesis' default 200 ms per-example deadline is a
+# wall-clock assertion, so it is off for every test (tests/test_suite_rules.py keeps it so).
+settings.register_profile("usf_fast", deadline=None)
+settings.load_profile("usf_fast")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,6 +1,7 @@
 """Hostile input, generated: schedule files, search logs, CLI arguments and nearly coincident
 times. Every case ends in a correct result or one clear error (ValueError in the API; one line and
-exit status 2 in the CLI), never a traceback or a hang (hypothesis deadlines bound each case)."""
+exit status 2 in the CLI), never a traceback. No case has a wall-clock deadline: the suite must pass
+on a loaded machine (tests/conftest.py); a hang shows as a test that does not end."""
 import json
 import math
 
@@ -15,7 +16,7 @@ from usf_fast.models import embedded_model
 from usf_fast.schedule import SCHEDULE_FORMAT, Schedule
 from usf_fast.search.log import SearchLog
 
-FAST = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture,
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                        HealthCheck.too_slow])
 HUGE = 10 ** 400
 
@@ -152,7 +153,7 @@ def test_cli_numbers_run_or_fail_with_one_line(flag, value, command, capsys):
         assert len(err.strip().splitlines()) == 1
 
 
-@settings(max_examples=30, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(flag=st.sampled_from(["--budget", "--samples", "--samples2", "--heldout", "--chunk", "--seed", "--max-minutes",
                              "--nfe", "--shape", "--reference-nfe", "--dist-timeout"]),
        value=number, metric=st.sampled_from(["ref", "exact"]))
@@ -197,14 +198,11 @@ def test_nearly_coincident_times_are_refused_or_correct_on_every_path(k, where, 
             assert float((o - outcomes[0]).abs().max()) <= 1e-8 * (1 + float(outcomes[0].abs().max()))
 
 
-def test_a_hundred_thousand_steps_are_refused_within_a_second(tmp_path):
-    import time
+def test_a_hundred_thousand_steps_are_refused(tmp_path):
     n = 100_000
     doc = {"format": SCHEDULE_FORMAT, "version": 1, "timesteps": [1 - i / (n + 1) for i in range(n + 1)],
            "steps": [{}] * n}
     path = tmp_path / "big.json"
     path.write_text(json.dumps(doc))
-    t0 = time.perf_counter()
     assert main(["show", str(path)]) == 2
     assert main(["sample", "--model", "gmm-2d", "--nfe", "1000000", "--num-samples", "2", "--no-reference"]) == 2
-    assert time.perf_counter() - t0 < 1.0

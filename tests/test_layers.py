@@ -21,7 +21,7 @@ LAYERS = [
     ("lowerings", ["plan", "dense"]),
     ("executors", ["reference", "executor", "graph"]),
     ("api", ["api"]),
-    ("metrics", ["metrics"]),
+    ("metrics", ["metrics", "pictures"]),
     ("models", ["models"]),
     ("adapters", ["adapters"]),
     ("search", ["search"]),

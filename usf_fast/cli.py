@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import math
@@ -9,7 +10,6 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -22,7 +22,9 @@ from .metrics import reference_distance, reference_samples, sample_metrics
 from .model import DiffusionModel
 from .models import EMBEDDED_MODELS, embedded_model
 from .noise_schedules import NoiseScheduleEDM, NoiseScheduleFlow, NoiseScheduleVP
+from .pictures import write_compare_grid, write_samples_picture
 from .schedule import Schedule
+from .search.config import THOROUGH, SearchConfig
 
 NOISE_SCHEDULES = ("linear", "cosine", "edm", "flow")
 
@@ -64,13 +66,17 @@ def _ints(flag: str, text: str, minimum: int = 1) -> list[int]:
     return vals
 
 
-# SearchConfig's defaults, written out (importing usf_fast.search here would add ~0.5 s to every
-# command's start; tests/test_cli.py keeps them equal)
-SEARCH_DEFAULTS = {"budget": 320, "samples": (96, 256), "stage_split": 0.75, "heldout": 512, "finalists": 4,
-                   "heldout_presets": 8, "reference_nfe": 50, "reference_dtype": torch.float64}
-# search.THOROUGH as flag values (tests/test_cli.py keeps them equal)
-THOROUGH_FLAGS = {"budget": 600, "samples": 256, "samples2": 1024, "heldout": 1024, "heldout_presets": "all",
-                  "reference_nfe": 200}
+def _search_defaults() -> dict:
+    """SearchConfig's field defaults (usf_fast.search.config: cheap, unlike the search itself)."""
+    return {f.name: f.default for f in dataclasses.fields(SearchConfig)}
+
+
+def _thorough_flags() -> dict:
+    """search.THOROUGH as flag values."""
+    t = THOROUGH
+    return {"budget": t["budget"], "samples": t["samples"][0], "samples2": t["samples"][1], "heldout": t["heldout"],
+            "heldout_presets": "all" if t["heldout_presets"] is None else str(t["heldout_presets"]),
+            "reference_nfe": t["reference_nfe"]}
 
 
 def _check_counts(args, *flags) -> None:
@@ -82,14 +88,23 @@ def _check_counts(args, *flags) -> None:
 
 
 def _build_schedule(args, ns) -> Schedule:
-    if args.schedule:
-        return Schedule.from_json(args.schedule)
+    if args.schedule:   # the file decides everything a preset flag would: a flag given with it is refused
+        given = [f for f, v in (("--preset", args.preset), ("--order", args.order), ("--spacing", args.spacing),
+                                ("--option", args.option)) if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only with a preset, not with --schedule {args.schedule} (the file "
+                             "fixes the solver)")
+        s = Schedule.from_json(args.schedule)
+        if args.nfe is not None and args.nfe != s.nfe:
+            raise ValueError(f"--nfe {args.nfe}: the schedule {args.schedule} makes {s.nfe} model evaluations; "
+                             f"leave --nfe out (or give {s.nfe})")
+        return s
     opts = _parse_options(args.option)
     if args.order is not None:
         opts["order"] = args.order
     if args.spacing is not None:
         opts["spacing"] = args.spacing
-    return P.get(args.preset, ns, args.nfe, **opts)
+    return P.get(args.preset or "unipc", ns, 5 if args.nfe is None else args.nfe, **opts)
 
 
 def _model_and_noise(args):
@@ -129,7 +144,8 @@ def cmd_sample(args) -> int:
 
 
 def _print_metrics(m: dict, model_name: str) -> None:
-    print(f"ref_rmse {m['ref_rmse']:.6g}   (RMS distance to a high-accuracy ODE solution from the same noise)")
+    if m.get("ref_rmse") is not None and math.isfinite(m["ref_rmse"]):   # not with --no-reference
+        print(f"ref_rmse {m['ref_rmse']:.6g}   (RMS distance to a high-accuracy ODE solution from the same noise)")
     space = "the digits feature network's space" if model_name.startswith("digits") else "the exact data moments"
     print(f"frechet  {m['frechet']:.6g}   (Fréchet distance of the samples to the data, in {space})")
     if "nll" in m:
@@ -152,49 +168,10 @@ def _write_outputs(args, model, schedule: Schedule, x: torch.Tensor, m: dict) ->
         schedule.to_json(args.save_schedule)
         print(f"wrote {args.save_schedule}")
     if args.grid:
-        _write_picture(model, x, args.grid, f"{schedule.name or 'schedule'}, NFE {schedule.nfe}", args.grid_size)
+        gmm = getattr(model.net, "gmm", None)
+        data = gmm.sample_data(x.shape[0], torch.Generator().manual_seed(1)) if gmm is not None and x.dim() == 2 else None
+        write_samples_picture(x, args.grid, f"{schedule.name or 'schedule'}, NFE {schedule.nfe}", args.grid_size, data)
         print(f"wrote {args.grid}")
-
-
-def image_grid(x: torch.Tensor, cols: int = 8, pad: int = 1):
-    """(B, C, H, W) in [−1, 1] → one (rows·(H+pad)+pad, cols·(W+pad)+pad, C) float array in [0, 1]."""
-    b, c, h, w = x.shape
-    rows = math.ceil(b / cols)
-    grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad, c), dtype=np.float32)
-    img = x.detach().float().cpu().clamp(-1, 1).add(1).div(2).permute(0, 2, 3, 1).numpy()
-    for i in range(b):
-        r, k = divmod(i, cols)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = img[i]
-    return grid
-
-
-def _write_picture(model, x, path, title, n):
-    """A PNG: an image grid of the first n samples (image models), or a scatter over the data (2-D)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    gmm = getattr(model.net, "gmm", None)
-    if x.dim() == 2 and gmm is not None:
-        data = gmm.sample_data(x.shape[0], torch.Generator().manual_seed(1))
-        fig, ax = plt.subplots(figsize=(5, 5))
-        ax.scatter(data[:, 0], data[:, 1], s=3, alpha=0.3, label="data")
-        ax.scatter(x[:, 0].float(), x[:, 1].float(), s=3, alpha=0.6, label="samples")
-        ax.set_aspect("equal")
-        ax.legend(loc="upper right")
-    elif x.dim() == 4 and x.shape[1] in (1, 3):
-        n = min(n, x.shape[0])
-        cols = math.ceil(math.sqrt(n))
-        grid = image_grid(x[:n], cols)
-        fig, ax = plt.subplots(figsize=(min(8, 0.5 + 0.02 * grid.shape[1] * 4), min(8, 0.5 + 0.02 * grid.shape[0] * 4)))
-        ax.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.axis("off")
-    else:
-        raise ValueError(f"--grid: samples of shape {tuple(x.shape[1:])} are neither images (C in 1, 3) nor 2-D points")
-    ax.set_title(title, fontsize=9)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(fig)
 
 
 def cmd_compare(args) -> int:
@@ -339,13 +316,14 @@ def _pipeline_model(args, device: str):
 def _fill_search_defaults(args) -> None:
     """The search flags the user left out (None): SearchConfig's defaults, or with --thorough the
     earlier ones (search.THOROUGH); flags given always win."""
-    d = SEARCH_DEFAULTS
+    d = _search_defaults()
     default = {"budget": d["budget"], "samples": d["samples"][0], "samples2": d["samples"][1], "heldout": d["heldout"],
                "heldout_presets": "all" if d["heldout_presets"] is None else str(d["heldout_presets"]),
                "reference_nfe": d["reference_nfe"]}
+    thorough = _thorough_flags()
     for name, value in default.items():
         if getattr(args, name) is None:
-            setattr(args, name, THOROUGH_FLAGS[name] if args.thorough else value)
+            setattr(args, name, thorough[name] if args.thorough else value)
     if args.stage_split is None:   # three stages: the fractions measured in docs/experiments.md (h3)
         args.stage_split = "0.6,0.9" if args.samples3 else f"{d['stage_split']:g}"
 
@@ -496,12 +474,10 @@ def cmd_generate(args) -> int:
           f"{args.out}/image_*.png")
     if args.compare:
         other = generate_preset(pipe, args.compare, schedule.nfe, **kw)
-        from torchvision.transforms.functional import to_tensor
-        from torchvision.utils import make_grid, save_image
-        rows = [to_tensor(im) for im in images] + [to_tensor(im) for im in other]
         path = os.path.join(args.out, "compare.png")
-        grid = make_grid(torch.stack(rows), nrow=len(images), padding=2, pad_value=1.0)
-        atomic_write(path, lambda f: save_image(grid, f, format="png"))
+        write_compare_grid([(f"{schedule.name or 'schedule'}\nNFE {schedule.nfe}", images),
+                            (f"{args.compare}\nNFE {schedule.nfe}", other)], path,
+                           f"the same noise per column; top: {schedule.name or 'the schedule'}, bottom: preset {args.compare}")
         print(f"{path}: top row the schedule, bottom row {args.compare} at NFE {schedule.nfe}, the same noise")
     return 0
 
@@ -512,16 +488,49 @@ def _prepare_out_dir(path: str) -> None:
     os.makedirs(path, exist_ok=True)
 
 
+def _search_log_header(path: str) -> dict | None:
+    """The header of a search log (a JSON-lines file whose first line is one), else None."""
+    try:
+        with open(path, "rb") as f:
+            first = json.loads(f.readline(1 << 20))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return first if isinstance(first, dict) and first.get("type") == "header" else None
+
+
 def cmd_show(args) -> int:
+    head = _search_log_header(args.schedule)
+    if head is not None:
+        nfe = head.get("nfe")
+        best = os.path.join(os.path.dirname(args.schedule) or ".", f"best_nfe{nfe}.json")
+        raise ValueError(f"{args.schedule}: is a search log (NFE {nfe}, metric {head.get('metric')}), not a schedule; "
+                         f"its search's best schedule is {best} (usf-fast show {best})")
     s = Schedule.from_json(args.schedule)
     time_name = "sigma" if (s.meta.get("noise_schedule") or {}).get("type") in ("edm", "flow") else "t"
     print(s.summary(time_name))
     return 0
 
 
+#: the distributions `usf-fast info` reports (what a bug report needs; constraints.txt pins them)
+INFO_DISTRIBUTIONS = ("torch", "triton", "numpy", "scipy", "scikit-learn", "tqdm", "matplotlib", "diffusers",
+                      "transformers", "kernels", "k-diffusion", "pytorch-fid", "torchvision")
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    out = []
+    for name in INFO_DISTRIBUTIONS:
+        try:
+            out.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            out.append(f"{name} -")
+    return ", ".join(out)
+
+
 def cmd_info(args) -> int:
     print(f"usf_fast {__version__}, torch {torch.__version__} "
           f"(CUDA build: {torch.version.cuda or 'no'}), threads {torch.get_num_threads()}")
+    print(f"Python {sys.version.split()[0]}; {_versions()}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if torch.cuda.is_available():
         print(f"GPU: {torch.cuda.get_device_name()}")
@@ -544,28 +553,59 @@ def cmd_presets(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (`usf-fast <command>: error: …`, exit status 2) instead of
+    the usage block, like every other error of the CLI."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default (unless it already names one)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default %(default)s)"
+        return text
+
+
+EXAMPLES = """examples:
+  usf-fast sample --model gmm-image --preset unipc --nfe 5       a preset: NFE and metrics
+  usf-fast compare --model digits --nfe 4,5,6                    every preset at each NFE
+  usf-fast search --model gmm-image --nfe 4,5,6 --out out/search  the best schedule per NFE
+  usf-fast generate --model diffusers:DIR --schedule out/search/best.json --prompt "a cat" --out images
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="usf-fast", description="Few-step diffusion sampling (USF).")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="usf-fast", description="Few-step diffusion sampling (USF) and solver-schedule search (S3).",
+                epilog=EXAMPLES, formatter_class=_HelpFormatter)
+    p.add_argument("--version", action="version", version=f"usf_fast {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_command = sub.add_parser   # every command's help shows the defaults
+    sub.add_parser = lambda name, **kw: add_command(name, formatter_class=_HelpFormatter, **kw)
 
     def model_args(q, default_n):
         q.add_argument("--model", default="gmm-image", choices=sorted(EMBEDDED_MODELS),
                        help="embedded model (default gmm-image)")
         q.add_argument("--noise-schedule", choices=NOISE_SCHEDULES,
                        help="default: the model's own (linear; flow for digits-flow)")
-        q.add_argument("--num-samples", type=int, default=default_n)
-        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--num-samples", type=int, default=default_n, help="noise samples drawn")
+        q.add_argument("--seed", type=int, default=0, help="seed of the noise")
 
     q = sub.add_parser("sample", help="sample with a preset or a schedule file and print NFE and metrics")
     model_args(q, 1000)
-    q.add_argument("--preset", default="unipc", choices=sorted(P.PRESETS))
-    q.add_argument("--nfe", type=int, default=5)
-    q.add_argument("--order", type=int)
-    q.add_argument("--spacing", choices=P.ALL_SPACINGS)
+    q.add_argument("--preset", choices=sorted(P.PRESETS), help="the solver (default unipc; not with --schedule)")
+    q.add_argument("--nfe", type=int, help="model evaluations (default 5; with --schedule: the file's own)")
+    q.add_argument("--order", type=int, help="the preset's order (default: the preset's own)")
+    q.add_argument("--spacing", choices=P.ALL_SPACINGS, help="the preset's time spacing (default: the preset's own)")
     q.add_argument("--option", action="append", metavar="KEY=VALUE", help="extra preset option (repeatable)")
     q.add_argument("--schedule", help="schedule JSON file (instead of --preset)")
-    q.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    q.add_argument("--backend", default="auto", choices=("auto", "reference", "torch", "cpu", "triton", "cuda"))
+    q.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="precision of the sampling")
+    q.add_argument("--backend", default="auto", choices=("auto", "reference", "torch", "cpu", "triton", "cuda"),
+                   help="executor: auto picks the fastest usable here (usf-fast info)")
     q.add_argument("--out", help="write samples, schedule and metrics (torch.save) here")
     q.add_argument("--save-schedule", help="write the schedule JSON here")
     q.add_argument("--grid", "--plot", dest="grid", metavar="PNG",
@@ -578,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(q, 500)
     q.add_argument("--nfe", default="4,5,6,8", help="comma-separated NFE values")
     q.add_argument("--spacings", help="comma-separated (default: every spacing of the noise schedule)")
-    q.add_argument("--progress", action="store_true")
+    q.add_argument("--progress", action="store_true", help="show a progress bar over the preset runs")
     q.set_defaults(func=cmd_compare)
 
     def pipeline_args(q):
@@ -602,8 +642,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "fd: the model's Fréchet distance (gmm-*, digits); fid: pytorch-fid")
     q.add_argument("--fid-stats", help="metric fid: .npz with mu and sigma of the data's Inception features")
     q.add_argument("--fid-weights", help="metric fid: local pytorch-fid Inception weights (.pth)")
-    d = SEARCH_DEFAULTS
-    q.add_argument("--budget", type=int, default=None, help=f"real evaluations per NFE (default {d['budget']})")
+    d = _search_defaults()
+    q.add_argument("--budget", type=int, default=None,
+                   help=f"search evaluations per NFE, the preset seeds and each stage's re-evaluations included; the "
+                        f"held-out table comes on top (default {d['budget']})")
     q.add_argument("--samples", type=int, default=None,
                    help=f"noise samples per stage-1 evaluation (default {d['samples'][0]})")
     q.add_argument("--samples2", type=int, default=None,
@@ -625,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--heldout-presets", default=None,
                    help="presets in the held-out comparison: all, or the N best on stage 1's noise (default "
                         f"{'all' if d['heldout_presets'] is None else d['heldout_presets']})")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="seed of the search (its noise sets and its proposals)")
     q.add_argument("--no-predictor", action="store_true", help="plain evolution (ablation)")
     q.add_argument("--predictor", default="gp", choices=["gp", "improve", "metric"],
                    help="gp: Gaussian process, a batch by expected improvement (default); "
@@ -659,8 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--schedule", required=True, help="schedule JSON (e.g. best.json of a search on this pipeline)")
     q.add_argument("--prompt", action="append", help="a prompt (repeatable); or --prompts FILE")
     pipeline_args(q)
-    q.add_argument("--num-images", type=int, default=4)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--num-images", type=int, default=4, help="images to generate")
+    q.add_argument("--seed", type=int, default=0, help="seed of the initial latents")
     q.add_argument("--device", default="auto", help="auto (the GPU if there is one), cpu, cuda, cuda:N")
     q.add_argument("--out", required=True, help="folder for image_<i>.png (and compare.png)")
     q.add_argument("--compare", metavar="PRESET", help="also run this preset at the same NFE on the same noise, and "
@@ -668,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_generate)
 
     q = sub.add_parser("show", help="print a schedule file one line per step")
-    q.add_argument("schedule")
+    q.add_argument("schedule", help="a schedule JSON file (best.json, best_nfe<N>.json, --save-schedule)")
     q.set_defaults(func=cmd_show)
 
     q = sub.add_parser("info", help="which backends are built and usable here")

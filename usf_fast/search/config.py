@@ -18,6 +18,14 @@ WARM_PAIRS = 48   # (parent, child) pairs evaluated before the predictor takes o
 THOROUGH = {"budget": 600, "samples": (256, 1024), "heldout": 1024, "heldout_presets": None, "reference_nfe": 200}
 
 
+def _stage_ends(budget: int, splits: tuple) -> list[int]:
+    return [int(budget * f) for f in splits] + [budget]
+
+
+def _shares(ends: list[int]) -> list[int]:
+    return [b - a for a, b in zip([0] + ends[:-1], ends)]
+
+
 def _positive_int(name: str, v, what: str) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"{name}={v!r}: must be a positive integer ({what})")
@@ -91,6 +99,11 @@ class SearchConfig:
             raise ValueError(f"stage_split={self.stage_split!r}: must be the fraction of the budget spent before each "
                              f"later stage starts, increasing in (0, 1]: {len(self.samples) - 1} number(s) for "
                              f"{len(self.samples)} stages")
+        shares = self.stage_shares()
+        if min(shares) < 1:
+            raise ValueError(f"budget={self.budget}: too small for {len(self.samples)} stages at stage_split "
+                             f"{self.stage_split}: every stage needs at least one evaluation (stage shares "
+                             f"{', '.join(map(str, shares))}); give budget >= {self.min_budget()}")
         if self.max_minutes is not None and not (isinstance(self.max_minutes, (int, float))
                                                  and math.isfinite(self.max_minutes) and self.max_minutes >= 0):
             raise ValueError(f"max_minutes={self.max_minutes!r}: must be a finite number >= 0")
@@ -100,11 +113,28 @@ class SearchConfig:
         """`stage_split` as a tuple: the fraction of the budget spent when each later stage starts."""
         return tuple(self.stage_split) if isinstance(self.stage_split, (tuple, list)) else (self.stage_split,)
 
-    def stage_ends(self, n_seeds: int = 0) -> list[int]:
-        """Evaluations requested when each stage ends (stage 1 at least evaluates every seed)."""
-        ends = [int(self.budget * f) for f in self.splits] + [self.budget]
-        ends[0] = max(ends[0], n_seeds)
-        return [max(e, ends[0]) for e in ends]
+    def stage_ends(self) -> list[int]:
+        """Evaluations requested when each stage ends: `budget` × each `stage_split`, then `budget`.
+        Every counted evaluation fits in these: stage 1's preset seeds (the best `stage_ends()[0]`
+        by the Gaussian probe when there are more), each later stage's re-evaluated survivors (at
+        most its share) and the evolution."""
+        return _stage_ends(self.budget, self.splits)
+
+    def stage_shares(self) -> list[int]:
+        """Evaluations each stage may request (`stage_ends` as differences)."""
+        return _shares(_stage_ends(self.budget, self.splits))
+
+    def survivors(self, stage: int) -> int:
+        """Schedules a later stage (index >= 1) re-evaluates from the last: `population`, or its
+        share of the budget when that is smaller."""
+        return min(self.population, self.stage_shares()[stage])
+
+    def min_budget(self) -> int:
+        """The smallest budget that gives every stage at least one evaluation at this stage_split."""
+        b = len(self.samples)
+        while min(_shares(_stage_ends(b, self.splits))) < 1:
+            b += 1
+        return b
 
     @property
     def screen_for_picks(self) -> int:
@@ -141,10 +171,10 @@ class SearchConfig:
             **({"reference_dtype": str(self.reference_dtype)} if self.reference_dtype != torch.float64 else {})}}
 
     def cost_estimate(self, n_presets: int, guided: bool = False, needs_reference: bool = True,
-                      n_seeds: int = 0, n_unseeded: int | None = None, check_rows: int = 1,
+                      n_unseeded: int | None = None, check_rows: int = 1,
                       processes: int = 1) -> dict:
         """Network rows (samples through the network; ×2 under classifier-free guidance) a search
-        makes at most, by phase: stage 1 and stage 2 (budget × samples × NFE), the held-out table
+        makes at most, by phase: each stage (its share of the budget × samples × NFE), the held-out table
         (the finalists and the presets; with `heldout_presets`, also the `n_unseeded` presets the
         search did not start from, default all, on stage 1's noise to choose them), the reference
         solves (every noise set × reference_nfe); stage 1 also holds the one-sample network check
@@ -152,12 +182,12 @@ class SearchConfig:
         runs the check and may solve every reference. Evaluations read back from a log cost
         nothing."""
         k = 2 if guided else 1
-        ends = self.stage_ends(n_seeds)
+        shares = self.stage_shares()
         table = n_presets if self.heldout_presets is None else min(self.heldout_presets, n_presets)
         screen = (n_presets if n_unseeded is None else n_unseeded) * self.samples[0] if table < n_presets else 0
-        out = {"stage1": (ends[0] * self.samples[0] * self.nfe + check_rows * processes) * k}
-        for i in range(1, len(ends)):   # a later stage: its share of the budget (or the survivors, if more)
-            out[f"stage{i + 1}"] = max(ends[i] - ends[i - 1], self.population) * self.samples[i] * self.nfe * k
+        out = {"stage1": (shares[0] * self.samples[0] * self.nfe + check_rows * processes) * k}
+        for i in range(1, len(shares)):
+            out[f"stage{i + 1}"] = shares[i] * self.samples[i] * self.nfe * k
         out.update({
                "heldout": ((self.finalists + table) * self.heldout + screen) * self.nfe * k,
                "reference": ((sum(self.samples) + self.heldout) * self.reference_nfe * k * processes

@@ -1,4 +1,6 @@
-"""Append-only JSON-lines log of a search: a header line, then one line per real evaluation.
+"""Append-only JSON-lines log of a search: a header line, then one line per real evaluation, and
+when the search has run to its end a last line with its result (a resumed finished search reads it
+back instead of replaying the search).
 
 Lines are written with flush + fsync, so a killed search loses at most the line being written;
 on resume a truncated last line is dropped (and cut from the file) and every complete line is
@@ -21,6 +23,7 @@ class SearchLog:
         self.header = header
         self.writer = writer
         self.records: list[dict] = []
+        self.result: dict | None = None   # the finished search's result record, if the log has one
         self._lock = None
         if self.path is None:
             return
@@ -54,9 +57,16 @@ class SearchLog:
                              "(then --resume) or choose another --out") from None
         self._lock = fd
 
-    def close(self) -> None:
-        """Release the lock (the log itself is closed after every line)."""
+    def close(self, finished: bool = False) -> None:
+        """Release the lock (the log itself is closed after every line); `finished`: the search
+        ended normally, so the lock file goes too (a killed search's stays, harmless: a lock is
+        taken on it, its presence means nothing)."""
         if self._lock is not None:
+            if finished:
+                try:
+                    os.unlink(self.path + ".lock")   # while held: no other process holds it now
+                except OSError:
+                    pass
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             os.close(self._lock)
             self._lock = None
@@ -73,11 +83,15 @@ class SearchLog:
         if "settings" not in head:
             raise ValueError(f"log {self.path}: written by an older usf_fast (its header has no settings); it cannot be "
                              "resumed by this version: delete it (or its --out folder) or choose another --out")
-        for key in ("nfe", "seed", "metric", "settings", "shape", "model"):
-            if not _same(key, head.get(key), self.header.get(key)):
-                raise ValueError(f"log {self.path}: written by a search with {key}={head.get(key)!r}, this one has "
-                                 f"{key}={self.header.get(key)!r}; resume with the same settings")
+        differ = [d for key in ("nfe", "seed", "metric", "settings", "shape", "model")
+                  if not _same(key, head.get(key), self.header.get(key))
+                  for d in _differences(key, head.get(key), self.header.get(key))]
+        if differ:
+            raise ValueError(f"log {self.path}: written by a search with other settings: {'; '.join(differ)}; resume "
+                             "with the log's settings, or choose another --out for a new search")
         self.records = [r for r in parsed[1:] if r.get("type") == "eval"]
+        results = [r for r in parsed[1:] if r.get("type") == "result"]
+        self.result = results[-1] if results else None
         if tail.strip() and self.writer:
             with open(self.path, "r+b") as f:
                 f.truncate(good_bytes)
@@ -94,6 +108,12 @@ class SearchLog:
         rec = {"type": "eval", "key": key, "schedule": schedule, "fidelity": fidelity,
                "metric": metric if math.isfinite(metric) else None, "seconds": round(seconds, 6), "stage": stage}
         self.records.append(rec)
+        self._append(rec)
+
+    def finish(self, result: dict) -> None:
+        """Record the finished search's result (read back by `result` on resume)."""
+        rec = dict(result, type="result")
+        self.result = rec
         self._append(rec)
 
     def cached(self) -> dict[tuple[str, str], float]:
@@ -145,6 +165,27 @@ def _same(key: str, theirs, mine) -> bool:
                                           for x, y in zip(fa, fb))
     except TypeError:
         return False
+
+
+def _differences(name: str, theirs, mine) -> list[str]:
+    """'field: X in the log, Y now' for each leaf where two header values differ (a field only one
+    of them has counts as a difference)."""
+    if isinstance(theirs, dict) and isinstance(mine, dict):
+        out = []
+        for k in list(theirs) + [k for k in mine if k not in theirs]:
+            if theirs.get(k, "(unset)") != mine.get(k, "(unset)") and not (name == "model" and k == "output"):
+                out += _differences(k if name == "settings" else f"{name}.{k}", theirs.get(k, "(unset)"),
+                                    mine.get(k, "(unset)"))
+        if name == "model" and not out:   # only the network's output fingerprint differs
+            return [f"model: another network (its output on a test input differs: {theirs.get('output')} in the log, "
+                    f"{mine.get('output')} now)"]
+        return out
+    return [f"{name} {_short(theirs)} in the log, {_short(mine)} now"]
+
+
+def _short(v) -> str:
+    text = json.dumps(v) if not isinstance(v, str) else v
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _finite(v) -> bool:

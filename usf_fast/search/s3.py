@@ -50,7 +50,7 @@ from .space import SearchSpace, schedule_key
 FRECHET_METRICS = ("fd", "fid", "exact")   # distances between sample sets: biased and noisy on few samples
 FRECHET_MIN_SAMPLES = 256
 
-__all__ = ["s3_search", "S3Search", "SearchConfig", "SearchResult", "PREDICTORS", "preset_candidates"]
+__all__ = ["s3_search", "S3Search", "SearchConfig", "SearchResult", "PREDICTORS", "preset_candidates", "describe"]
 
 
 @dataclass
@@ -70,6 +70,7 @@ class SearchResult:
     heldout_evaluations: int = 0            # the final comparison's (finalists and presets)
     cost: dict = field(default_factory=dict)    # network rows run by this call, by phase (+ "total")
     presets_compared: int = 0               # presets in the held-out table (heldout_presets)
+    best_label: str = ""                    # the winner's row of `table`: what it is (`describe`) or the preset
 
     @property
     def improvement(self) -> float:
@@ -80,7 +81,7 @@ class SearchResult:
         lines = [f"S3 search, NFE {self.nfe}: {self.evaluations} search evaluations and {self.heldout_evaluations} "
                  f"held-out ones; {self.new_evaluations} distinct evaluations of both kinds run now (the rest read from the log), "
                  f"{self.seconds:.0f} s",
-                 f"best: {self.best_source}  held-out metric {self.best_metric:.5g}",
+                 f"best: {self.best_label or self.best_source}  held-out metric {self.best_metric:.5g}",
                  f"best preset{f' (of the {self.presets_compared} compared)' if self.presets_compared else ''}: "
                  f"{self.best_preset[0]}  {self.best_preset[1]:.5g}  "
                  f"(improvement {self.improvement:+.1%})", "", "held-out metric (lower is better):"]
@@ -135,8 +136,19 @@ def _check_model(model: DiffusionModel, shape: tuple, device: torch.device, dtyp
 
 
 def preset_candidates(ns, nfe: int, t_start=None, t_end=None) -> list[tuple[str, Schedule]]:
-    """Every standard preset variant over every spacing (the baseline the search must beat)."""
-    return [(f"{label} [{sp}]", s) for label, sp, s in P.standard_schedules(ns, nfe, t_start=t_start, t_end=t_end)]
+    """Every standard preset variant over every spacing (the baseline the search must beat), each
+    distinct schedule once: variants that coincide at this NFE (at NFE 2 DPM-Solver++ 2M and 3M are
+    DDIM) share one entry labelled by the first, naming the others."""
+    out, where, same = [], {}, {}
+    for label, sp, s in P.standard_schedules(ns, nfe, t_start=t_start, t_end=t_end):
+        k = schedule_key(s)
+        if k in where:
+            same[k].append(label)
+            continue
+        where[k], same[k] = len(out), []
+        out.append((f"{label} [{sp}]", s))
+    return [(lbl + (f" (= {', '.join(same[k])})" if same[k] else ""), s)
+            for (lbl, s), k in zip(out, where)]
 
 
 @dataclass
@@ -205,6 +217,8 @@ class S3Search:
         self.taus: list = []
         self.cost: dict = {}
         self.bar = None
+        self._bar_rows = 0
+        self.stopped_early = False   # max_minutes ran out
 
     @staticmethod
     def _shape(shape, model) -> tuple:
@@ -229,8 +243,9 @@ class S3Search:
             self._evaluate_new(todo, fidelity, stage)
         if count:
             self.requested += len(schedules)
-            if self.bar is not None:
-                self.bar.update(len(schedules))
+        if self.bar is not None and self.model.rows != self._bar_rows:
+            self.bar.update(self.model.rows - self._bar_rows)
+            self._bar_rows = self.model.rows
         return [self.cache[(k, fidelity)] for k in keys]
 
     def _evaluate_new(self, todo: list, fidelity: str, stage: str) -> None:
@@ -353,6 +368,7 @@ class S3Search:
         known_p = np.stack([self.probe_of(s, k) for s, _, k in pool])
         while self.requested < until:
             if self.deadline is not None and time.perf_counter() > self.deadline:
+                self.stopped_early = True
                 return
             ranked = sorted((p for p in pool if math.isfinite(p[1])), key=lambda p: p[1]) or pool
             parents = _diverse_parents([(s, m) for s, m, _ in ranked], c.population, self.space)
@@ -386,7 +402,6 @@ class S3Search:
         seeded = {schedule_key(s) for s in seeds}
         return self.config.cost_estimate(len(presets_), guided=self.model.guidance_scale is not None,
                                          needs_reference=getattr(self.metric, "needs_reference", False),
-                                         n_seeds=len(seeds),
                                          n_unseeded=sum(schedule_key(s) not in seeded for _, s in presets_),
                                          check_rows=self.model.cond_rows, processes=self.world)
 
@@ -422,30 +437,52 @@ class S3Search:
         c = self.config
         if self.requested or self.new:
             raise ValueError("S3Search.run: a search object runs once; make a new S3Search (its log resumes it)")
-        seeds = self.space.seeds()
+        if self.log.result is not None:   # a finished search: read back, nothing replayed
+            self._end_phase("stage1")      # the network check
+            return _result_from_record(self.log.result, self)
+        seeds = self.seeds()
         if c.progress and self.rank == 0:
             est = self.cost_estimate(seeds)
             phases = ", ".join(f"{k.replace('stage', 'stage ').replace('heldout', 'held-out table')} {v:,}"
                                for k, v in est.items() if k != "total")
-            print(f"S3 NFE {c.nfe}: at most {est['total']:,} network rows ({phases}); what the log holds is not rerun",
-                  flush=True)
-            self.bar = tqdm(total=c.budget, desc=f"S3 NFE {c.nfe}", unit="eval")
+            print(f"S3 NFE {c.nfe}: {c.budget} search evaluations ({len(seeds)} of them preset seeds), at most "
+                  f"{est['total']:,} network rows ({phases}); what the log holds is not rerun", flush=True)
+            # counted in network rows (the held-out table and the references included), so the ETA
+            # is the whole search's
+            self.bar = tqdm(total=est["total"], desc=f"S3 NFE {c.nfe}", unit="row", unit_scale=True)
+            self._bar_rows = self.model.rows
         pool1 = self._pool(seeds, "s1", "seed")
         if not any(math.isfinite(m) for _, m, _ in pool1):
             raise ValueError(f"every preset schedule at NFE {c.nfe} produced NaN/inf samples (or metric values): the "
                              "model returns NaN/inf, or the metric fails; the evaluations are in the log")
         self.curve.append((self.requested, min(m for _, m, _ in pool1)))
         pool = pool1
-        for i, until in enumerate(c.stage_ends(len(seeds))):
+        for i, until in enumerate(c.stage_ends()):
             fidelity, stage = f"s{i + 1}", f"stage{i + 1}"
             if i:   # the best of the last stage, re-evaluated on this stage's (more) samples
-                survivors = [s for s, _, _ in sorted(pool, key=lambda p: p[1])[:c.population]]
+                survivors = [s for s, _, _ in sorted(pool, key=lambda p: p[1])[:c.survivors(i)]]
                 pool = self._pool(survivors, fidelity, stage)
             self.evolve(pool, fidelity, stage, until)
             self._end_phase(stage)
+        result = self.final([s for s, _, _ in sorted(pool, key=lambda p: p[1])[:c.finalists]])
+        if not self.stopped_early:   # a search cut by max_minutes is continued by a resume, not read back
+            self.log.finish(_result_record(result))
         if self.bar is not None:
+            self.bar.total = self.bar.n   # the estimate is an upper bound
             self.bar.close()
-        return self.final([s for s, _, _ in sorted(pool, key=lambda p: p[1])[:c.finalists]])
+        return result
+
+    def seeds(self) -> list[Schedule]:
+        """The search space's preset seeds, or when stage 1's share of the budget is smaller, that
+        many of them with the lowest Gaussian-probe error (`search.probe`; in their own order), so
+        the budget bounds every evaluation."""
+        seeds = self.space.seeds()
+        room = self.config.stage_ends()[0]
+        if len(seeds) <= room:
+            return seeds
+        err = [float(self.probe_of(s, schedule_key(s)).mean()) for s in seeds]
+        keep = sorted(np.argsort(err, kind="stable")[:room])
+        return [seeds[i] for i in keep]
 
     def table_presets(self) -> list[tuple[str, Schedule]]:
         """The presets of the held-out table: every preset over every spacing, or with
@@ -464,7 +501,7 @@ class S3Search:
         budget): the result is never worse than the best of those presets."""
         c = self.config
         presets_ = self.table_presets()
-        labels = [f"searched #{i + 1}" for i in range(len(finalists))] + [lbl for lbl, _ in presets_]
+        labels = _finalist_labels(finalists) + [lbl for lbl, _ in presets_]
         cands = finalists + [s for _, s in presets_]
         held = self.evaluate(cands, "heldout", "final", count=False)
         self._end_phase("heldout")
@@ -482,7 +519,53 @@ class S3Search:
                             table=table, best_preset=best_preset, evaluations=self.requested,
                             new_evaluations=self.new, seconds=time.perf_counter() - self.t_begin, curve=self.curve,
                             taus=self.taus, log_path=self.log.path, heldout_evaluations=len(cands),
-                            cost=self._cost_total(), presets_compared=len(presets_))
+                            cost=self._cost_total(), presets_compared=len(presets_), best_label=labels[best_i])
+
+
+def describe(schedule: Schedule) -> str:
+    """What a schedule is, in a few words: prediction type, the steps' orders, corrector, AFS."""
+    preds = sorted({st.prediction for st in schedule.steps})
+    correctors = sorted({st.corrector for st in schedule.steps} - {"none"})
+    parts = [f"{'/'.join(preds)} prediction", "orders " + "-".join(str(st.order) for st in schedule.steps)]
+    parts += [f"{c} corrector" for c in correctors] + (["AFS"] if schedule.afs else [])
+    return ", ".join(parts)
+
+
+def _finalist_labels(finalists: list[Schedule]) -> list[str]:
+    """'searched (what it is)' per finalist, numbered where two read the same (they differ in times)."""
+    text = [f"searched ({describe(s)})" for s in finalists]
+    return [t + (f" #{text[:i + 1].count(t)}" if text.count(t) > 1 else "") for i, t in enumerate(text)]
+
+
+def _number(v: float):
+    return v if math.isfinite(v) else None   # JSON has no inf: a schedule whose samples were NaN/inf
+
+
+def _result_record(r: SearchResult) -> dict:
+    """What a finished search's log keeps of its result (`SearchLog.finish`)."""
+    return {"best": r.best.to_dict(), "best_metric": _number(r.best_metric), "best_source": r.best_source,
+            "table": [[lbl, _number(v)] for lbl, v in r.table], "best_preset": [r.best_preset[0], _number(r.best_preset[1])],
+            "evaluations": r.evaluations, "heldout_evaluations": r.heldout_evaluations, "curve": r.curve,
+            "taus": [float(t) for t in r.taus], "presets_compared": r.presets_compared, "seconds": r.seconds,
+            "best_label": r.best_label}
+
+
+def _result_from_record(rec: dict, search: "S3Search") -> SearchResult:
+    """The `SearchResult` a finished search recorded, as this call returns it (no evaluation run now)."""
+    inf = lambda v: math.inf if v is None else float(v)   # noqa: E731
+    try:
+        return SearchResult(best=Schedule.from_dict(rec["best"]), best_metric=inf(rec["best_metric"]),
+                            best_source=rec["best_source"], nfe=search.config.nfe,
+                            table=[(lbl, inf(v)) for lbl, v in rec["table"]],
+                            best_preset=(rec["best_preset"][0], inf(rec["best_preset"][1])),
+                            evaluations=rec["evaluations"], new_evaluations=0,
+                            seconds=time.perf_counter() - search.t_begin, curve=[tuple(p) for p in rec["curve"]],
+                            taus=rec["taus"], log_path=search.log.path, heldout_evaluations=rec["heldout_evaluations"],
+                            cost=search._cost_total(), presets_compared=rec["presets_compared"],
+                            best_label=rec.get("best_label", ""))
+    except (KeyError, TypeError, IndexError, ValueError) as e:
+        raise ValueError(f"log {search.log.path}: its result line is damaged ({type(e).__name__}: {e}); remove that "
+                         "last line and --resume replays the search from its evaluations") from None
 
 
 def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = None, **options) -> SearchResult:
@@ -536,7 +619,10 @@ def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = No
         raise ValueError(f"s3_search: unknown option(s) {sorted(unknown)}; the options are SearchConfig's fields: "
                          + ", ".join(f.name for f in dataclasses.fields(SearchConfig) if f.name != "nfe"))
     search = S3Search(model, SearchConfig(nfe=nfe, **options), space)
+    finished = False
     try:
-        return search.run()
+        result = search.run()
+        finished = not search.stopped_early
+        return result
     finally:
-        search.log.close()
+        search.log.close(finished=finished)

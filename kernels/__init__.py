@@ -1,1 +1,0 @@
-"""Triton kernels of usf_fast (installed as `usf_fast.kernels`)."""

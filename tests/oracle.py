@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 import usf_fast
-from usf_fast.analytic import gmm_image
+from usf_fast.models.mixture import gmm_image
 
 N_TRAIN = 1000
 

@@ -2,20 +2,15 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler
 
 import usf_fast
+from tiny_pipelines import unet2d
+
 from usf_fast.adapters.diffusers import USFScheduler, noise_schedule_from_diffusers_config, wrap_unet
 
 
-def _unet():
-    torch.manual_seed(0)
-    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=8).eval()
-
-
-UNET = _unet()
+UNET = unet2d()
 # explicit values: diffusers drops config keys that were left at their defaults (_use_default_values)
 CONFIG = DDPMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, prediction_type="epsilon").config
 NS = noise_schedule_from_diffusers_config(CONFIG)

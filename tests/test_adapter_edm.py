@@ -7,7 +7,8 @@ import torch
 
 import usf_fast
 from usf_fast.adapters.edm import edm_model, edm_precond, k_diffusion_model
-from usf_fast.analytic import embedded_model, gmm_2d
+from usf_fast.models import embedded_model
+from usf_fast.models.mixture import gmm_2d
 from usf_fast.metrics import reference_samples
 
 GMM = gmm_2d()

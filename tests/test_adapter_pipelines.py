@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (DDIMPipeline, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionImg2ImgPipeline,
-                       StableDiffusionInpaintPipeline, UNet2DConditionModel, UNet2DModel, UniPCMultistepScheduler)
-from test_adapter_text2image import PROMPTS, _pipeline
+                       StableDiffusionInpaintPipeline, UNet2DConditionModel, UniPCMultistepScheduler)
+from tiny_pipelines import PROMPTS, sd_pipeline, unet2d
 
 import usf_fast
 from usf_fast.adapters.diffusers import USFScheduler, noise_schedule_from_diffusers_config
 
 GUIDANCE = 4.0
-BASE = _pipeline()
+BASE = sd_pipeline()
 CFG = BASE.scheduler.config
 NS = noise_schedule_from_diffusers_config(CFG)
 IMAGE = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(11))
@@ -131,10 +131,7 @@ def test_stochastic_options_are_refused_and_generator_is_accepted():
 
 
 def test_ddim_pipeline_runs_presets_and_refuses_afs_clearly():
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
-                       norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D")).eval()
+    unet = unet2d()
     cfg = DDPMScheduler().config
     pipe = DDIMPipeline(unet=unet, scheduler=DDPMScheduler())   # it converts its scheduler to DDIM: set ours after
     pipe.scheduler = USFScheduler.from_config(cfg, preset="unipc")

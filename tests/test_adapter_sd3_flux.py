@@ -6,11 +6,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline, FluxPipeline,
-                       FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Img2ImgPipeline,
-                       StableDiffusion3Pipeline)
+from diffusers import (FlowMatchEulerDiscreteScheduler)
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 from diffusers.utils import logging as dlogging
+
+from tiny_pipelines import flux_pipeline, sd3_pipeline
 
 import usf_fast
 from usf_fast.adapters.diffusers import USFScheduler, wrap_transformer
@@ -21,41 +21,6 @@ SEARCHED_LIKE = usf_fast.Schedule([NS.t_max, 0.85, 0.6, 0.35, 0.12, 0.03],
                                   [usf_fast.Step(order=1, corrector="pseudo"), usf_fast.Step(order=2, prediction="noise"),
                                    usf_fast.Step(order=3, corrector="pseudo", relax="linear", relax_coef=0.3),
                                    usf_fast.Step(order=2), usf_fast.Step(order=1)], afs=True, denoise_to_zero=True)
-
-
-def _vae(shift_factor, scaling_factor):
-    torch.manual_seed(0)
-    return AutoencoderKL(shift_factor=shift_factor, scaling_factor=scaling_factor, in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(4, 4, 4, 4),
-                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                         layers_per_block=1, norm_num_groups=1, sample_size=64, use_quant_conv=False,
-                         use_post_quant_conv=False)
-
-
-def _sd3(img2img=False):
-    torch.manual_seed(0)
-    tr = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
-                               num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
-                               pooled_projection_dim=32, out_channels=4).eval()
-    cls = StableDiffusion3Img2ImgPipeline if img2img else StableDiffusion3Pipeline
-    pipe = cls(transformer=tr, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_vae(0.0609, 1.5035) if img2img else None,
-               text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None,
-               tokenizer_3=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _flux(img2img=False, guidance_embeds=True):
-    torch.manual_seed(0)
-    tr = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-                                num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
-                                axes_dims_rope=[4, 4, 8], guidance_embeds=guidance_embeds).eval()
-    sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                                            base_image_seq_len=256, max_image_seq_len=4096)
-    cls = FluxImg2ImgPipeline if img2img else FluxPipeline
-    pipe = cls(transformer=tr, scheduler=sched, vae=_vae(0.1159, 0.3611) if img2img else None, text_encoder=None, tokenizer=None,
-               text_encoder_2=None, tokenizer_2=None)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _embeds(seed, b=1):
@@ -77,7 +42,7 @@ SD3_SCHEDULERS = {
 @pytest.mark.parametrize("name", list(SD3_SCHEDULERS))
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
 def test_sd3_pipeline_with_usf_scheduler_is_usf_sample_on_the_wrapped_transformer(name, cfg_scale):
-    pipe = _sd3()
+    pipe = sd3_pipeline()
     pe, pooled = _embeds(1)
     ne, npooled = _embeds(2)
     sched = SD3_SCHEDULERS[name](pipe.scheduler.config)
@@ -98,7 +63,7 @@ def test_sd3_pipeline_with_usf_scheduler_is_usf_sample_on_the_wrapped_transforme
 
 
 def test_ddim_in_the_sd3_pipeline_is_its_own_flow_match_euler():
-    pipe = _sd3()
+    pipe = sd3_pipeline()
     pe, pooled = _embeds(1)
     noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     kw = dict(prompt_embeds=pe, pooled_prompt_embeds=pooled, guidance_scale=1.0, num_inference_steps=6,
@@ -116,7 +81,7 @@ def test_ddim_in_the_sd3_pipeline_is_its_own_flow_match_euler():
 def test_flux_pipeline_with_usf_scheduler(name, guidance_embeds):
     """FLUX: set_timesteps(sigmas=linspace(1, 1/N, N), mu=...), timestep/1000 to the transformer,
     packed latents, embedded guidance; DDIM = the pipeline's own FlowMatchEuler."""
-    pipe = _flux(guidance_embeds=guidance_embeds)
+    pipe = flux_pipeline(guidance_embeds=guidance_embeds)
     pe, pooled = _embeds(1)
     n = SEARCHED_LIKE.nfe if name == "searched-like" else 5
     noise = torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(3))   # packed: 16 tokens × 16 channels
@@ -152,7 +117,7 @@ def test_flux_pipeline_with_usf_scheduler(name, guidance_embeds):
 def test_flow_img2img_with_a_preset_equals_flow_match_euler_and_a_searched_schedule_runs(strength, flux):
     """img2img: set_begin_index + scale_noise; DDIM on the truncated grid = FlowMatchEuler; a
     searched schedule continues with Schedule.tail at the pipeline's own times."""
-    pipe = _flux(img2img=True) if flux else _sd3(img2img=True)
+    pipe = flux_pipeline(img2img=True) if flux else sd3_pipeline(img2img=True)
     pe, pooled = _embeds(1)
     image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     kw = dict(prompt_embeds=pe, pooled_prompt_embeds=pooled, image=image, strength=strength, num_inference_steps=6,
@@ -177,7 +142,7 @@ def test_flow_img2img_with_a_preset_equals_flow_match_euler_and_a_searched_sched
 
 def test_one_prompt_row_is_broadcast_to_a_batch_of_samples():
     """A search runs many noise samples per prompt: one row of embeddings serves the whole batch."""
-    pipe = _sd3()
+    pipe = sd3_pipeline()
     pe, pooled = _embeds(1)
     ne, npooled = _embeds(2)
     model = wrap_transformer(pipe.transformer, pipe.scheduler.config,

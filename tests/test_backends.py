@@ -11,12 +11,13 @@ from hypothesis import given, settings
 from strategies import fuzz_schedules
 
 import usf_fast
-from usf_fast.analytic import gmm_image
+from usf_fast.models.mixture import gmm_image
 from usf_fast.backends import available_backends, get_combine
 from usf_fast.executor import execute
 from usf_fast.plan import compile_plan
 from usf_fast.program import check_conditioning
-from usf_fast.sampler import initial_state, reference_sample
+from usf_fast.checks import initial_state
+from usf_fast.reference import reference_sample
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 KERNELS = [b for b in available_backends(DEVICE) if b != "torch"]

@@ -171,7 +171,7 @@ def test_search_with_three_stages_and_every_space_option_from_the_cli(tmp_path, 
 
 def test_search_with_a_factory_model_writes_best_json(tmp_path, capsys, monkeypatch):
     mod = tmp_path / "my_models.py"
-    mod.write_text("import usf_fast\nfrom usf_fast.analytic import gmm_2d\n"
+    mod.write_text("import usf_fast\nfrom usf_fast.models.mixture import gmm_2d\n"
                    "def make():\n    return gmm_2d().as_model(usf_fast.NoiseScheduleVP('linear'))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
@@ -199,7 +199,7 @@ def test_sample_digits_writes_an_image_grid(tmp_path, capsys):
 # ---- the door: frictions a new user met --------------------------------------------------------
 
 def test_submodules_are_reachable_after_a_bare_import():
-    code = "import usf_fast; print(usf_fast.analytic.embedded_model('gmm-2d').sample_shape, usf_fast.models.EMBEDDED_MODELS['digits'][1])"
+    code = "import usf_fast; print(usf_fast.models.embedded_model('gmm-2d').sample_shape, usf_fast.models.EMBEDDED_MODELS['digits'][1])"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("(2,)")

@@ -1,12 +1,11 @@
 """`usf-fast search --model diffusers:DIR` and `usf-fast generate` end to end on a tiny random
 Stable-Diffusion-like pipeline saved with save_pretrained (offline, small budget), and the
 searched schedule in that pipeline = usf_fast.sample on the wrapped network."""
-import json
 import os
 
 import pytest
 import torch
-from test_adapter_text2image import _pipeline
+from tiny_pipelines import sd_pipeline
 
 import usf_fast
 from usf_fast.adapters.diffusers import USFScheduler
@@ -17,7 +16,7 @@ from usf_fast.cli import main
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipe")
-    _pipeline().save_pretrained(root / "sd")
+    sd_pipeline().save_pretrained(root / "sd")
     (root / "prompts.txt").write_text("ab\n\ncd\n")
     return root
 

@@ -6,7 +6,8 @@ import torch
 
 import usf_fast
 from usf_fast import Schedule, Step, presets
-from usf_fast.analytic import gmm_2d, reference_solution
+from usf_fast.metrics import reference_solution
+from usf_fast.models.mixture import gmm_2d
 
 NFES = [40, 80, 160]
 NS = usf_fast.NoiseScheduleVP("linear")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import usf_fast
-from usf_fast import digits as D
-from usf_fast.analytic import embedded_model
+from usf_fast.models import digits as D
+from usf_fast.models import embedded_model
 from usf_fast.search.evaluate import make_metric
 
 MODEL = D.digits_model()
@@ -59,7 +59,7 @@ def test_fd_metric_in_the_search():
 
 
 def test_training_is_deterministic():
-    from usf_fast.digits_train import train_features, train_unet
+    from usf_fast.models.train_digits import train_features, train_unet
     threads = torch.get_num_threads()
     try:
         a = train_unet(steps=3, batch=8, progress=False)

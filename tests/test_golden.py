@@ -50,9 +50,15 @@ def test_every_executor_agrees_with_the_other_cpus_records_to_rounding(now):
 
 
 def test_the_fixed_seed_search_reproduces_its_best_schedule_and_metric(now):
+    """Records written before the search changed what it evaluates (2026-12-03: the budget bounds the
+    preset seeds too) carry no search part; their executor outputs still count above."""
+    searched = [r for r in records() if "search" in r]
+    if not searched:
+        pytest.fail("tests/golden.json holds no search record")
     for golden in _same_cpu():
-        assert now["search"] == golden["search"]
-    for golden in records():
+        if "search" in golden:
+            assert now["search"] == golden["search"]
+    for golden in searched:
         # on another CPU rounding may reorder near-ties among candidates; the search's budget and
         # the quality it reaches do not move
         assert now["search"]["evaluations"] == golden["search"]["evaluations"]

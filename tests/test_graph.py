@@ -4,7 +4,7 @@ import torch
 
 import usf_fast
 from usf_fast import GraphSampler
-from usf_fast.analytic import gmm_image
+from usf_fast.models.mixture import gmm_image
 
 NS = usf_fast.NoiseScheduleVP("linear")
 MODEL = gmm_image(shape=(3, 8, 8), components=3, rank=3).as_model(NS)

@@ -26,8 +26,8 @@ LAYERS = [
     ("adapters", ["adapters"]),
     ("search", ["search"]),
     ("cli", ["cli"]),
-    # the package facade and the old import paths (thin re-exports)
-    ("facade", ["__init__", "analytic", "digits", "digits_train", "sampler"]),
+    # the package facade
+    ("facade", ["__init__"]),
 ]
 SUBPACKAGES = ("models", "adapters", "search", "kernels")
 # function-level imports of usf_fast modules, each with its reason

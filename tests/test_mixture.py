@@ -4,7 +4,9 @@ import pytest
 import torch
 
 import usf_fast
-from usf_fast.analytic import embedded_model, frechet_distance, gmm_2d, gmm_image, reference_solution
+from usf_fast.metrics import frechet_distance, reference_solution
+from usf_fast.models import embedded_model
+from usf_fast.models.mixture import gmm_2d, gmm_image
 from usf_fast.metrics import reference_samples
 
 VP = usf_fast.NoiseScheduleVP("linear")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import usf_fast
-from usf_fast.analytic import gmm_2d, gmm_image
+from usf_fast.models.mixture import gmm_2d, gmm_image
 
 VP = usf_fast.NoiseScheduleVP("linear")
 EDM = usf_fast.NoiseScheduleEDM()

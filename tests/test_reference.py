@@ -9,7 +9,7 @@ from torch.overrides import TorchFunctionMode
 
 import usf_fast
 from usf_fast import Schedule, Step
-from usf_fast.analytic import gmm_2d, gmm_image
+from usf_fast.models.mixture import gmm_2d, gmm_image
 
 NS = usf_fast.NoiseScheduleVP("linear")
 
@@ -176,7 +176,7 @@ def test_edm_sampling_converges_to_the_reference():
     ns = usf_fast.NoiseScheduleEDM()
     model = gmm_2d().as_model(ns, prediction="x0")
     noise = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    from usf_fast.analytic import reference_solution
+    from usf_fast.metrics import reference_solution
     ref = reference_solution(model, noise, ns.t_max, ns.t_min)
     errs = [float((usf_fast.sample(model, usf_fast.presets.unipc(ns, n, spacing="karras"), noise=noise) - ref).abs().max())
             for n in (10, 20, 40)]

@@ -14,8 +14,8 @@ from .noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleFlow,
 from .reference import reference_sample
 from .schedule import Schedule, Step
 
-_SUBMODULES = ("adapters", "analytic", "backends", "checks", "coefficients", "contract", "dense", "digits", "executor", "graph",
-               "metrics", "models", "noise_schedules", "plan", "presets", "program", "reference", "sampler",
+_SUBMODULES = ("adapters", "backends", "checks", "coefficients", "contract", "dense", "executor", "graph",
+               "metrics", "models", "noise_schedules", "pictures", "plan", "presets", "program", "reference",
                "schedule", "search", "walk")
 
 

@@ -347,7 +347,10 @@ def _check_search_args(args) -> None:
     _fill_search_defaults(args)
     _check_counts(args, "--budget", "--samples", "--samples2", "--samples3", "--heldout", "--chunk", "--reference-nfe",
                   "--finalists")
-    _stage_split(args)
+    split = _stage_split(args)
+    # the budget against the stages (SearchConfig's own check), before anything is loaded or written
+    SearchConfig(nfe=1, budget=args.budget, stage_split=split,
+                 samples=(args.samples, args.samples2) + ((args.samples3,) if args.samples3 else ()))
     if args.heldout_presets != "all":
         try:
             ok = int(args.heldout_presets) >= 1

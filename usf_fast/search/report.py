@@ -21,6 +21,8 @@ def plot_metric_vs_nfe(results: dict, path: str, metric_name: str = "metric") ->
     """results: nfe → SearchResult. Searched best vs best preset (and each preset family's best)."""
     plt = _plt()
     nfes = sorted(results)
+    if len(nfes) == 1:
+        return _plot_one_nfe(results[nfes[0]], path, metric_name)
     fig, ax = plt.subplots(figsize=(8, 4))
     families: dict = {}
     for n in nfes:
@@ -40,6 +42,27 @@ def plot_metric_vs_nfe(results: dict, path: str, metric_name: str = "metric") ->
     ax.grid(alpha=0.3)
     # beside the axes, so no entry hides a point
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=130, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def _plot_one_nfe(result, path: str, metric_name: str) -> None:
+    """One NFE: a bar per method (the search's winner and each preset family's best), best on top."""
+    plt = _plt()
+    best: dict = {}
+    for label, v in result.table:
+        if not label.startswith("searched"):
+            fam = label.split(" [")[0]
+            best[fam] = min(v, best.get(fam, np.inf))
+    rows = sorted([("S3 search", result.best_metric)] + list(best.items()), key=lambda p: p[1], reverse=True)
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(rows) + 1.2))
+    ax.barh(range(len(rows)), [v for _, v in rows], color=["black" if n == "S3 search" else "tab:blue" for n, _ in rows])
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([n for n, _ in rows], fontsize=7)
+    ax.set_xlabel(f"{metric_name} (held-out, lower is better)")
+    ax.set_xscale("log")
+    ax.set_title(f"NFE {result.nfe}: the search and each preset's best spacing", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=130, bbox_inches="tight"))
     plt.close(fig)
 

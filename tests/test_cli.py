@@ -126,7 +126,7 @@ def test_search_flag_defaults_are_search_configs():
 
     from usf_fast.cli import build_parser
     from usf_fast.search import SearchConfig
-    from usf_fast.cli import _fill_search_defaults
+    from usf_fast.cli.options import _fill_search_defaults
     d = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
     args = build_parser().parse_args(["search", "--out", "x"])
     _fill_search_defaults(args)
@@ -140,7 +140,8 @@ def test_search_flag_defaults_are_search_configs():
 
 
 def test_thorough_is_the_earlier_defaults_and_explicit_flags_win():
-    from usf_fast.cli import _fill_search_defaults, build_parser
+    from usf_fast.cli import build_parser
+    from usf_fast.cli.options import _fill_search_defaults
     args = build_parser().parse_args(["search", "--out", "x", "--thorough", "--budget", "50"])
     _fill_search_defaults(args)
     assert (args.budget, args.samples, args.samples2, args.heldout, args.heldout_presets, args.reference_nfe) == \

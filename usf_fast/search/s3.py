@@ -38,6 +38,7 @@ from .. import presets as P
 from ..model import DiffusionModel
 from ..schedule import Schedule
 from .config import PREDICTORS, WARM_PAIRS, SearchConfig
+from .distributed import rank_and_world
 from .evaluate import NoiseSet, evaluate_schedules, make_metric
 from .evolution import diverse_parents as _diverse_parents
 from .evolution import pick_per_parent as _pick_per_parent
@@ -90,12 +91,6 @@ class SearchResult:
         width = max(len(lbl) for lbl, _ in self.table[:15])
         lines += [f"  {lbl:{width}s}  {v:.5g}" for lbl, v in self.table[:15]]
         return "\n".join(lines)
-
-
-def _dist():
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 def _resolve_device(device) -> torch.device:
@@ -183,7 +178,7 @@ class S3Search:
         self.shape = self._shape(c.shape, model)
         self.device = _resolve_device(c.device)
         fingerprint = _check_model(model, self.shape, self.device, c.dtype, self.space.t_start)
-        self.rank, self.world = _dist()
+        self.rank, self.world = rank_and_world()
         # noise seeds 1000·seed + 1, 2, 3 for stage 1, stage 2 and held-out (as before a third stage
         # existed), + 4 for stage 3
         named = [("s1", c.samples[0], 1), ("s2", c.samples[1], 2), ("heldout", c.heldout, 3)]

@@ -1,0 +1,138 @@
+"""The values the CLI's flags take: parsing and checking them (each error names its flag), and
+the search flags' defaults, read from `SearchConfig`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+from ..files import printable
+from ..noise_schedules import NoiseScheduleEDM, NoiseScheduleFlow, NoiseScheduleVP
+from ..search.config import THOROUGH, SearchConfig
+
+NOISE_SCHEDULES = ("linear", "cosine", "edm", "flow")
+
+
+def _noise_schedule(name: str | None):
+    """--noise-schedule: None = the model's own (VP linear; flow for digits-flow)."""
+    if name is None:
+        return None
+    if name == "edm":
+        return NoiseScheduleEDM()
+    if name == "flow":   # rectified flow; the embedded mixtures then predict the velocity
+        return NoiseScheduleFlow()
+    return NoiseScheduleVP(name)
+
+
+def _parse_options(items) -> dict:
+    """KEY=VALUE pairs; values parsed as JSON when possible (numbers, true/false), else strings."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _ints(flag: str, text: str, minimum: int = 1) -> list[int]:
+    """A comma-separated list of integers >= minimum, or a ValueError naming the flag."""
+    try:
+        vals = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: must be comma-separated integers") from None
+    for v in vals:
+        if v < minimum:
+            raise ValueError(f"{flag} {v}: must be >= {minimum}")
+    return vals
+
+
+def _check_counts(args, *flags) -> None:
+    """Integer flags that must be >= 1 (sample counts, budgets)."""
+    for flag in flags:
+        v = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if v is not None and v < 1:
+            raise ValueError(f"{flag} {v}: must be >= 1")
+
+
+def _one_line(text: str) -> str:
+    """An error message as one printable line: newlines folded, control characters escaped."""
+    return printable(" ".join(str(text).split()))
+
+
+def _search_defaults() -> dict:
+    """SearchConfig's field defaults (usf_fast.search.config: cheap, unlike the search itself)."""
+    return {f.name: f.default for f in dataclasses.fields(SearchConfig)}
+
+
+def _thorough_flags() -> dict:
+    """search.THOROUGH as flag values."""
+    t = THOROUGH
+    return {"budget": t["budget"], "samples": t["samples"][0], "samples2": t["samples"][1], "heldout": t["heldout"],
+            "heldout_presets": "all" if t["heldout_presets"] is None else str(t["heldout_presets"]),
+            "reference_nfe": t["reference_nfe"]}
+
+
+def _fill_search_defaults(args) -> None:
+    """The search flags the user left out (None): SearchConfig's defaults, or with --thorough the
+    earlier ones (search.THOROUGH); flags given always win."""
+    d = _search_defaults()
+    default = {"budget": d["budget"], "samples": d["samples"][0], "samples2": d["samples"][1], "heldout": d["heldout"],
+               "heldout_presets": "all" if d["heldout_presets"] is None else str(d["heldout_presets"]),
+               "reference_nfe": d["reference_nfe"]}
+    thorough = _thorough_flags()
+    for name, value in default.items():
+        if getattr(args, name) is None:
+            setattr(args, name, thorough[name] if args.thorough else value)
+    if args.stage_split is None:   # three stages: the fractions measured in docs/experiments.md (h3)
+        args.stage_split = "0.6,0.9" if args.samples3 else f"{d['stage_split']:g}"
+
+
+def _stage_split(args):
+    """--stage-split as SearchConfig takes it: one fraction for two stages, two for three."""
+    try:
+        fr = tuple(float(v) for v in args.stage_split.split(","))
+    except ValueError:
+        raise ValueError(f"--stage-split {args.stage_split}: must be one fraction (two stages) or two comma-separated "
+                         "increasing fractions (three stages, with --samples3) in (0, 1]") from None
+    want = 2 if args.samples3 else 1
+    if len(fr) != want or any(not 0 < f <= 1 for f in fr) or (want == 2 and fr[1] <= fr[0]):
+        raise ValueError(f"--stage-split {args.stage_split}: must be {'two increasing fractions' if want == 2 else 'one fraction'} "
+                         f"in (0, 1] for {want + 1} stages" + ("" if args.samples3 else " (a third stage needs --samples3)"))
+    return fr[0] if want == 1 else fr
+
+
+def _check_search_args(args) -> None:
+    """Every number a search takes, checked before anything is loaded or written."""
+    _fill_search_defaults(args)
+    _check_counts(args, "--budget", "--samples", "--samples2", "--samples3", "--heldout", "--chunk", "--reference-nfe",
+                  "--finalists")
+    split = _stage_split(args)
+    # the budget against the stages (SearchConfig's own check), before anything is loaded or written
+    SearchConfig(nfe=1, budget=args.budget, stage_split=split,
+                 samples=(args.samples, args.samples2) + ((args.samples3,) if args.samples3 else ()))
+    if args.heldout_presets != "all":
+        try:
+            ok = int(args.heldout_presets) >= 1
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"--heldout-presets {args.heldout_presets}: must be 'all' or an integer >= 1")
+    if args.seed < 0:
+        raise ValueError(f"--seed {args.seed}: must be >= 0")
+    if args.max_minutes is not None and not (math.isfinite(args.max_minutes) and args.max_minutes >= 0):
+        raise ValueError(f"--max-minutes {args.max_minutes}: must be a finite number >= 0")
+    if args.metric in ("exact", "fd", "fid"):
+        for flag in ("--samples", "--samples2", "--samples3", "--heldout"):
+            if getattr(args, flag[2:]) is not None and getattr(args, flag[2:]) < 2:
+                raise ValueError(f"{flag} {getattr(args, flag[2:])}: metric {args.metric} (a Fréchet distance) needs "
+                                 "at least 2 samples")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out}: exists and is not a folder")
+
+
+PIPELINE_FLAGS = ("prompts", "guidance", "height", "width", "max_batch")

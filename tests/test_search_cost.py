@@ -68,7 +68,8 @@ def test_the_held_out_table_of_the_k_presets_best_on_stage_1(tmp_path, capsys):
     res = s3_search(model, 4, budget=30, samples=(16, 32), heldout=32, finalists=2, heldout_presets=3,
                     progress=True, log_path=tmp_path / "log.jsonl")
     labels = [lbl for lbl, _ in res.table]
-    assert sum(lbl.startswith("searched") for lbl in labels) == 2 and len(labels) == 5
+    searched = sum(lbl.startswith("searched") for lbl in labels)   # a finalist that is a table preset is that row
+    assert 1 <= searched <= 2 and len(labels) == searched + 3
     ns = model.noise_schedule
     presets = preset_candidates(ns, 4)
     s1 = NoiseSet(model.sample_shape, 16, 1, "s1")   # the search's stage-1 noise at seed 0

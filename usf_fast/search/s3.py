@@ -496,6 +496,9 @@ class S3Search:
         budget): the result is never worse than the best of those presets."""
         c = self.config
         presets_ = self.table_presets()
+        # a finalist that is one of the table's presets is that preset, and labelled so
+        preset_keys = {schedule_key(s) for _, s in presets_}
+        finalists = [s for s in finalists if schedule_key(s) not in preset_keys]
         labels = _finalist_labels(finalists) + [lbl for lbl, _ in presets_]
         cands = finalists + [s for _, s in presets_]
         held = self.evaluate(cands, "heldout", "final", count=False)

@@ -160,3 +160,11 @@ def test_a_single_nfe_plot_has_labelled_axes(tmp_path):
         plt.Figure.savefig = real_savefig
     assert "ref" in seen["x"] and "NFE 5" in seen["title"]
     assert any("S3 search" in t for t in seen["ticks"]) and any("unipc" in t for t in seen["ticks"])
+
+
+def test_info_prints_the_versions_it_runs_with(capsys):
+    from importlib.metadata import version
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for dist in ("torch", "numpy", "diffusers", "transformers"):
+        assert f"{dist} {version(dist)}" in out

@@ -37,7 +37,7 @@ def cases():
     models = {p: embedded_model("gmm-2d", ns, p) for p in ("eps", "x0", "v")}
     out = []
     for nfe in (3, 5, 8):
-        for label, sp, s in P.standard_schedules(ns, nfe):
+        for label, sp, s in P.standard_schedules(ns, nfe, afs=False):   # the cases recorded before AFS presets
             out.append((f"preset nfe{nfe} {label} [{sp}]", models["eps"], s))
     rng = np.random.default_rng(20261202)
     for k in range(60):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -315,10 +316,28 @@ def dpm_solver_pp(noise_schedule: NoiseSchedule, nfe: int, *, order: int = 2, me
                        timesteps, t_start, t_end, rho, shift, lower_order_final, afs, denoise_to_zero)
 
 
+class DivergenceWarning(RuntimeWarning):
+    """A preset used where it is known to diverge (its samples blow up)."""
+
+
+def _warn_if_known_to_diverge(name: str, ns: NoiseSchedule, prediction: str, order: int, how: str) -> None:
+    """Noise prediction of order >= 2 with a corrector (UniPC) or singlestep (DPM-Solver) on a
+    rectified-flow schedule: from t_max = 1 − 1e-6 its first step spans up to 13 in λ, and ε̂'s
+    expansion there blows the samples up (the embedded image mixture as a flow model, NFE 5:
+    max |x| 50–1.7e5 where the data are O(1); multistep noise prediction without a corrector and
+    every data-prediction preset stay bounded)."""
+    if ns.kind == "flow" and prediction == "noise" and order >= 2:
+        warnings.warn(f"{name} with noise prediction ({how}, order {order}) on a rectified-flow schedule is known to "
+                      "diverge (samples of |x| up to 1e5); use data prediction (dpm_solver_pp, unipc's default)",
+                      DivergenceWarning, stacklevel=3)
+
+
 def _dpm_family(name, prediction, ns, nfe, order, method, solver_type, spacing, timesteps_, t_start, t_end,
                 rho, shift, lower_order_final, afs, denoise_to_zero):
     _check_choice(name, "order", order, (1, 2, 3))
     _check_choice(name, "method", method, ("singlestep", "multistep"))
+    if method == "singlestep":
+        _warn_if_known_to_diverge(name, ns, prediction, order, "singlestep")
     st = _solver_type(name, solver_type)
     options = {"order": order, "method": method, "solver_type": solver_type, "lower_order_final": lower_order_final}
     if method == "singlestep":
@@ -346,6 +365,8 @@ def unipc(noise_schedule: NoiseSchedule, nfe: int, *, order: int = 3, variant: s
     _check_choice("unipc", "order", order, (1, 2, 3, 4))
     _check_choice("unipc", "variant", variant, ("bh1", "bh2"))
     _check_choice("unipc", "prediction", prediction, ("data", "noise"))
+    if corrector:
+        _warn_if_known_to_diverge("unipc", noise_schedule, prediction, order, "with the UniC corrector")
 
     def orders(i, n):
         o = min(order, i)
@@ -390,17 +411,22 @@ def standard_variants() -> list[tuple[str, dict]]:
 
 def standard_schedules(noise_schedule: NoiseSchedule, nfe: int, spacings=None, **options) -> list[tuple[str, str, Schedule]]:
     """(variant label, spacing, schedule) for every `standard_variants` entry over `spacings`
-    (default: `spacings_for(noise_schedule)`); combinations a preset cannot build at this NFE
-    (e.g. a singlestep order) are skipped."""
+    (default: `spacings_for(noise_schedule)`), each with and without the analytical first step
+    (AFS: an option a user picks without searching; label suffix " afs"; `afs=` fixes it);
+    combinations a preset cannot build at this NFE (e.g. a singlestep order) are skipped."""
     spacings = spacings_for(noise_schedule) if spacings is None else spacings
+    afs_choices = (False, True) if "afs" not in options else (options.pop("afs"),)
     out = []
     for name, opts in standard_variants():
-        label = name + "".join(f" {k}={v}" for k, v in opts.items())
-        for sp in spacings:
-            try:
-                out.append((label, sp, get(name, noise_schedule, nfe, spacing=sp, **opts, **options)))
-            except ValueError:
-                continue
+        for afs in afs_choices:
+            label = name + "".join(f" {k}={v}" for k, v in opts.items()) + (" afs" if afs else "")
+            for sp in spacings:
+                try:
+                    with warnings.catch_warnings():   # a comparison includes them; the caller says which diverged
+                        warnings.simplefilter("ignore", DivergenceWarning)
+                        out.append((label, sp, get(name, noise_schedule, nfe, spacing=sp, afs=afs, **opts, **options)))
+                except ValueError:
+                    continue
     return out
 
 

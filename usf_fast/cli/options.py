@@ -126,11 +126,13 @@ def _check_search_args(args) -> None:
         raise ValueError(f"--seed {args.seed}: must be >= 0")
     if args.max_minutes is not None and not (math.isfinite(args.max_minutes) and args.max_minutes >= 0):
         raise ValueError(f"--max-minutes {args.max_minutes}: must be a finite number >= 0")
+    if args.heldout is not None and args.heldout < 2:
+        raise ValueError(f"--heldout {args.heldout}: must be >= 2 (half chooses the winner, half measures its gain)")
     if args.metric in ("exact", "fd", "fid"):
-        for flag in ("--samples", "--samples2", "--samples3", "--heldout"):
-            if getattr(args, flag[2:]) is not None and getattr(args, flag[2:]) < 2:
+        for flag, least in (("--samples", 2), ("--samples2", 2), ("--samples3", 2), ("--heldout", 4)):
+            if getattr(args, flag[2:]) is not None and getattr(args, flag[2:]) < least:
                 raise ValueError(f"{flag} {getattr(args, flag[2:])}: metric {args.metric} (a Fréchet distance) needs "
-                                 "at least 2 samples")
+                                 f"at least {least} samples" + (" (2 in each half)" if least == 4 else ""))
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out}: exists and is not a folder")
 

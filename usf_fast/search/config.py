@@ -88,6 +88,9 @@ class SearchConfig:
             _positive_int("heldout_presets", self.heldout_presets, "presets in the held-out table; None = every one")
         for name in ("population", "proposals", "per_generation", "heldout", "finalists"):
             _positive_int(name, getattr(self, name), "a count")
+        if self.heldout < 2:
+            raise ValueError(f"heldout={self.heldout}: must be at least 2 (half the held-out samples choose the winner, "
+                             "the other half measure its gain)")
         if (not isinstance(self.samples, (tuple, list)) or len(self.samples) not in (2, 3)
                 or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in self.samples)):
             raise ValueError(f"samples={self.samples!r}: must be two or three positive integers (noise samples "
@@ -182,6 +185,7 @@ class SearchConfig:
         runs the check and may solve every reference. Evaluations read back from a log cost
         nothing."""
         k = 2 if guided else 1
+        check = min(self.samples[0], max(check_rows, 16 // check_rows * check_rows))
         shares = self.stage_shares()
         table = n_presets if self.heldout_presets is None else min(self.heldout_presets, n_presets)
         screen = (n_presets if n_unseeded is None else n_unseeded) * self.samples[0] if table < n_presets else 0
@@ -189,8 +193,13 @@ class SearchConfig:
         for i in range(1, len(shares)):
             out[f"stage{i + 1}"] = shares[i] * self.samples[i] * self.nfe * k
         out.update({
-               "heldout": ((self.finalists + table) * self.heldout + screen) * self.nfe * k,
-               "reference": ((sum(self.samples) + self.heldout) * self.reference_nfe * k * processes
-                             if needs_reference else 0)})
+               # the finalists and the table on the choice half of the held-out samples, the winner and
+               # the best preset on the report half
+               "heldout": ((self.finalists + table) * (self.heldout - self.heldout // 2)
+                           + 2 * max(check_rows, self.heldout // 2) + screen) * self.nfe * k,
+               # every noise set's solve, and the check of stage 1's against twice the steps on 16
+               # of its samples (search.s3.REFERENCE_CHECK_SAMPLES)
+               "reference": ((sum(self.samples) + self.heldout + 2 * check) * self.reference_nfe
+                             * k * processes if needs_reference else 0)})
         out["total"] = sum(out.values())
         return out

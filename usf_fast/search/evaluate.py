@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..dense import dense_program, device_tables, run_dense, stack_programs
-from ..metrics import FID, METRICS, CallableMetric, ExactFrechet, ReferenceDistance, make_metric, reference_samples
+from ..metrics import (FID, METRICS, CallableMetric, ExactFrechet, ReferenceDistance, make_metric, reference_distance,
+                       reference_samples)
 from ..model import DiffusionModel
 from ..schedule import Schedule
 
@@ -35,17 +36,38 @@ class NoiseSet:
         self.reference_rows = 0   # network rows the reference solve took
         self._ref = None
 
+    def set_reference_nfe(self, nfe: int) -> None:
+        """Solve the reference with `nfe` steps from now on (a solved one is dropped)."""
+        if nfe != self.reference_nfe:
+            self.reference_nfe, self._ref = nfe, None
+
+    def _solve(self, model: DiffusionModel, noise: torch.Tensor, t_start: float, t_end: float, nfe: int,
+               device) -> torch.Tensor:
+        rows0 = model.rows
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            rows = model.cond_rows   # chunks of a multiple of the prompts: sample r keeps prompt r mod P
+            out = reference_samples(model, noise.to(device), t_start, t_end, nfe=nfe,
+                                    batch_size=max(1, 512 // rows) * rows, dtype=self.reference_dtype).cpu()
+        self.reference_rows += model.rows - rows0
+        return out
+
+    def reference_error(self, model: DiffusionModel, t_start: float, t_end: float, device="cpu",
+                        samples: int = 16) -> float:
+        """The reference's own error, measured: RMS distance of its first `samples` samples (a
+        multiple of the prompts) to a solve with twice the steps. Slightly high as an estimate of
+        the error itself: it includes the finer solve's, about 2⁻³ as large for UniPC-3."""
+        ref = self.reference(model, t_start, t_end, device)
+        rows = model.cond_rows
+        k = min(self.n, max(rows, samples // rows * rows))
+        fine = self._solve(model, self.noise[:k], t_start, t_end, 2 * self.reference_nfe, device)
+        return reference_distance(ref[:k], fine)
+
     def reference(self, model: DiffusionModel, t_start: float, t_end: float, device="cpu") -> torch.Tensor:
-        """The high-accuracy solution from this noise (UniPC-3 at `reference_nfe` steps in
-        `reference_dtype`, default float64 at 200; solved on `device`, kept on the CPU)."""
+        """The high-accuracy solution from this noise (UniPC-3 at `reference_nfe` steps on
+        `metrics.reference_spacing` in `reference_dtype`; solved on `device`, kept on the CPU)."""
         if self._ref is None:
-            rows0 = model.rows
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                rows = model.cond_rows   # chunks of a multiple of the prompts: sample r keeps prompt r mod P
-                ref = reference_samples(model, self.noise.to(device), t_start, t_end, nfe=self.reference_nfe,
-                                        batch_size=max(1, 512 // rows) * rows, dtype=self.reference_dtype).cpu()
-            self.reference_rows = model.rows - rows0
+            ref = self._solve(model, self.noise, t_start, t_end, self.reference_nfe, device)
             if not bool(torch.isfinite(ref).all()):
                 raise ValueError(f"the high-accuracy reference solution ({self.name} noise) has NaN/inf: the model "
                                  f"returns NaN/inf somewhere in t ∈ [{t_end}, {t_start}]; metric 'ref' needs a finite model")

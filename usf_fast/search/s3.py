@@ -35,11 +35,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import presets as P
+from ..metrics import reference_spacing
 from ..model import DiffusionModel
 from ..schedule import Schedule
 from .config import PREDICTORS, WARM_PAIRS, SearchConfig
 from .distributed import rank_and_world
-from .evaluate import NoiseSet, evaluate_schedules, make_metric
+from .evaluate import NoiseSet, ReferenceDistance, evaluate_schedules, make_metric
 from .evolution import diverse_parents as _diverse_parents
 from .evolution import pick_per_parent as _pick_per_parent
 from .gp import GPPredictor
@@ -50,6 +51,13 @@ from .space import SearchSpace, schedule_key
 
 FRECHET_METRICS = ("fd", "fid", "exact")   # distances between sample sets: biased and noisy on few samples
 FRECHET_MIN_SAMPLES = 256
+# metric ref: the reference solve's own error (against twice the steps, on this many of stage 1's
+# samples) must stay within REFERENCE_TOLERANCE of the best seed's metric; the steps double until it
+# does, up to REFERENCE_MAX_FACTOR × reference_nfe (docs/search.md, "The reference")
+REFERENCE_CHECK_SAMPLES = 16
+REFERENCE_TOLERANCE = 0.05
+REFERENCE_MAX_FACTOR = 8
+DIVERGED = 10.0   # metric ref: a preset this many times the reference's RMS away from it has blown up
 
 __all__ = ["s3_search", "S3Search", "SearchConfig", "SearchResult", "PREDICTORS", "preset_candidates", "describe"]
 
@@ -57,11 +65,11 @@ __all__ = ["s3_search", "S3Search", "SearchConfig", "SearchResult", "PREDICTORS"
 @dataclass
 class SearchResult:
     best: Schedule
-    best_metric: float                      # on held-out noise
+    best_metric: float                      # on the report set: held-out noise the choice never saw
     best_source: str                        # "search" or the preset's label
     nfe: int
-    table: list                             # (label, held-out metric), best first: searched top + presets
-    best_preset: tuple                      # (label, held-out metric)
+    table: list                             # (label, metric on the choice set), best first: finalists + presets
+    best_preset: tuple                      # (label, metric on the report set): the preset best on the choice set
     evaluations: int                        # real evaluations requested by the search (cached or not)
     new_evaluations: int                    # evaluations actually run by this call (the rest came from the log)
     seconds: float
@@ -72,22 +80,38 @@ class SearchResult:
     cost: dict = field(default_factory=dict)    # network rows run by this call, by phase (+ "total")
     presets_compared: int = 0               # presets in the held-out table (heldout_presets)
     best_label: str = ""                    # the winner's row of `table`: what it is (`describe`) or the preset
+    reference: dict = field(default_factory=dict)   # metric ref: the solve used (steps, spacing) and its measured error
+    dropped_presets: list = field(default_factory=list)   # left out of the baseline: their samples diverged
+    improvement_ci: tuple | None = None     # 95% paired bootstrap interval of `improvement` (metric ref)
+    report_samples: int = 0                 # size of the report set (and `heldout` − it, of the choice set)
+    note: str = ""                          # why a preset is returned when the chosen searched schedule lost
 
     @property
     def improvement(self) -> float:
-        """Relative improvement of the result over the best preset on held-out noise."""
+        """Relative improvement of the result over the best preset on the report set (held-out
+        noise neither the search nor the choice of the winner saw)."""
         return 1.0 - self.best_metric / self.best_preset[1]
 
     def summary(self) -> str:
         lines = [f"S3 search, NFE {self.nfe}: {self.evaluations} search evaluations and {self.heldout_evaluations} "
                  f"held-out ones; {self.new_evaluations} distinct evaluations of both kinds run now (the rest read from the log), "
                  f"{self.seconds:.0f} s",
-                 f"best: {self.best_label or self.best_source}  held-out metric {self.best_metric:.5g}",
+                 f"best: {self.best_label or self.best_source}  metric {self.best_metric:.5g} on the report set",
                  f"best preset{f' (of the {self.presets_compared} compared)' if self.presets_compared else ''}: "
-                 f"{self.best_preset[0]}  {self.best_preset[1]:.5g}  "
-                 f"(improvement {self.improvement:+.1%})", "", "held-out metric (lower is better):"]
+                 f"{self.best_preset[0]}  {self.best_preset[1]:.5g}  (improvement {self.improvement:+.1%}"
+                 + (f", 95% CI {self.improvement_ci[0]:+.1%} … {self.improvement_ci[1]:+.1%}" if self.improvement_ci else "")
+                 + f"; both chosen on the choice set, measured on {self.report_samples} report samples)",
+                 *([self.note] if self.note else []), "", "metric on the choice set (lower is better):"]
         if self.cost:
             lines.insert(1, "network rows run now: " + ", ".join(f"{k} {v:,}" for k, v in self.cost.items()))
+        if self.reference:
+            r = self.reference
+            raised = f", raised from {r['requested']} steps" if r["steps"] != r["requested"] else ""
+            lines.insert(3, f"reference: UniPC-3, {r['steps']} {r['spacing']} steps{raised}; its own error "
+                            f"{r['error']:.3g} RMS = {r['error'] / self.best_preset[1]:.1%} of the best preset's metric")
+
+        if self.dropped_presets:
+            lines.insert(4, f"presets left out (their samples diverged): {', '.join(self.dropped_presets)}")
         width = max(len(lbl) for lbl, _ in self.table[:15])
         lines += [f"  {lbl:{width}s}  {v:.5g}" for lbl, v in self.table[:15]]
         return "\n".join(lines)
@@ -181,7 +205,11 @@ class S3Search:
         self.rank, self.world = rank_and_world()
         # noise seeds 1000·seed + 1, 2, 3 for stage 1, stage 2 and held-out (as before a third stage
         # existed), + 4 for stage 3
-        named = [("s1", c.samples[0], 1), ("s2", c.samples[1], 2), ("heldout", c.heldout, 3)]
+        # the held-out samples in two: the winner is chosen on one, its gain measured on the other
+        rows = model.cond_rows
+        self.report_n = max(rows, c.heldout // 2 // rows * rows)
+        named = [("s1", c.samples[0], 1), ("s2", c.samples[1], 2), ("choose", c.heldout - self.report_n, 3),
+                 ("report", self.report_n, 5)]
         named += [(f"s{i + 1}", n, i + 2) for i, n in enumerate(c.samples[2:], 2)]
         self.sets = {name: NoiseSet(self.shape, n, 1000 * c.seed + k, name, c.reference_nfe, c.reference_dtype)
                      for name, n, k in named}
@@ -214,6 +242,9 @@ class S3Search:
         self.bar = None
         self._bar_rows = 0
         self.stopped_early = False   # max_minutes ran out
+        self.ref_tag = ""            # the reference's steps in the fidelity names once raised ("@ref100")
+        self.dropped: list = []      # presets left out of the baseline: their samples diverged
+        self.reference: dict = {}
 
     @staticmethod
     def _shape(shape, model) -> tuple:
@@ -229,9 +260,10 @@ class S3Search:
         """Metric of every schedule on the `fidelity` noise set; cached (and logged) by schedule key.
         `count`: the evaluations count against the budget (the held-out comparison does not)."""
         keys = [schedule_key(s) for s in schedules]
+        fid = fidelity + self.ref_tag
         todo, seen = [], set()
         for s, k in zip(schedules, keys):
-            if (k, fidelity) not in self.cache and k not in seen:
+            if (k, fid) not in self.cache and k not in seen:
                 todo.append((s, k))
                 seen.add(k)
         if todo:
@@ -241,7 +273,7 @@ class S3Search:
         if self.bar is not None and self.model.rows != self._bar_rows:
             self.bar.update(self.model.rows - self._bar_rows)
             self._bar_rows = self.model.rows
-        return [self.cache[(k, fidelity)] for k in keys]
+        return [self.cache[(k, fid)] for k in keys]
 
     def _evaluate_new(self, todo: list, fidelity: str, stage: str) -> None:
         """Run the uncached ones, chunk by chunk; under torchrun each process takes every world-th
@@ -266,8 +298,8 @@ class S3Search:
         by_key = {k: (v, dt) for ci in sorted(mine) for k, v, dt in mine[ci]}
         for s, k in todo:
             v, dt = by_key[k]
-            self.cache[(k, fidelity)] = v
-            self.log.add(k, s.to_dict(), fidelity, v, dt, stage)
+            self.cache[(k, fidelity + self.ref_tag)] = v
+            self.log.add(k, s.to_dict(), fidelity + self.ref_tag, v, dt, stage)
         self.new += len(todo)
 
     # ---- what the predictors see ------------------------------------------------------------
@@ -450,6 +482,8 @@ class S3Search:
         if not any(math.isfinite(m) for _, m, _ in pool1):
             raise ValueError(f"every preset schedule at NFE {c.nfe} produced NaN/inf samples (or metric values): the "
                              "model returns NaN/inf, or the metric fails; the evaluations are in the log")
+        if getattr(self.metric, "needs_reference", False):
+            pool1 = self.check_reference(seeds, pool1)
         self.curve.append((self.requested, min(m for _, m, _ in pool1)))
         pool = pool1
         for i, until in enumerate(c.stage_ends()):
@@ -466,6 +500,41 @@ class S3Search:
             self.bar.total = self.bar.n   # the estimate is an upper bound
             self.bar.close()
         return result
+
+    def check_reference(self, seeds: list[Schedule], pool: list) -> list:
+        """Metric ref: measure the reference solve's own error (`NoiseSet.reference_error`) against
+        the metric it serves (the best seed's on stage 1); while it exceeds `REFERENCE_TOLERANCE`
+        of that, double the reference's steps (every noise set; the seeds are evaluated again
+        against the finer reference, not counted in the budget) up to `REFERENCE_MAX_FACTOR` ×
+        reference_nfe, beyond which the search is refused naming reference_nfe. Returns the seeds'
+        pool on the reference kept."""
+        c = self.config
+        s1, (t0, t1) = self.sets["s1"], (self.space.t_start, self.space.t_end)
+        steps = c.reference_nfe
+        while True:
+            err = s1.reference_error(self.model, t0, t1, self.device, REFERENCE_CHECK_SAMPLES)
+            scale = min((m for _, m, _ in pool if math.isfinite(m)), default=math.inf)
+            if err <= REFERENCE_TOLERANCE * scale:
+                break
+            if 2 * steps > REFERENCE_MAX_FACTOR * c.reference_nfe:
+                raise ValueError(
+                    f"reference_nfe={c.reference_nfe}: the reference solve is not accurate enough for this model even "
+                    f"at {steps} steps: its own error {err:.3g} RMS is {err / scale:.0%} of the best preset's metric "
+                    f"{scale:.3g} on stage 1 (at most {REFERENCE_TOLERANCE:.0%}); give a larger reference_nfe "
+                    "(--reference-nfe), or another metric")
+            steps *= 2
+            self.ref_tag = f"@ref{steps}"
+            for noise_set in self.sets.values():
+                noise_set.set_reference_nfe(steps)
+            pool = [(s, m, k) for s, m, k in zip(seeds, self.evaluate(seeds, "s1", "seed", count=False),
+                                                 (schedule_key(s) for s in seeds))]
+        self.reference = {"steps": steps, "requested": c.reference_nfe, "error": err,
+                          "spacing": reference_spacing(self.ns), "dtype": str(c.reference_dtype).replace("torch.", "")}
+        if steps != c.reference_nfe:
+            warnings.warn(f"reference_nfe={c.reference_nfe}: the reference solve's own error was more than "
+                          f"{REFERENCE_TOLERANCE:.0%} of the best preset's metric; raised to {steps} steps (error "
+                          f"{err:.3g} RMS)", RuntimeWarning, stacklevel=4)
+        return pool
 
     def seeds(self) -> list[Schedule]:
         """The search space's preset seeds, or when stage 1's share of the budget is smaller, that
@@ -488,8 +557,28 @@ class S3Search:
         if c.heldout_presets is None or c.heldout_presets >= len(presets_):
             return presets_
         screen = self.evaluate([s for _, s in presets_], "s1", "final", count=False)
-        keep = sorted(np.argsort(screen, kind="stable")[:c.heldout_presets])
+        bad = self._drop_diverged([lbl for lbl, _ in presets_], screen, "s1")
+        keep = sorted(sorted((i for i in range(len(presets_)) if i not in bad), key=lambda i: screen[i])[:c.heldout_presets])
         return [presets_[i] for i in keep]
+
+    def _drop_diverged(self, labels: list[str], values: list[float], fidelity: str) -> set[int]:
+        """Indices of the presets whose samples diverged on this noise: metric NaN/inf, or (metric
+        ref) a distance to the reference over `DIVERGED` × the reference samples' own RMS (no
+        accuracy, the samples blew up), else over 1000 × the presets' median. Dropped from the
+        baseline, with a warning naming them."""
+        ref = self.sets[fidelity]._ref if getattr(self.metric, "needs_reference", False) else None
+        if ref is not None:
+            limit = DIVERGED * float(ref.double().pow(2).mean().sqrt())
+        else:
+            finite = [v for v in values if math.isfinite(v)]
+            limit = 1000.0 * float(np.median(finite)) if finite else math.inf
+        bad = {i for i, v in enumerate(values) if not math.isfinite(v) or v > limit}
+        new = [labels[i] for i in sorted(bad) if labels[i] not in self.dropped]
+        if new:
+            self.dropped += new
+            warnings.warn(f"{len(new)} preset(s) diverged (samples NaN/inf or blown up) and are left out of the "
+                          f"baseline: {', '.join(new)}", RuntimeWarning, stacklevel=4)
+        return bad
 
     def final(self, finalists: list[Schedule]) -> SearchResult:
         """The finalists and the presets (`table_presets`) on held-out noise (not counted in the
@@ -501,23 +590,64 @@ class S3Search:
         finalists = [s for s in finalists if schedule_key(s) not in preset_keys]
         labels = _finalist_labels(finalists) + [lbl for lbl, _ in presets_]
         cands = finalists + [s for _, s in presets_]
-        held = self.evaluate(cands, "heldout", "final", count=False)
-        self._end_phase("heldout")
+        held = self.evaluate(cands, "choose", "final", count=False)
+        bad = {len(finalists) + i for i in self._drop_diverged([lbl for lbl, _ in presets_], held[len(finalists):], "choose")}
+        if len(bad) < len(presets_):   # (every preset diverging leaves them all in: the model is the problem)
+            labels, cands, held = ([v for i, v in enumerate(xs) if i not in bad] for xs in (labels, cands, held))
+            presets_ = [p for i, p in enumerate(presets_) if len(finalists) + i not in bad]
         table = sorted(zip(labels, held), key=lambda p: p[1])
-        best_i = int(np.argmin(held))
-        best_preset = min(((lbl, v) for lbl, v in zip(labels, held) if not lbl.startswith("searched")),
-                          key=lambda p: p[1])
-        best = cands[best_i]
-        best = best.replace(name=f"s3 NFE {c.nfe}" if best_i < len(finalists) else best.name,
-                            meta=dict(best.meta, search={"metric": self.metric_name, "heldout_metric": held[best_i],
+        win = int(np.argmin(held))
+        pre = min(range(len(finalists), len(cands)), key=lambda i: held[i])
+        report, ci = self.report([cands[win], cands[pre]] if win != pre else [cands[pre]])
+        note = ""
+        if win != pre and not report[0] < report[1]:   # the choice was lucky: the preset is returned
+            note = (f"the searched schedule chosen on the choice set ({labels[win]}, {held[win]:.5g} there) did not beat "
+                    f"{labels[pre]} on the report set ({report[0]:.5g} vs {report[1]:.5g}): the preset is returned")
+            win, report, ci = pre, report[1:], None
+        self._end_phase("heldout")
+        best_preset = (labels[pre], report[-1])
+        best = cands[win]
+        best = best.replace(name=f"s3 NFE {c.nfe}" if win < len(finalists) else best.name,
+                            meta=dict(best.meta, search={"metric": self.metric_name, "heldout_metric": report[0],
                                                          "best_preset": list(best_preset), "seed": c.seed},
                                       noise_schedule=self.ns.fingerprint()))
-        return SearchResult(best=best, best_metric=held[best_i],
-                            best_source="search" if best_i < len(finalists) else labels[best_i], nfe=c.nfe,
+        return SearchResult(best=best, best_metric=report[0],
+                            best_source="search" if win < len(finalists) else labels[win], nfe=c.nfe,
                             table=table, best_preset=best_preset, evaluations=self.requested,
                             new_evaluations=self.new, seconds=time.perf_counter() - self.t_begin, curve=self.curve,
-                            taus=self.taus, log_path=self.log.path, heldout_evaluations=len(cands),
-                            cost=self._cost_total(), presets_compared=len(presets_), best_label=labels[best_i])
+                            taus=self.taus, log_path=self.log.path, heldout_evaluations=len(cands) + len(report),
+                            cost=self._cost_total(), presets_compared=len(presets_), best_label=labels[win],
+                            reference=dict(self.reference), dropped_presets=list(self.dropped), improvement_ci=ci,
+                            report_samples=self.report_n, note=note)
+
+    def report(self, schedules: list[Schedule]) -> tuple[list[float], tuple | None]:
+        """The metric of the chosen schedule and the best preset (or the preset alone) on the report
+        set, and with metric ref a 95% paired bootstrap interval of the improvement (the same
+        resampled noise for both)."""
+        if not getattr(self.metric, "needs_reference", False) or len(schedules) < 2:
+            return self.evaluate(schedules, "report", "final", count=False), None
+        errors = _PerSampleErrors()
+        vals = evaluate_schedules(self.model, schedules, self.sets["report"], errors, (self.space.t_start, self.space.t_end),
+                                  chunk=self.config.chunk, dtype=self.config.dtype, backend=self.config.backend,
+                                  device=self.device)
+        if len(errors.per_sample) != 2 or not all(math.isfinite(v) for v in vals):
+            return vals, None
+        e_w, e_p = errors.per_sample
+        idx = np.random.default_rng(self.config.seed).integers(0, len(e_w), size=(2000, len(e_w)))
+        gains = 1.0 - np.sqrt(e_w[idx].mean(axis=1) / e_p[idx].mean(axis=1))
+        return vals, (float(np.percentile(gains, 2.5)), float(np.percentile(gains, 97.5)))
+
+
+class _PerSampleErrors(ReferenceDistance):
+    """metric ref that also keeps each sample's mean squared error (for the bootstrap)."""
+
+    def __init__(self):
+        self.per_sample = []
+
+    def __call__(self, samples, reference):
+        d = (samples.double() - reference.double()).pow(2).reshape(samples.shape[0], -1).mean(dim=1)
+        self.per_sample.append(d.numpy())
+        return float(d.mean().sqrt())
 
 
 def describe(schedule: Schedule) -> str:
@@ -545,7 +675,9 @@ def _result_record(r: SearchResult) -> dict:
             "table": [[lbl, _number(v)] for lbl, v in r.table], "best_preset": [r.best_preset[0], _number(r.best_preset[1])],
             "evaluations": r.evaluations, "heldout_evaluations": r.heldout_evaluations, "curve": r.curve,
             "taus": [float(t) for t in r.taus], "presets_compared": r.presets_compared, "seconds": r.seconds,
-            "best_label": r.best_label}
+            "best_label": r.best_label, "reference": r.reference, "dropped_presets": r.dropped_presets,
+            "improvement_ci": list(r.improvement_ci) if r.improvement_ci else None, "report_samples": r.report_samples,
+            "note": r.note}
 
 
 def _result_from_record(rec: dict, search: "S3Search") -> SearchResult:
@@ -560,7 +692,10 @@ def _result_from_record(rec: dict, search: "S3Search") -> SearchResult:
                             seconds=time.perf_counter() - search.t_begin, curve=[tuple(p) for p in rec["curve"]],
                             taus=rec["taus"], log_path=search.log.path, heldout_evaluations=rec["heldout_evaluations"],
                             cost=search._cost_total(), presets_compared=rec["presets_compared"],
-                            best_label=rec.get("best_label", ""))
+                            best_label=rec.get("best_label", ""), reference=rec.get("reference") or {},
+                            dropped_presets=rec.get("dropped_presets") or [],
+                            improvement_ci=tuple(rec["improvement_ci"]) if rec.get("improvement_ci") else None,
+                            report_samples=rec.get("report_samples", 0), note=rec.get("note", ""))
     except (KeyError, TypeError, IndexError, ValueError) as e:
         raise ValueError(f"log {search.log.path}: its result line is damaged ({type(e).__name__}: {e}); remove that "
                          "last line and --resume replays the search from its evaluations") from None

@@ -10,6 +10,7 @@ is exact: N = nfe + afs − (implicit correctors) steps, no corrector on the las
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -164,8 +165,10 @@ class SearchSpace:
             for sp in P.spacings_for(self.noise_schedule):
                 for afs in ((False, True) if self.afs else (False,)):
                     try:
-                        s = P.get(name, self.noise_schedule, self.nfe, spacing=sp, afs=afs,
-                                  t_start=self.t_start, t_end=self.t_end, **opts)
+                        with warnings.catch_warnings():   # a diverging seed scores badly; the search says which
+                            warnings.simplefilter("ignore", P.DivergenceWarning)
+                            s = P.get(name, self.noise_schedule, self.nfe, spacing=sp, afs=afs,
+                                      t_start=self.t_start, t_end=self.t_end, **opts)
                     except ValueError:
                         continue
                     if self.contains(s) and all(st.order in self.orders for st in s.steps) \

@@ -22,8 +22,9 @@ def test_every_predictor_screens_a_search(predictor):
     kw = dict(SMALL, budget=150)
     r = s3_search(MODEL2D, 3, seed=2, predictor=predictor, **kw)
     assert r.taus and all(-1 <= t <= 1 for t in r.taus)   # the predictor was trained and reported
-    # measured 66% with each predictor (gmm-2d, NFE 3, seed 2): a broken screen falls well short
-    assert r.best_source == "search" and r.improvement > 0.3
+    # measured +4…+9% over every preset with and without AFS (gmm-2d, NFE 3, seed 2; +66% against the
+    # presets without AFS): the search still finds a better schedule with each predictor
+    assert r.best_source == "search" and r.improvement > 0
 
 
 @pytest.mark.parametrize("predictor", ["gp", "improve"])
@@ -77,11 +78,12 @@ def test_search_on_the_gpu_runs_every_model_call_there_and_beats_the_best_preset
 def test_search_beats_the_best_preset_and_reports_held_out_numbers():
     r = s3_search(MODEL2D, 4, seed=0, **SMALL)
     assert r.best.nfe == 4
-    assert r.best_source == "search" and r.improvement > 0   # measured +6.4% at this small budget
+    assert r.best_source == "search" and r.improvement > 0
     labels = [lbl for lbl, _ in r.table]
     assert any(lbl.startswith("searched") for lbl in labels) and any("unipc" in lbl for lbl in labels)
-    # the reported number is the held-out one (noise seed 3 at seed 0; the search's reference solve)
-    ns_ = NoiseSet((2,), 128, 3, "heldout", usf_fast.search.SearchConfig(nfe=4).reference_nfe)
+    # the reported number is measured on the report half of the held-out samples (noise seed 5 at
+    # seed 0, 64 of the 128; the search's reference solve)
+    ns_ = NoiseSet((2,), 64, 5, "report", r.reference["steps"])
     again = evaluate_schedules(MODEL2D, [r.best], ns_, ReferenceDistance(), (NS.t_max, NS.t_min))[0]
     assert again == pytest.approx(r.best_metric, rel=1e-5)
 

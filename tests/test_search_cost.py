@@ -32,13 +32,15 @@ def test_cost_by_phase_is_what_the_network_saw_and_within_the_estimate(tmp_path,
     assert set(cost) == {"stage1", "stage2", "heldout", "reference", "total"}
     assert cost["total"] == seen["rows"] == sum(v for k, v in cost.items() if k != "total")
     ref_nfe = SearchConfig(nfe=4).reference_nfe
-    assert cost["reference"] == (16 + 32 + 32) * ref_nfe   # three noise sets, UniPC-3 at reference_nfe
+    # four noise sets (stage 1, stage 2, the choice and report halves of the held-out samples), UniPC-3 at
+    # reference_nfe, and the check of stage 1's solve against twice the steps
+    assert cost["reference"] == (16 + 32 + 32) * ref_nfe + 16 * 2 * ref_nfe
     # every evaluation is NFE 4 rows per sample; stage 1 also holds the one-row model check
     assert (cost["stage1"] - 1) % 4 == 0 and cost["stage2"] % 4 == 0 and cost["heldout"] % 4 == 0
     # the table on held-out noise (a finalist that is a preset runs once) and, with heldout_presets,
     # the presets the search did not seed with screened on stage 1's noise
     n_presets = len(preset_candidates(model.noise_schedule, 4))
-    assert 0 < cost["heldout"] <= len(res.table) * 32 * 4 + n_presets * 16 * 4
+    assert 0 < cost["heldout"] <= len(res.table) * 16 * 4 + 2 * 16 * 4 + n_presets * 16 * 4
     printed = capsys.readouterr().out
     bound = int(re.search(r"at most ([\d,]+) network rows", printed).group(1).replace(",", ""))
     assert cost["total"] <= bound
@@ -52,7 +54,7 @@ def test_a_cheaper_reference_is_an_option_and_part_of_the_identity(tmp_path):
     model, seen = _counting(embedded_model("gmm-2d"))
     res = s3_search(model, 3, budget=24, samples=(8, 16), heldout=16, reference_nfe=50,
                     reference_dtype=torch.float32, progress=False, log_path=tmp_path / "log.jsonl")
-    assert res.cost["reference"] == (8 + 16 + 16) * 50
+    assert res.cost["reference"] == (8 + 16 + 16) * 50 + 8 * 2 * 50
     cfg = SearchConfig(nfe=3, reference_nfe=50)
     from usf_fast.search.space import SearchSpace
     assert cfg.identity(SearchSpace(model.noise_schedule, 3), "ref")["settings"]["reference_nfe"] == 50
@@ -69,7 +71,7 @@ def test_the_held_out_table_of_the_k_presets_best_on_stage_1(tmp_path, capsys):
                     progress=True, log_path=tmp_path / "log.jsonl")
     labels = [lbl for lbl, _ in res.table]
     searched = sum(lbl.startswith("searched") for lbl in labels)   # a finalist that is a table preset is that row
-    assert 1 <= searched <= 2 and len(labels) == searched + 3
+    assert searched <= 2 and len(labels) == searched + 3
     ns = model.noise_schedule
     presets = preset_candidates(ns, 4)
     s1 = NoiseSet(model.sample_shape, 16, 1, "s1")   # the search's stage-1 noise at seed 0
@@ -82,7 +84,7 @@ def test_the_held_out_table_of_the_k_presets_best_on_stage_1(tmp_path, capsys):
     bound = int(re.search(r"at most ([\d,]+) network rows", printed).group(1).replace(",", ""))
     assert res.cost["total"] <= bound
     # the 40 presets at 32 held-out samples would be 40 * 32 * 4 rows; 3 (+ the stage-1 screen) are far fewer
-    assert res.cost["heldout"] <= (2 + 3) * 32 * 4 + len(presets) * 16 * 4
+    assert res.cost["heldout"] <= (2 + 3) * 16 * 4 + 2 * 16 * 4 + len(presets) * 16 * 4
 
 
 def test_a_three_stage_search_counts_each_stage_and_ends_each_at_its_share_of_the_budget(tmp_path, capsys):
@@ -92,7 +94,7 @@ def test_a_three_stage_search_counts_each_stage_and_ends_each_at_its_share_of_th
                     per_generation=4, progress=True, log_path=log)
     assert set(res.cost) == {"stage1", "stage2", "stage3", "heldout", "reference", "total"}
     assert res.cost["total"] == seen["rows"]
-    assert res.cost["reference"] == (8 + 16 + 32 + 16) * SearchConfig(nfe=4).reference_nfe
+    assert res.cost["reference"] == (8 + 16 + 32 + 16 + 2 * 8) * SearchConfig(nfe=4).reference_nfe
     printed = capsys.readouterr().out
     bound = int(re.search(r"at most ([\d,]+) network rows", printed).group(1).replace(",", ""))
     assert res.cost["total"] <= bound and "stage 3 " in printed
@@ -104,7 +106,7 @@ def test_a_three_stage_search_counts_each_stage_and_ends_each_at_its_share_of_th
     assert 30 <= by_fid["s2"] <= 40 and 18 <= by_fid["s3"] <= 24
     assert res.evaluations == 160
     # stage 3's noise is its own: 32 samples seeded apart from stage 2 and the held-out set
-    assert res.table[0][1] == res.best_metric
+    assert res.best_label == res.table[0][0] or res.note   # chosen on the choice set (or given back to the preset)
 
 
 def test_the_default_nfe5_search_on_gmm_image_stays_within_300000_rows(tmp_path, capsys):
@@ -114,7 +116,9 @@ def test_the_default_nfe5_search_on_gmm_image_stays_within_300000_rows(tmp_path,
     assert seen["rows"] == res.cost["total"] <= 300_000
     bound = int(re.search(r"at most ([\d,]+) network rows", capsys.readouterr().out).group(1).replace(",", ""))
     assert res.cost["total"] <= bound <= 300_000
-    assert res.improvement > 0.3   # seed 0; the 5-seed study is in docs/experiments.md
+    # seed 0, against every preset with and without AFS, measured on the report half: +21.4%
+    # (the 5-seed study is in docs/experiments.md)
+    assert res.improvement > 0.1
 
 
 def test_a_frechet_metric_on_few_samples_says_to_give_more():

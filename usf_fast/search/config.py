@@ -46,7 +46,7 @@ class SearchConfig:
     metric: object = "ref"
     metric_options: dict | None = None
     seed: int = 0
-    budget: int = 320
+    budget: int = 314
     samples: tuple = (96, 256)
     heldout: int = 512
     finalists: int = 4
@@ -185,7 +185,6 @@ class SearchConfig:
         runs the check and may solve every reference. Evaluations read back from a log cost
         nothing."""
         k = 2 if guided else 1
-        check = min(self.samples[0], max(check_rows, 16 // check_rows * check_rows))
         shares = self.stage_shares()
         table = n_presets if self.heldout_presets is None else min(self.heldout_presets, n_presets)
         screen = (n_presets if n_unseeded is None else n_unseeded) * self.samples[0] if table < n_presets else 0
@@ -197,9 +196,8 @@ class SearchConfig:
                # the best preset on the report half
                "heldout": ((self.finalists + table) * (self.heldout - self.heldout // 2)
                            + 2 * max(check_rows, self.heldout // 2) + screen) * self.nfe * k,
-               # every noise set's solve, and the check of stage 1's against twice the steps on 16
-               # of its samples (search.s3.REFERENCE_CHECK_SAMPLES)
-               "reference": ((sum(self.samples) + self.heldout + 2 * check) * self.reference_nfe
+               # every noise set's solve, and the check of stage 1's against twice the steps
+               "reference": ((sum(self.samples) + self.heldout + 2 * self.samples[0]) * self.reference_nfe
                              * k * processes if needs_reference else 0)})
         out["total"] = sum(out.values())
         return out

@@ -51,10 +51,10 @@ from .space import SearchSpace, schedule_key
 
 FRECHET_METRICS = ("fd", "fid", "exact")   # distances between sample sets: biased and noisy on few samples
 FRECHET_MIN_SAMPLES = 256
-# metric ref: the reference solve's own error (against twice the steps, on this many of stage 1's
-# samples) must stay within REFERENCE_TOLERANCE of the best seed's metric; the steps double until it
-# does, up to REFERENCE_MAX_FACTOR × reference_nfe (docs/search.md, "The reference")
-REFERENCE_CHECK_SAMPLES = 16
+# metric ref: the reference solve's own error (against twice the steps, on stage 1's samples: a rare
+# trajectory that the coarse solve sends elsewhere dominates it, so every sample is checked) must stay
+# within REFERENCE_TOLERANCE of the best seed's metric; the steps double until it does, up to
+# REFERENCE_MAX_FACTOR × reference_nfe (docs/search.md, "The reference")
 REFERENCE_TOLERANCE = 0.05
 REFERENCE_MAX_FACTOR = 8
 DIVERGED = 10.0   # metric ref: a preset this many times the reference's RMS away from it has blown up
@@ -512,7 +512,7 @@ class S3Search:
         s1, (t0, t1) = self.sets["s1"], (self.space.t_start, self.space.t_end)
         steps = c.reference_nfe
         while True:
-            err = s1.reference_error(self.model, t0, t1, self.device, REFERENCE_CHECK_SAMPLES)
+            err = s1.reference_error(self.model, t0, t1, self.device, s1.n)
             scale = min((m for _, m, _ in pool if math.isfinite(m)), default=math.inf)
             if err <= REFERENCE_TOLERANCE * scale:
                 break

@@ -28,6 +28,8 @@ def test_the_screen_default_follows_the_predictor_through_replace():
     ({"samples": (8, 16, 32), "stage_split": 0.5}, r"stage_split=0.5: must be the fraction .* 2 number\(s\) for 3 stages"),
     ({"samples": (8, 16, 32), "stage_split": (0.9, 0.6)}, r"stage_split=\(0.9, 0.6\): must be .* increasing"),
     ({"stage_split": 1.5}, r"stage_split=1.5: must be the fraction"),
+    ({"stage_split": 1.0}, r"stage_split=1.0: must be the fraction .* in \(0, 1\)"),   # a last stage of no evaluations
+    ({"samples": (8, 16, 32), "stage_split": (0.5, 1.0)}, r"stage_split=\(0.5, 1.0\): must be"),
     ({"heldout": 0}, "heldout=0: must be a positive integer"),
     ({"max_minutes": float("nan")}, "max_minutes=nan: must be a finite number >= 0"),
     ({"screen": 0}, "screen=0: must be a positive integer"),

@@ -42,7 +42,13 @@ def test_a_short_reference_is_detected_and_raised(tmp_path):
     # the seeds were evaluated again against the finer reference, under their own fidelity name
     fids = {json.loads(line).get("fidelity") for line in (tmp_path / "log.jsonl").read_text().splitlines()}
     assert {"s1", "s1@ref32", "s2@ref32", "choose@ref32"} <= fids
-    again = s3_search(MODEL, 4, reference_nfe=4, log_path=tmp_path / "log.jsonl", resume=True, **SMALL)
+    # without the result line the resume replays: the check raises the reference again and every
+    # evaluation, the re-evaluated seeds included, is read from the log
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(line + "\n" for line in log.read_text().splitlines() if '"type": "result"' not in line))
+    with pytest.warns(RuntimeWarning, match="raised to 32 steps"):
+        again = s3_search(MODEL, 4, reference_nfe=4, log_path=log, resume=True, **SMALL)
+    assert again.new_evaluations == 0
     assert again.best.to_dict() == r.best.to_dict() and again.reference == r.reference
 
 

@@ -98,11 +98,11 @@ def _stage_split(args):
         fr = tuple(float(v) for v in args.stage_split.split(","))
     except ValueError:
         raise ValueError(f"--stage-split {args.stage_split}: must be one fraction (two stages) or two comma-separated "
-                         "increasing fractions (three stages, with --samples3) in (0, 1]") from None
+                         "increasing fractions (three stages, with --samples3) in (0, 1)") from None
     want = 2 if args.samples3 else 1
-    if len(fr) != want or any(not 0 < f <= 1 for f in fr) or (want == 2 and fr[1] <= fr[0]):
+    if len(fr) != want or any(not 0 < f < 1 for f in fr) or (want == 2 and fr[1] <= fr[0]):
         raise ValueError(f"--stage-split {args.stage_split}: must be {'two increasing fractions' if want == 2 else 'one fraction'} "
-                         f"in (0, 1] for {want + 1} stages" + ("" if args.samples3 else " (a third stage needs --samples3)"))
+                         f"in (0, 1) for {want + 1} stages" + ("" if args.samples3 else " (a third stage needs --samples3)"))
     return fr[0] if want == 1 else fr
 
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..metrics import reference_spacing
+
 __all__ = ["SearchConfig", "PREDICTORS", "WARM_PAIRS", "THOROUGH"]
 
 PREDICTORS = ("improve", "metric", "gp")
@@ -16,6 +18,12 @@ WARM_PAIRS = 48   # (parent, child) pairs evaluated before the predictor takes o
 #: about 300,000 (docs/experiments.md, "A cheaper search"); `s3_search(model, 5, **THOROUGH)`,
 #: `usf-fast search --thorough`
 THOROUGH = {"budget": 600, "samples": (256, 1024), "heldout": 1024, "heldout_presets": None, "reference_nfe": 200}
+
+
+def _spacing(space) -> str:
+    """The reference solve's spacing on the space's noise schedule."""
+    ns = getattr(space, "noise_schedule", None)
+    return reference_spacing(ns) if ns is not None else "logSNR"
 
 
 def _stage_ends(budget: int, splits: tuple) -> list[int]:
@@ -97,10 +105,10 @@ class SearchConfig:
                              "per evaluation in each stage)")
         splits = self.splits
         if (len(splits) != len(self.samples) - 1
-                or any(not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1 for f in splits)
+                or any(not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f < 1 for f in splits)
                 or any(b <= a for a, b in zip(splits, splits[1:]))):
             raise ValueError(f"stage_split={self.stage_split!r}: must be the fraction of the budget spent before each "
-                             f"later stage starts, increasing in (0, 1]: {len(self.samples) - 1} number(s) for "
+                             f"later stage starts, increasing in (0, 1): {len(self.samples) - 1} number(s) for "
                              f"{len(self.samples)} stages")
         shares = self.stage_shares()
         if min(shares) < 1:
@@ -135,7 +143,7 @@ class SearchConfig:
     def min_budget(self) -> int:
         """The smallest budget that gives every stage at least one evaluation at this stage_split."""
         b = len(self.samples)
-        while min(_shares(_stage_ends(b, self.splits))) < 1:
+        while min(_shares(_stage_ends(b, self.splits))) < 1:   # ends: every split is below 1
             b += 1
         return b
 
@@ -171,7 +179,10 @@ class SearchConfig:
             **({"finalists": self.finalists} if self.finalists != 4 else {}),
             **({"stage_split": list(self.splits)} if self.splits != (0.75,) else {}),
             **({"heldout_presets": self.heldout_presets} if self.heldout_presets is not None else {}),
-            **({"reference_dtype": str(self.reference_dtype)} if self.reference_dtype != torch.float64 else {})}}
+            **({"reference_dtype": str(self.reference_dtype)} if self.reference_dtype != torch.float64 else {}),
+            # the reference's spacing moved off logSNR on EDM and flow (2026-12-03): their older logs'
+            # metrics were measured against another reference
+            **({"reference_spacing": _spacing(space)} if _spacing(space) != "logSNR" else {})}}
 
     def cost_estimate(self, n_presets: int, guided: bool = False, needs_reference: bool = True,
                       n_unseeded: int | None = None, check_rows: int = 1,

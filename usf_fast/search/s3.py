@@ -1,7 +1,7 @@
 """S³: predictor-based solver-schedule search on the fast paths.
 
     result = s3_search(model, nfe=5, budget=600)
-    result.best            # the Schedule with the lowest metric on held-out noise (searched or preset)
+    result.best            # the searched schedule, or the best preset where the search did not beat it
 
 Loop (docs/search.md): seed the population with the presets; each generation proposes many
 candidates by mutation and crossover of the best ones (niched: near-copies of a better schedule
@@ -13,12 +13,14 @@ each pick believed before the next; batched evaluation: one dense-program batch 
 candidates); the first generations are screened by the probe alone, one child per parent.
 Stage 1 works on few samples; the survivors are re-evaluated on more samples and evolution
 continues there.
-The final choice is made — and every reported number measured — on a held-out noise set the
-search never saw, against every preset over every spacing, so the result is never worse than
-the best preset.
+The final choice is made on half of a held-out noise set the search never saw, against every
+preset over every spacing with and without AFS, and the winner's gain measured on the other half
+(a searched winner that loses there gives the best preset back); metric ref's reference solve
+has its own error measured first (`check_reference`).
 
 Every real evaluation is appended to a JSON-lines log; the search is deterministic for a seed, so
-`resume=True` replays the logged evaluations (no re-evaluation) and continues where it stopped.
+`resume=True` replays the logged evaluations (no re-evaluation) and continues where it stopped; a
+finished search's log ends with its result, which a resume reads back.
 Under torchrun, chunks of candidates are spread over the processes and gathered, giving the same
 result as one process.
 """
@@ -162,7 +164,7 @@ def preset_candidates(ns, nfe: int, t_start=None, t_end=None) -> list[tuple[str,
     for label, sp, s in P.standard_schedules(ns, nfe, t_start=t_start, t_end=t_end):
         k = schedule_key(s)
         if k in where:
-            same[k].append(label)
+            same[k].append(label if f"[{sp}]" in out[where[k]][0] else f"{label} [{sp}]")
             continue
         where[k], same[k] = len(out), []
         out.append((f"{label} [{sp}]", s))
@@ -207,6 +209,9 @@ class S3Search:
         # existed), + 4 for stage 3
         # the held-out samples in two: the winner is chosen on one, its gain measured on the other
         rows = model.cond_rows
+        if c.heldout < 2 * rows:
+            raise ValueError(f"heldout={c.heldout}: must be at least {2 * rows}, two of each of the {rows} prompts (half "
+                             "the held-out samples choose the winner, half measure its gain)")
         self.report_n = max(rows, c.heldout // 2 // rows * rows)
         named = [("s1", c.samples[0], 1), ("s2", c.samples[1], 2), ("choose", c.heldout - self.report_n, 3),
                  ("report", self.report_n, 5)]
@@ -482,12 +487,15 @@ class S3Search:
         if not any(math.isfinite(m) for _, m, _ in pool1):
             raise ValueError(f"every preset schedule at NFE {c.nfe} produced NaN/inf samples (or metric values): the "
                              "model returns NaN/inf, or the metric fails; the evaluations are in the log")
-        if getattr(self.metric, "needs_reference", False):
+        if isinstance(self.metric, ReferenceDistance):   # its error is an RMS distance, like the metric
             pool1 = self.check_reference(seeds, pool1)
         self.curve.append((self.requested, min(m for _, m, _ in pool1)))
         pool = pool1
-        for i, until in enumerate(c.stage_ends()):
+        for i, (end, share) in enumerate(zip(c.stage_ends(), c.stage_shares())):
             fidelity, stage = f"s{i + 1}", f"stage{i + 1}"
+            # a stage spends at most its own share (an earlier stage that ran out of proposals
+            # does not hand its rest to this one's dearer samples: the printed bound holds)
+            until = min(end, self.requested + share) if i else end
             if i:   # the best of the last stage, re-evaluated on this stage's (more) samples
                 survivors = [s for s, _, _ in sorted(pool, key=lambda p: p[1])[:c.survivors(i)]]
                 pool = self._pool(survivors, fidelity, stage)
@@ -566,13 +574,16 @@ class S3Search:
         ref) a distance to the reference over `DIVERGED` × the reference samples' own RMS (no
         accuracy, the samples blew up), else over 1000 × the presets' median. Dropped from the
         baseline, with a warning naming them."""
-        ref = self.sets[fidelity]._ref if getattr(self.metric, "needs_reference", False) else None
-        if ref is not None:
+        if isinstance(self.metric, ReferenceDistance):
+            ref = self.sets[fidelity].reference(self.model, self.space.t_start, self.space.t_end, self.device)
             limit = DIVERGED * float(ref.double().pow(2).mean().sqrt())
-        else:
+        else:   # another metric: only a value far beyond the others' (and NaN/inf) counts
             finite = [v for v in values if math.isfinite(v)]
-            limit = 1000.0 * float(np.median(finite)) if finite else math.inf
+            median = float(np.median(finite)) if finite else math.inf
+            limit = 1000.0 * median if median > 0 else math.inf
         bad = {i for i, v in enumerate(values) if not math.isfinite(v) or v > limit}
+        if len(bad) == len(values):   # every preset: the model or the metric is the problem, not the presets
+            return set()
         new = [labels[i] for i in sorted(bad) if labels[i] not in self.dropped]
         if new:
             self.dropped += new
@@ -581,20 +592,24 @@ class S3Search:
         return bad
 
     def final(self, finalists: list[Schedule]) -> SearchResult:
-        """The finalists and the presets (`table_presets`) on held-out noise (not counted in the
-        budget): the result is never worse than the best of those presets."""
+        """The finalists and the presets (`table_presets`) on the choice half of the held-out noise
+        (not counted in the budget) choose the winner and the best preset; both are measured on the
+        report half (`report`), and a searched winner that does not beat the preset there gives the
+        preset back (docs/search.md, "Numbers you can trust")."""
         c = self.config
         presets_ = self.table_presets()
-        # a finalist that is one of the table's presets is that preset, and labelled so
-        preset_keys = {schedule_key(s) for _, s in presets_}
-        finalists = [s for s in finalists if schedule_key(s) not in preset_keys]
+        # a finalist that is a preset is that preset, labelled so (in the table, or added to it)
+        in_table = {schedule_key(s) for _, s in presets_}
+        every = {schedule_key(s): lbl for lbl, s in preset_candidates(self.ns, c.nfe, self.space.t_start, self.space.t_end)}
+        presets_ = presets_ + [(every[schedule_key(s)], s) for s in finalists
+                               if schedule_key(s) in every and schedule_key(s) not in in_table]
+        finalists = [s for s in finalists if schedule_key(s) not in every]
         labels = _finalist_labels(finalists) + [lbl for lbl, _ in presets_]
         cands = finalists + [s for _, s in presets_]
         held = self.evaluate(cands, "choose", "final", count=False)
         bad = {len(finalists) + i for i in self._drop_diverged([lbl for lbl, _ in presets_], held[len(finalists):], "choose")}
-        if len(bad) < len(presets_):   # (every preset diverging leaves them all in: the model is the problem)
-            labels, cands, held = ([v for i, v in enumerate(xs) if i not in bad] for xs in (labels, cands, held))
-            presets_ = [p for i, p in enumerate(presets_) if len(finalists) + i not in bad]
+        labels, cands, held = ([v for i, v in enumerate(xs) if i not in bad] for xs in (labels, cands, held))
+        presets_ = [p for i, p in enumerate(presets_) if len(finalists) + i not in bad]
         table = sorted(zip(labels, held), key=lambda p: p[1])
         win = int(np.argmin(held))
         pre = min(range(len(finalists), len(cands)), key=lambda i: held[i])
@@ -624,7 +639,7 @@ class S3Search:
         """The metric of the chosen schedule and the best preset (or the preset alone) on the report
         set, and with metric ref a 95% paired bootstrap interval of the improvement (the same
         resampled noise for both)."""
-        if not getattr(self.metric, "needs_reference", False) or len(schedules) < 2:
+        if not isinstance(self.metric, ReferenceDistance) or len(schedules) < 2:
             return self.evaluate(schedules, "report", "final", count=False), None
         errors = _PerSampleErrors()
         vals = evaluate_schedules(self.model, schedules, self.sets["report"], errors, (self.space.t_start, self.space.t_end),
@@ -707,11 +722,14 @@ def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = No
     Args (the fields of `SearchConfig`):
         metric: "ref" (RMS distance to a high-accuracy solution from the same noise; default),
             "exact" (analytic models), "fid" (metric_options: stats=, weights=), or a callable.
-        budget: real evaluations (candidate × fidelity) for the search stages; the held-out
-            comparison of finalists and presets comes on top.
+        budget: every search evaluation (candidate × fidelity): the preset seeds (the ones with the
+            lowest Gaussian-probe error when stage 1's share is smaller), each stage's re-evaluated
+            survivors and the evolution; the held-out comparison comes on top (and, if the
+            reference is raised, the seeds once more).
         samples: noise samples per evaluation in stage 1, stage 2 (and a stage 3, successive
             halving: each stage re-evaluates the last one's `population` best on more samples and
-            evolution continues there); heldout: the final comparison.
+            evolution continues there); heldout: the final comparison, split in two: the winner is
+            chosen on one half and its gain over the best preset measured on the other.
         stage_split: fraction of the budget spent when each later stage starts (a number for two
             stages, two increasing numbers for three).
         finalists: stage 2's best schedules that go to the held-out comparison (default 4).
@@ -739,9 +757,10 @@ def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = No
         log_path / resume / max_minutes: persistence and a wall-clock stop (the log keeps
             everything; resuming continues).
         chunk: candidates evaluated in one batch (chunk × samples rows through the model).
-        reference_nfe, reference_dtype: the reference solve of metric "ref" (UniPC-3, 50 steps,
-            float64 by default: within 3 % of the NFE-5 metric of the 200-step solve on the digits
-            UNet, docs/experiments.md); float32 makes it cheaper on a real network.
+        reference_nfe, reference_dtype: the reference solve of metric "ref" (UniPC-3, 50 steps on
+            `metrics.reference_spacing`, float64 by default); its own error is measured against
+            twice the steps and the steps raised while it exceeds 5% of the best seed's metric
+            (`check_reference`); float32 makes it cheaper on a real network.
         The defaults cost about 300,000 network rows at NFE 5; `**THOROUGH` gives the earlier ones
         (about 2.0 million).
         device: where the samples are computed (the reference solve too); the model's network

@@ -163,6 +163,7 @@ class SearchConfig:
         predictor and screen mean nothing to plain evolution; "gp/batch-ei" is the GP's batch
         acquisition."""
         guided = self.use_predictor
+        spacing = _spacing(space)
         return {"nfe": self.nfe, "seed": self.seed, "metric": metric_name, "settings": {
             "orders": list(space.orders), "predictions": list(space.predictions), "correctors": space.correctors,
             "afs": space.afs, "relax_range": space.relax_range, "samples": list(self.samples),
@@ -182,7 +183,7 @@ class SearchConfig:
             **({"reference_dtype": str(self.reference_dtype)} if self.reference_dtype != torch.float64 else {}),
             # the reference's spacing moved off logSNR on EDM and flow (2026-12-03): their older logs'
             # metrics were measured against another reference
-            **({"reference_spacing": _spacing(space)} if _spacing(space) != "logSNR" else {})}}
+            **({"reference_spacing": spacing} if spacing != "logSNR" else {})}}
 
     def cost_estimate(self, n_presets: int, guided: bool = False, needs_reference: bool = True,
                       n_unseeded: int | None = None, check_rows: int = 1,

@@ -35,6 +35,7 @@ class NoiseSet:
         self.reference_nfe, self.reference_dtype = reference_nfe, reference_dtype
         self.reference_rows = 0   # network rows the reference solve took
         self._ref = None
+        self._finer = None        # (steps, solution) of the last `reference_error` over every sample
 
     def set_reference_nfe(self, nfe: int) -> None:
         """Solve the reference with `nfe` steps from now on (a solved one is dropped)."""
@@ -61,13 +62,18 @@ class NoiseSet:
         rows = model.cond_rows
         k = min(self.n, max(rows, samples // rows * rows))
         fine = self._solve(model, self.noise[:k], t_start, t_end, 2 * self.reference_nfe, device)
+        if k == self.n:   # the reference itself once the steps are doubled: not solved again
+            self._finer = (2 * self.reference_nfe, fine)
         return reference_distance(ref[:k], fine)
 
     def reference(self, model: DiffusionModel, t_start: float, t_end: float, device="cpu") -> torch.Tensor:
         """The high-accuracy solution from this noise (UniPC-3 at `reference_nfe` steps on
         `metrics.reference_spacing` in `reference_dtype`; solved on `device`, kept on the CPU)."""
         if self._ref is None:
-            ref = self._solve(model, self.noise, t_start, t_end, self.reference_nfe, device)
+            if self._finer is not None and self._finer[0] == self.reference_nfe:
+                ref = self._finer[1]
+            else:
+                ref = self._solve(model, self.noise, t_start, t_end, self.reference_nfe, device)
             if not bool(torch.isfinite(ref).all()):
                 raise ValueError(f"the high-accuracy reference solution ({self.name} noise) has NaN/inf: the model "
                                  f"returns NaN/inf somewhere in t ∈ [{t_end}, {t_start}]; metric 'ref' needs a finite model")

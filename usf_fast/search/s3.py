@@ -27,6 +27,7 @@ result as one process.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 import warnings
@@ -111,7 +112,6 @@ class SearchResult:
             raised = f", raised from {r['requested']} steps" if r["steps"] != r["requested"] else ""
             lines.insert(3, f"reference: UniPC-3, {r['steps']} {r['spacing']} steps{raised}; its own error "
                             f"{r['error']:.3g} RMS = {r['error'] / self.best_preset[1]:.1%} of the best preset's metric")
-
         if self.dropped_presets:
             lines.insert(4, f"presets left out (their samples diverged): {', '.join(self.dropped_presets)}")
         width = max(len(lbl) for lbl, _ in self.table[:15])
@@ -205,19 +205,7 @@ class S3Search:
         self.device = _resolve_device(c.device)
         fingerprint = _check_model(model, self.shape, self.device, c.dtype, self.space.t_start)
         self.rank, self.world = rank_and_world()
-        # noise seeds 1000·seed + 1, 2, 3 for stage 1, stage 2 and held-out (as before a third stage
-        # existed), + 4 for stage 3
-        # the held-out samples in two: the winner is chosen on one, its gain measured on the other
-        rows = model.cond_rows
-        if c.heldout < 2 * rows:
-            raise ValueError(f"heldout={c.heldout}: must be at least {2 * rows}, two of each of the {rows} prompts (half "
-                             "the held-out samples choose the winner, half measure its gain)")
-        self.report_n = max(rows, c.heldout // 2 // rows * rows)
-        named = [("s1", c.samples[0], 1), ("s2", c.samples[1], 2), ("choose", c.heldout - self.report_n, 3),
-                 ("report", self.report_n, 5)]
-        named += [(f"s{i + 1}", n, i + 2) for i, n in enumerate(c.samples[2:], 2)]
-        self.sets = {name: NoiseSet(self.shape, n, 1000 * c.seed + k, name, c.reference_nfe, c.reference_dtype)
-                     for name, n, k in named}
+        self.sets = self._noise_sets(c, model.cond_rows)
         self.metric_name = getattr(self.metric, "name", str(c.metric))
         if self.metric_name in FRECHET_METRICS and min(c.samples) < FRECHET_MIN_SAMPLES:
             warnings.warn(f"metric {self.metric_name}: a Fréchet distance on {min(c.samples)} samples per evaluation "
@@ -250,6 +238,26 @@ class S3Search:
         self.ref_tag = ""            # the reference's steps in the fidelity names once raised ("@ref100")
         self.dropped: list = []      # presets left out of the baseline: their samples diverged
         self.reference: dict = {}
+
+    def _noise_sets(self, c: SearchConfig, rows: int) -> dict:
+        """The search's noise sets: stage 1, stage 2, the held-out samples in two (the winner is
+        chosen on "choose", its gain measured on "report"), stage 3. Noise seeds 1000·seed + 1, 2,
+        3 for stage 1, stage 2 and the choice half (the held-out set's before it was split), + 4 for
+        stage 3, + 5 for the report half. Each half holds every one of the `rows` prompts."""
+        if c.heldout < 2 * rows:
+            raise ValueError(f"heldout={c.heldout}: must be at least {2 * rows}, two of each of the {rows} prompts (half "
+                             "the held-out samples choose the winner, half measure its gain)")
+        self.report_n = max(rows, c.heldout // 2 // rows * rows)
+        named = [("s1", c.samples[0], 1), ("s2", c.samples[1], 2), ("choose", c.heldout - self.report_n, 3),
+                 ("report", self.report_n, 5)]
+        named += [(f"s{i + 1}", n, i + 2) for i, n in enumerate(c.samples[2:], 2)]
+        return {name: NoiseSet(self.shape, n, 1000 * c.seed + k, name, c.reference_nfe, c.reference_dtype)
+                for name, n, k in named}
+
+    @functools.cached_property
+    def presets(self) -> list[tuple[str, Schedule]]:
+        """`preset_candidates` for this search's NFE and time range (built once)."""
+        return preset_candidates(self.ns, self.config.nfe, self.space.t_start, self.space.t_end)
 
     @staticmethod
     def _shape(shape, model) -> tuple:
@@ -430,7 +438,7 @@ class S3Search:
     # ---- cost: network rows by phase ----------------------------------------------------------
     def cost_estimate(self, seeds: list) -> dict:
         """`SearchConfig.cost_estimate` for this model, metric and space (an upper bound)."""
-        presets_ = preset_candidates(self.ns, self.config.nfe, self.space.t_start, self.space.t_end)
+        presets_ = self.presets
         seeded = {schedule_key(s) for s in seeds}
         return self.config.cost_estimate(len(presets_), guided=self.model.guidance_scale is not None,
                                          needs_reference=getattr(self.metric, "needs_reference", False),
@@ -561,7 +569,7 @@ class S3Search:
         `heldout_presets` = k the k that score best on stage 1's noise (read from the search's
         evaluations; presets the search did not seed with are evaluated there first)."""
         c = self.config
-        presets_ = preset_candidates(self.ns, c.nfe, self.space.t_start, self.space.t_end)
+        presets_ = self.presets
         if c.heldout_presets is None or c.heldout_presets >= len(presets_):
             return presets_
         screen = self.evaluate([s for _, s in presets_], "s1", "final", count=False)
@@ -600,7 +608,7 @@ class S3Search:
         presets_ = self.table_presets()
         # a finalist that is a preset is that preset, labelled so (in the table, or added to it)
         in_table = {schedule_key(s) for _, s in presets_}
-        every = {schedule_key(s): lbl for lbl, s in preset_candidates(self.ns, c.nfe, self.space.t_start, self.space.t_end)}
+        every = {schedule_key(s): lbl for lbl, s in self.presets}
         presets_ = presets_ + [(every[schedule_key(s)], s) for s in finalists
                                if schedule_key(s) in every and schedule_key(s) not in in_table]
         finalists = [s for s in finalists if schedule_key(s) not in every]

@@ -142,3 +142,16 @@ def test_coincident_derivative_points_are_a_value_error_naming_them():
     with pytest.raises(ValueError, match="coincide to float precision"):
         update_weights(-1.0, 0.0, [-2.0, -2.0], alpha_s=0.5, sigma_s=0.8, alpha_t=0.7, sigma_t=0.7,
                        prediction="data", order=3)
+
+
+def test_to_dict_of_a_step_is_dataclasses_asdict_with_points_a_list():
+    """`_step_to_dict` reads the fields without a deep copy: it must say what asdict says (a field
+    that is not a scalar would need it changed)."""
+    import dataclasses
+
+    from usf_fast.schedule import _step_to_dict
+    s = Schedule([1.0, 0.6, 0.3, 0.1, 0.01], [Step(), Step(order=2, relax="linear", relax_coef=0.3),
+                                             Step(order=3, corrector="pseudo", d2_scale=0.5), Step(order=2)])
+    for st in s.steps:
+        assert _step_to_dict(st) == dict(dataclasses.asdict(st), points=list(st.points))
+        assert type(_step_to_dict(st)["points"]) is list

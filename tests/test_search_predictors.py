@@ -135,3 +135,22 @@ def test_gp_batch_believes_each_pick_so_a_batch_spreads_out():
 def test_predictor_use_before_fit():
     with pytest.raises(RuntimeError, match="before fit"):
         Predictor(6).predict(np.zeros((2, 6)))
+
+
+def test_gp_adam_step_is_torch_adam_bit_for_bit():
+    """The GP's own Adam (no torch.optim: it imports torch._dynamo) makes the same updates as
+    torch.optim.Adam, so a search's choices do not depend on which one runs."""
+    from usf_fast.search.gp import _adam_step
+    g = torch.Generator().manual_seed(3)
+    ours = [torch.randn(5, generator=g, dtype=torch.float64), torch.randn((), generator=g, dtype=torch.float64)]
+    theirs = [p.clone().requires_grad_(True) for p in ours]
+    opt = torch.optim.Adam(theirs, lr=0.05)
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in ours]
+    for step in range(1, 60):
+        grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) * 10.0 ** (step % 5 - 2) for p in ours]
+        _adam_step(ours, grads, moments, step, 0.05)
+        for p, gr in zip(theirs, grads):
+            p.grad = gr.clone()
+        opt.step()
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, b.detach()), step

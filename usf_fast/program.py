@@ -16,6 +16,8 @@ The NFE of a schedule is the number of eval nodes. All coefficients are float64 
 """
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,12 +57,21 @@ def _weights(tables, target: int, step, corrector: bool) -> StepWeights:
     order = step.order + (1 if corrector else 0)
     relax, coef = ((step.corrector_relax, step.corrector_relax_coef) if corrector
                    else (step.relax, step.relax_coef))
-    a, w_s, w_p = update_weights(
-        lam[s], lam[target], [lam[j] for j in pts],
-        alpha_s=alpha[s], sigma_s=sigma[s], alpha_t=alpha[target], sigma_t=sigma[target],
-        prediction=step.prediction, order=order, relax=relax, relax_coef=coef,
-        d2_scale=1.0 if corrector else step.d2_scale)
-    return StepWeights(step.prediction, s, a, (s,) + pts, (w_s,) + tuple(float(v) for v in w_p))
+    a, w_s, w_p = _update_weights(lam[s], lam[target], tuple(lam[j] for j in pts), alpha[s], sigma[s], alpha[target],
+                                  sigma[target], step.prediction, order, relax, coef,
+                                  1.0 if corrector else step.d2_scale)
+    return StepWeights(step.prediction, s, a, (s,) + pts, (w_s,) + w_p)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _update_weights(lam_s, lam_t, lam_points, alpha_s, sigma_s, alpha_t, sigma_t, prediction, order, relax, coef,
+                    d2_scale) -> tuple:
+    """`update_weights` on plain floats, remembered: a search's schedules share most of their steps
+    (a mutation moves one time or changes one step), so their weights are computed once."""
+    a, w_s, w_p = update_weights(lam_s, lam_t, lam_points, alpha_s=alpha_s, sigma_s=sigma_s, alpha_t=alpha_t,
+                                 sigma_t=sigma_t, prediction=prediction, order=order, relax=relax, relax_coef=coef,
+                                 d2_scale=d2_scale)
+    return a, w_s, tuple(float(v) for v in w_p)
 
 
 #: Derivative estimates divide differences of model outputs by λ-gaps between the points a step
@@ -82,11 +93,14 @@ def check_conditioning(schedule, noise_schedule: NoiseSchedule, lam=None) -> Non
         if st.order == 1 and st.corrector == "none":
             continue   # no derivative estimate
         # the points the derivative estimate divides by: start and active points, and the target
-        # when a corrector uses it as one more active point
+        # when a corrector uses it as one more active point (plain floats: the search checks
+        # thousands of schedules, numpy's per-call cost would dominate)
         pts = sorted({st.start, *st.points} | ({i} if st.corrector != "none" else set()))
-        vals = np.sort(np.asarray([lam[j] for j in pts]))
-        h = abs(lam[i] - lam[st.start])
-        gap = float(np.min(np.diff(vals))) if len(vals) > 1 else h
+        vals = sorted(float(lam[j]) for j in pts)
+        h = abs(float(lam[i]) - float(lam[st.start]))
+        gap = min(b - a for a, b in zip(vals, vals[1:])) if len(vals) > 1 else h
+        if any(math.isnan(v) for v in vals):   # (sorted() leaves a NaN anywhere; numpy's sort put it last)
+            gap = math.nan
         if not gap >= MIN_GAP_RATIO * h:
             raise ValueError(f"steps[{i - 1}]: its points {pts} (times {[schedule.timesteps[j] for j in pts]}) are "
                              f"nearly coincident: a λ-gap of {gap:.3g} against a step of {h:.3g} (need >= "

@@ -64,7 +64,8 @@ class Step:
         return dataclasses.replace(self, **changes)
 
 
-_STEP_FIELDS = {f.name for f in dataclasses.fields(Step)}
+_STEP_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Step))
+_STEP_FIELDS = set(_STEP_FIELD_NAMES)
 
 
 def _short(v) -> str:
@@ -307,7 +308,9 @@ def _check_timesteps(timesteps) -> tuple[float, ...]:
 
 
 def _step_to_dict(s: Step) -> dict:
-    d = dataclasses.asdict(s)
+    # dataclasses.asdict would deep-copy field by field; every field is a scalar but `points`
+    # (a search builds hundreds of thousands of these for its keys)
+    d = {name: getattr(s, name) for name in _STEP_FIELD_NAMES}
     d["points"] = list(s.points)
     return d
 

@@ -74,15 +74,15 @@ class GPPredictor:
                            torch.zeros((), dtype=torch.float64), torch.tensor(math.log(0.05), dtype=torch.float64)]
         for p in self.params:
             p.requires_grad_(True)
-        opt = torch.optim.Adam(self.params, lr=self.lr)
-        for _ in range(self.warm_steps if warm else self.steps):
+        moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.params]
+        for step in range(1, (self.warm_steps if warm else self.steps) + 1):
             chol = self._cholesky(self._gram(xs))
             alpha = torch.cholesky_solve(tn[:, None], chol)
             nll = 0.5 * (tn[:, None] * alpha).sum() + torch.log(torch.diagonal(chol)).sum()
-            opt.zero_grad()
-            nll.backward()
-            opt.step()
-            with torch.no_grad():   # keep the fit well-posed: no collapse to interpolation or to a constant
+            grads = torch.autograd.grad(nll, self.params)
+            with torch.no_grad():
+                _adam_step(self.params, grads, moments, step, self.lr)
+                # keep the fit well-posed: no collapse to interpolation or to a constant
                 self.params[0].clamp_(math.log(0.05), math.log(100.0))
                 self.params[1].clamp_(math.log(1e-2), math.log(1e2))
                 self.params[2].clamp_(math.log(1e-4), 0.0)
@@ -150,6 +150,18 @@ class GPPredictor:
         (e.g. each proposal's parent's; higher is better)."""
         mean, std = self.predict(x)
         return _ei(np.asarray(reference, dtype=np.float64), mean, std)
+
+
+def _adam_step(params, grads, moments, step: int, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+    """One Adam update (Kingma & Ba 2015) in place, operation for operation as `torch.optim.Adam`
+    on the CPU (its single-tensor path), without it: building a torch optimiser imports
+    torch._dynamo, ~1–5 s the first time, longer than all of a search's GP fits."""
+    b1, b2 = betas
+    bias1, bias2 = 1 - b1 ** step, 1 - b2 ** step
+    for p, g, (m, v) in zip(params, grads, moments):
+        m.lerp_(g, 1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        p.addcdiv_(m, (v.sqrt() / bias2 ** 0.5).add_(eps), value=-(lr / bias1))
 
 
 def _ei(reference, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from .coefficients import update_weights
 from .noise_schedules import NoiseSchedule
 from .walk import analytic_first_step, walk
 
-__all__ = ["MIN_GAP_RATIO", "check_conditioning", "StepWeights", "step_weights", "Expr", "Node", "Program", "trace", "START", "MEAN"]
+__all__ = ["MIN_GAP_RATIO", "check_conditioning", "StepWeights", "step_weights", "with_formula_weights", "Expr", "Node", "Program", "trace", "START", "MEAN"]
 
 START, MEAN = 0, 1
 
@@ -54,6 +54,10 @@ def _weights(tables, target: int, step, corrector: bool) -> StepWeights:
     lam, alpha, sigma = tables
     s = step.start
     pts = tuple(step.points) + ((target,) if corrector else ())
+    given = step.corrector_weights if corrector else step.weights
+    if given is not None:   # the step's own (learned) weights, on x/α (`Step`): back to x
+        return StepWeights(step.prediction, s, given[0] * alpha[target] / alpha[s], (s,) + pts,
+                           tuple(w * alpha[target] for w in given[1:]))
     order = step.order + (1 if corrector else 0)
     relax, coef = ((step.corrector_relax, step.corrector_relax_coef) if corrector
                    else (step.relax, step.relax_coef))
@@ -90,8 +94,9 @@ def check_conditioning(schedule, noise_schedule: NoiseSchedule, lam=None) -> Non
     if lam is None:
         lam = np.asarray(noise_schedule.marginal_lambda(np.asarray(schedule.timesteps, dtype=np.float64)))
     for i, st in enumerate(schedule.steps, 1):
-        if st.order == 1 and st.corrector == "none":
-            continue   # no derivative estimate
+        own = st.weights is not None and (st.corrector == "none" or st.corrector_weights is not None)
+        if (st.order == 1 and st.corrector == "none") or own:
+            continue   # no derivative estimate (or the step's own weights: no formula to condition)
         # the points the derivative estimate divides by: start and active points, and the target
         # when a corrector uses it as one more active point (plain floats: the search checks
         # thousands of schedules, numpy's per-call cost would dominate)
@@ -121,6 +126,25 @@ def step_weights(schedule, noise_schedule: NoiseSchedule) -> list:
         corr = _weights(tables, i, st, corrector=True) if st.corrector != "none" else None
         out.append((pred, corr))
     return out
+
+
+def with_formula_weights(schedule, noise_schedule: NoiseSchedule):
+    """`schedule` with every step's weights written out (`Step.weights`, `corrector_weights`): the
+    USF formula's, on x/α. It samples as `schedule` does (to rounding); the start of a solve."""
+    t = np.asarray(schedule.timesteps, dtype=np.float64)
+    alpha = [float(v) for v in noise_schedule.marginal_alpha(t)]
+    steps = []
+    for i, (st, (pred, corr)) in enumerate(zip(schedule.steps, step_weights(schedule, noise_schedule)), 1):
+        steps.append(st.replace(weights=normalised(pred, alpha[st.start], alpha[i]),
+                                corrector_weights=None if corr is None else normalised(corr, alpha[st.start], alpha[i])))
+    return schedule.replace(steps=steps)
+
+
+def normalised(w: StepWeights, alpha_s: float, alpha_t: float) -> tuple[float, ...]:
+    """A step's weights (a, w...) on x as `Step.weights` stores them, on x/α: x_t/α_t =
+    (a·α_s/α_t)·x_s/α_s + Σ (w_j/α_t)·M_j. On x/α a schedule means the same on every noise
+    schedule with the same λ(t) (a VP model seen through k-diffusion's σ = e^{−λ} runs it as is)."""
+    return (w.a * alpha_s / alpha_t,) + tuple(v / alpha_t for v in w.w)
 
 
 class Expr(dict):

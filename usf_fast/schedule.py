@@ -15,6 +15,13 @@ Per step:
     corrector   "none" | "pseudo" (UniC: same start, order n+1, points + [i], no extra NFE) |
                 "implicit" (pseudo, then re-evaluate the model at the corrected state: +1 NFE)
     corrector_relax, corrector_relax_coef   relaxation used by the corrector
+    weights     None (the USF formula's weights, the default), or the step's own weights
+                (a, w_start, w_p1, …) on x/α (k-diffusion's x, the same for every noise schedule
+                of the same λ(t)): x_i/α_i = a·x_start/α_start + w_start·M_start + Σ_j w_pj·M_pj
+                over the start and the active points in `points` order (learned coefficients:
+                `usf_fast.search.solve`); relax, d2_scale then only record the initialisation
+    corrector_weights   likewise for the corrector: (a, w_start, w_p…, w_i), the step's own
+                target i the last active point
 Global: afs (analytical first step: x̂0 = data mean at t_max, saves one NFE), denoise_to_zero
 (return x̂0 of the final state: +1 NFE unless the last step's implicit corrector already has it).
 """
@@ -35,7 +42,9 @@ from .walk import count_evaluations, evaluation_points
 __all__ = ["Step", "Schedule", "SCHEDULE_FORMAT", "SCHEDULE_VERSION"]
 
 SCHEDULE_FORMAT = "usf_fast.schedule"
-SCHEDULE_VERSION = 1
+SCHEDULE_VERSION = 2   # version 2 adds the steps' optional `weights`/`corrector_weights`
+READ_VERSIONS = (1, 2)   # a schedule without weights is written as version 1 (older readers read it)
+MAX_WEIGHT = 1e6   # |weight| bound of explicit step weights (the formula's are O(1) to O(100))
 PREDICTIONS = ("data", "noise")
 CORRECTORS = ("none", "pseudo", "implicit")
 MAX_ORDER = 4
@@ -59,6 +68,8 @@ class Step:
     corrector: str = "none"
     corrector_relax: str = "taylor"
     corrector_relax_coef: float = 0.0
+    weights: tuple[float, ...] | None = None
+    corrector_weights: tuple[float, ...] | None = None
 
     def replace(self, **changes) -> "Step":
         return dataclasses.replace(self, **changes)
@@ -155,7 +166,8 @@ class Schedule:
             start, points = st.start - p, tuple(j - p for j in st.points)
             if start < 0 or any(j < 0 for j in points):   # history before the cut: latest point, warm-up order
                 order = min(st.order, i)
-                steps.append(st.replace(start=None, points=None, order=order))
+                # (a step's own weights are for its old points: the warm-up is the formula's)
+                steps.append(st.replace(start=None, points=None, order=order, weights=None, corrector_weights=None))
             else:
                 steps.append(st.replace(start=start, points=points))
         out = Schedule(self.timesteps[p:], steps, afs=False, denoise_to_zero=self.denoise_to_zero,
@@ -165,6 +177,11 @@ class Schedule:
                              f"({out.nfe} evaluations instead of {len(pts) - evaluation})")
         return out
 
+    @property
+    def has_weights(self) -> bool:
+        """Whether any step carries its own weights (learned coefficients) instead of the formula's."""
+        return any(st.weights is not None or st.corrector_weights is not None for st in self.steps)
+
     def evaluates_last_point(self) -> bool:
         return self.steps[-1].corrector != "none"
 
@@ -172,7 +189,7 @@ class Schedule:
     def to_dict(self) -> dict:
         return {
             "format": SCHEDULE_FORMAT,
-            "version": SCHEDULE_VERSION,
+            "version": SCHEDULE_VERSION if self.has_weights else 1,
             "name": self.name,
             "timesteps": list(self.timesteps),
             "afs": self.afs,
@@ -187,9 +204,14 @@ class Schedule:
             raise ValueError(f"schedule JSON: top level must be an object, got {type(d).__name__}")
         if d.get("format") != SCHEDULE_FORMAT:
             raise ValueError(f"schedule JSON: format={_short(d.get('format'))}, expected {SCHEDULE_FORMAT!r}")
-        if d.get("version") != SCHEDULE_VERSION:
-            raise ValueError(f"schedule JSON: version={_short(d.get('version'))} is not supported "
-                             f"(this usf_fast reads version {SCHEDULE_VERSION})")
+        version = d.get("version")
+        if isinstance(version, bool) or version not in READ_VERSIONS:
+            raise ValueError(f"schedule JSON: version={_short(version)} is not supported "
+                             f"(this usf_fast reads versions {', '.join(map(str, READ_VERSIONS))})")
+        if version == 1 and any(isinstance(st, dict) and (st.get("weights") is not None
+                                                         or st.get("corrector_weights") is not None)
+                                for st in d.get("steps") or []):
+            raise ValueError("schedule JSON: version=1 has no step weights; a schedule with 'weights' is version 2")
         unknown = set(d) - {"format", "version", "name", "timesteps", "afs", "denoise_to_zero", "steps", "meta"}
         if unknown:
             raise ValueError(f"schedule JSON: unknown field(s) {sorted(unknown)}")
@@ -273,6 +295,10 @@ class Schedule:
                 cr = s.corrector_relax if s.corrector_relax != "linear" else f"linear({s.corrector_relax_coef:+.3g})"
                 corr += f"/{cr}"
             pts = ",".join(map(str, s.points)) or "-"
+            if s.weights is not None:   # the formula's relax/d2 do not apply
+                relax, extra = "weights " + " ".join(f"{w:+.4g}" for w in s.weights), ""
+            if s.corrector_weights is not None:
+                corr += " weights " + " ".join(f"{w:+.4g}" for w in s.corrector_weights)
             lines.append(f"  step {i:2d}: {time_name} {self.timesteps[s.start]:.6g} -> {self.timesteps[i]:.6g}"
                          f"  {s.prediction:5s} order {s.order}  start {s.start}  points [{pts}]"
                          f"  relax {relax}{extra}  corrector {corr}")
@@ -312,6 +338,11 @@ def _step_to_dict(s: Step) -> dict:
     # (a search builds hundreds of thousands of these for its keys)
     d = {name: getattr(s, name) for name in _STEP_FIELD_NAMES}
     d["points"] = list(s.points)
+    for name in ("weights", "corrector_weights"):   # absent when None: formula schedules keep their JSON (and keys)
+        if d[name] is None:
+            del d[name]
+        else:
+            d[name] = list(d[name])
     return d
 
 
@@ -323,8 +354,9 @@ def _resolve_step(s: Step | dict, i: int) -> Step:
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_STEP_FIELDS)}")
         s = dict(s)
-        if isinstance(s.get("points"), list):
-            s["points"] = tuple(s["points"])
+        for name in ("points", "weights", "corrector_weights"):
+            if isinstance(s.get(name), list):
+                s[name] = tuple(s[name])
         s = Step(**s)
     elif not isinstance(s, Step):
         raise ValueError(f"{where}: must be a Step or a dict, got {type(s).__name__}")
@@ -372,5 +404,26 @@ def _resolve_step(s: Step | dict, i: int) -> Step:
         raise ValueError(f"{where}.d2_scale={_short(s.d2_scale)}: must be a finite number")
     if s.corrector not in CORRECTORS:
         raise ValueError(f"{where}.corrector={_short(s.corrector)}: must be one of {', '.join(CORRECTORS)}")
+    weights = _check_weights(s.weights, f"{where}.weights", 2 + len(points), "a, w_start and one per active point")
+    if s.corrector_weights is not None and s.corrector == "none":
+        raise ValueError(f"{where}.corrector_weights: given for a step without a corrector (corrector='none')")
+    corrector_weights = _check_weights(s.corrector_weights, f"{where}.corrector_weights", 3 + len(points),
+                                       "a, w_start, one per active point and w_target")
     return s.replace(start=start, points=points, relax_coef=float(s.relax_coef), d2_scale=float(s.d2_scale),
-                     corrector_relax_coef=float(s.corrector_relax_coef))
+                     corrector_relax_coef=float(s.corrector_relax_coef), weights=weights,
+                     corrector_weights=corrector_weights)
+
+
+def _check_weights(w, where: str, n: int, what: str) -> tuple[float, ...] | None:
+    """Explicit step weights: None, or n finite numbers (as floats) of magnitude <= MAX_WEIGHT."""
+    if w is None:
+        return None
+    if isinstance(w, (str, bytes, dict)) or not hasattr(w, "__len__"):
+        raise ValueError(f"{where}: must be a list of {n} numbers ({what}), got {type(w).__name__}")
+    if len(w) != n:
+        raise ValueError(f"{where}: {len(w)} numbers, this step needs {n} ({what})")
+    if any(isinstance(v, bool) or not _finite(v) for v in w):
+        raise ValueError(f"{where}={_short(list(w))}: must be finite numbers")
+    if any(abs(float(v)) > MAX_WEIGHT for v in w):
+        raise ValueError(f"{where}={_short(list(w))}: |weight| must be <= {MAX_WEIGHT:g}")
+    return tuple(float(v) for v in w)

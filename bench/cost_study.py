@@ -25,6 +25,11 @@ from usf_fast.search.s3 import preset_candidates
 THOROUGH = dict(budget=600, samples=(256, 1024), heldout=1024, heldout_presets=None, reference_nfe=200)
 VARIANTS = {
     "default": {},
+    # the solve stage (learned step weights and times, usf_fast.search.solve) on a leaner S3 search
+    # (<= 300,000 rows at NFE 5), and the quick setting (<= 60,000 rows)
+    "lean-solve": dict(budget=200, samples=(96, 192), solve=80),
+    "solve": dict(solve=64),
+    "quick": dict(budget=24, samples=(32, 64), heldout=128, heldout_presets=4, solve=48, solve_samples=64),
     "thorough": THOROUGH,   # the defaults before 2026-12-02
     # every setting written out, so that a change of the defaults does not change a variant
     "v289k": dict(THOROUGH, samples=(32, 128), heldout=256, reference_nfe=100),

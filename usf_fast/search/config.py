@@ -79,6 +79,11 @@ class SearchConfig:
     device: object = "cpu"
     reference_nfe: int = 50
     reference_dtype: torch.dtype = torch.float64
+    solve: int = 0
+    solve_finalists: int = 1
+    solve_samples: int = 128
+    solve_teacher: int = 100
+    solve_ridge: float = 1e-3
 
     def __post_init__(self):
         if not isinstance(self.nfe, int) or isinstance(self.nfe, bool) or self.nfe < 1:
@@ -96,6 +101,14 @@ class SearchConfig:
             _positive_int("heldout_presets", self.heldout_presets, "presets in the held-out table; None = every one")
         for name in ("population", "proposals", "per_generation", "heldout", "finalists"):
             _positive_int(name, getattr(self, name), "a count")
+        if not isinstance(self.solve, int) or isinstance(self.solve, bool) or self.solve < 0:
+            raise ValueError(f"solve={self.solve!r}: must be an integer >= 0 (Nelder-Mead trials of the solve stage; "
+                             "0 = no solve stage)")
+        for name in ("solve_finalists", "solve_samples", "solve_teacher"):
+            _positive_int(name, getattr(self, name), "a count")
+        if (not isinstance(self.solve_ridge, (int, float)) or isinstance(self.solve_ridge, bool)
+                or not math.isfinite(self.solve_ridge) or self.solve_ridge < 0):
+            raise ValueError(f"solve_ridge={self.solve_ridge!r}: must be a finite number >= 0")
         if self.heldout < 2:
             raise ValueError(f"heldout={self.heldout}: must be at least 2 (half the held-out samples choose the winner, "
                              "the other half measure its gain)")
@@ -183,7 +196,9 @@ class SearchConfig:
             **({"reference_dtype": str(self.reference_dtype)} if self.reference_dtype != torch.float64 else {}),
             # the reference's spacing moved off logSNR on EDM and flow (2026-12-03): their older logs'
             # metrics were measured against another reference
-            **({"reference_spacing": spacing} if spacing != "logSNR" else {})}}
+            **({"reference_spacing": spacing} if spacing != "logSNR" else {}),
+            **({"solve": {"trials": self.solve, "finalists": self.solve_finalists, "samples": self.solve_samples,
+                          "teacher": self.solve_teacher, "ridge": self.solve_ridge}} if self.solve else {})}}
 
     def cost_estimate(self, n_presets: int, guided: bool = False, needs_reference: bool = True,
                       n_unseeded: int | None = None, check_rows: int = 1,
@@ -211,5 +226,7 @@ class SearchConfig:
                # every noise set's solve, and the check of stage 1's against twice the steps
                "reference": ((sum(self.samples) + self.heldout + 2 * self.samples[0]) * self.reference_nfe
                              * k * processes if needs_reference else 0)})
+        if self.solve:   # the teacher (its steps and the last node's slope), then each trial of each solved finalist
+            out["solve"] = (self.solve_teacher + 1 + self.solve * self.solve_finalists * self.nfe) * self.solve_samples * k
         out["total"] = sum(out.values())
         return out

@@ -458,7 +458,8 @@ class S3Search:
 
     def _cost_total(self) -> dict:
         stages = [f"stage{i + 1}" for i in range(len(self.config.samples))]
-        cost = {k: self.cost.get(k, 0) for k in (*stages, "heldout", "reference")}
+        cost = {k: self.cost.get(k, 0) for k in (*stages, *(["solve"] if self.config.solve else []), "heldout",
+                                                  "reference")}
         if self.world > 1:   # each process ran its share of the chunks
             gathered = [None] * self.world
             torch.distributed.all_gather_object(gathered, cost)
@@ -605,13 +606,14 @@ class S3Search:
         report half (`report`), and a searched winner that does not beat the preset there gives the
         preset back (docs/search.md, "Numbers you can trust")."""
         c = self.config
+        solved = self.solve(finalists[:c.solve_finalists]) if c.solve else []
         presets_ = self.table_presets()
         # a finalist that is a preset is that preset, labelled so (in the table, or added to it)
         in_table = {schedule_key(s) for _, s in presets_}
         every = {schedule_key(s): lbl for lbl, s in self.presets}
         presets_ = presets_ + [(every[schedule_key(s)], s) for s in finalists
                                if schedule_key(s) in every and schedule_key(s) not in in_table]
-        finalists = [s for s in finalists if schedule_key(s) not in every]
+        finalists = [s for s in finalists if schedule_key(s) not in every] + solved
         labels = _finalist_labels(finalists) + [lbl for lbl, _ in presets_]
         cands = finalists + [s for _, s in presets_]
         held = self.evaluate(cands, "choose", "final", count=False)
@@ -642,6 +644,28 @@ class S3Search:
                             cost=self._cost_total(), presets_compared=len(presets_), best_label=labels[win],
                             reference=dict(self.reference), dropped_presets=list(self.dropped), improvement_ci=ci,
                             report_samples=self.report_n, note=note)
+
+    def solve(self, finalists: list[Schedule]) -> list[Schedule]:
+        """The solve stage: each of `finalists` with its step weights fitted to a teacher along its
+        own trajectory and its times tuned by Nelder–Mead (`solve.solve_times`, `solve` trials), on
+        noise of its own (seed 1000·seed + 6; the held-out halves stay unseen). One teacher solve
+        serves every finalist."""
+        from .solve import DenseTeacher, solve_times
+        c = self.config
+        rows = self.model.cond_rows
+        n = max(rows, c.solve_samples // rows * rows)
+        noise = torch.randn((n, *self.shape), generator=torch.Generator().manual_seed(1000 * c.seed + 6),
+                            dtype=torch.float64).to(self.device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            teacher = DenseTeacher(self.model, noise, self.space.t_start, self.space.t_end, steps=c.solve_teacher)
+            out = [solve_times(self.model, s, noise, teacher, evaluations=c.solve, ridge=c.solve_ridge)
+                   for s in finalists]
+        if self.bar is not None and self.model.rows != self._bar_rows:
+            self.bar.update(self.model.rows - self._bar_rows)
+            self._bar_rows = self.model.rows
+        self._end_phase("solve")
+        return out
 
     def report(self, schedules: list[Schedule]) -> tuple[list[float], tuple | None]:
         """The metric of the chosen schedule and the best preset (or the preset alone) on the report
@@ -679,6 +703,7 @@ def describe(schedule: Schedule) -> str:
     correctors = sorted({st.corrector for st in schedule.steps} - {"none"})
     parts = [f"{'/'.join(preds)} prediction", "orders " + "-".join(str(st.order) for st in schedule.steps)]
     parts += [f"{c} corrector" for c in correctors] + (["AFS"] if schedule.afs else [])
+    parts += ["learned weights"] if schedule.has_weights else []
     return ", ".join(parts)
 
 
@@ -769,6 +794,12 @@ def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = No
             `metrics.reference_spacing`, float64 by default); its own error is measured against
             twice the steps and the steps raised while it exceeds 5% of the best seed's metric
             (`check_reference`); float32 makes it cheaper on a real network.
+        solve: Nelder–Mead trials of the solve stage (0, the default: none): the best
+            `solve_finalists` finalists get their step weights fitted to a teacher along their own
+            trajectory and their times tuned (`usf_fast.search.solve`; docs/search.md, "The solve
+            stage"), on `solve_samples` noises with a `solve_teacher`-step teacher and ridge
+            `solve_ridge`; the solved schedules join the finalists in the held-out table. Costs
+            (solve_teacher + 1 + solve × solve_finalists × NFE) × solve_samples rows.
         The defaults cost about 300,000 network rows at NFE 5; `**THOROUGH` gives the earlier ones
         (about 2.0 million).
         device: where the samples are computed (the reference solve too); the model's network

@@ -1,0 +1,148 @@
+"""The solve stage (usf_fast.search.solve): least squares along the student's trajectory recovers
+known weights, the dense teacher interpolates the reference, Nelder–Mead over times never ends
+worse than its start, and a search with `solve` returns a schedule with learned weights that runs
+at its NFE."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import usf_fast
+from usf_fast import Schedule, Step
+from usf_fast.models import gmm_image
+from usf_fast.program import with_formula_weights
+from usf_fast.search import s3_search
+from usf_fast.search.config import SearchConfig
+from usf_fast.search.solve import DenseTeacher, fit_step, solve_times, solve_weights, teacher_states
+
+NS = usf_fast.NoiseScheduleVP("linear")
+SCALES = torch.linspace(0.2, 2.0, 12, dtype=torch.float64).reshape(3, 2, 2)
+
+
+def _gaussian(ns=NS) -> usf_fast.DiffusionModel:
+    """Exact ε̂ of data N(0, diag(s²)) with a different s per element: linear in x, but each
+    element on its own scale, so a step's inputs are linearly independent."""
+    s2 = SCALES ** 2
+
+    def net(x, t):
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        a, s = ns.marginal_alpha(t).view(shape), ns.marginal_std(t).view(shape)
+        return x * s / (a * a * s2 + s * s)
+    return usf_fast.DiffusionModel(net, ns, "eps", sample_shape=(3, 2, 2))
+
+
+def _noise(n, seed=0):
+    return torch.randn(n, 3, 2, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+BASE = Schedule([1.0, 0.6, 0.3, 0.12, 0.04, 0.01], [Step(), Step(order=2), Step(order=3, corrector="pseudo"),
+                                                    Step(order=3, prediction="noise"), Step(order=2)], afs=True)
+
+
+def test_fit_step_is_least_squares_pulled_to_the_prior():
+    g = torch.Generator().manual_seed(1)
+    inputs = [torch.randn(50, generator=g, dtype=torch.float64) for _ in range(3)]
+    true = np.array([0.7, -1.2, 0.4])
+    target = sum(c * v for c, v in zip(true, inputs))
+    np.testing.assert_allclose(fit_step(inputs, target, np.zeros(3), 0.0), true, rtol=1e-10)
+    prior = np.array([1.0, 1.0, 1.0])
+    strong = fit_step(inputs, target, prior, 1e6)
+    np.testing.assert_allclose(strong, prior, atol=1e-4)   # a strong ridge keeps the prior
+
+
+def _random_linear() -> usf_fast.DiffusionModel:
+    """ε̂ = x·W(t), W(t) = W0 + t·W1 random: linear, and each state and output a different random
+    map of the noise, so a step's inputs are well-conditioned columns."""
+    g = torch.Generator().manual_seed(11)
+    w0 = torch.eye(12, dtype=torch.float64) + 0.3 * torch.randn(12, 12, generator=g, dtype=torch.float64)
+    w1 = 0.3 * torch.randn(12, 12, generator=g, dtype=torch.float64)
+
+    def net(x, t):
+        flat = x.reshape(x.shape[0], 12)
+        return (flat @ w0 + t.view(-1, 1) * (flat @ w1)).reshape(x.shape)
+    return usf_fast.DiffusionModel(net, NS, "eps", sample_shape=(3, 2, 2))
+
+
+def test_the_solve_recovers_known_weights_on_a_linear_problem():
+    """The teacher is a schedule with known (non-formula) weights; solving the formula schedule of
+    the same structure against its states gives those weights back."""
+    model = _random_linear()
+    rng = np.random.default_rng(0)
+    # no AFS (its x̂0 is the zero data mean: that weight is free) and no corrector (the teacher has
+    # no predicted states, so a corrected step's predictor is fitted to the corrected state: the
+    # corrector's inputs then differ from the teacher's)
+    base = BASE.replace(afs=False, steps=[st.replace(corrector="none") for st in BASE.steps])
+    true = with_formula_weights(base, NS)
+    true = true.replace(steps=[st.replace(weights=tuple(v * (1 + 0.1 * rng.normal()) for v in st.weights),
+                                          corrector_weights=None if st.corrector_weights is None else
+                                          tuple(v * (1 + 0.1 * rng.normal()) for v in st.corrector_weights))
+                               for st in true.steps])
+    noise = _noise(64)
+    states = {}
+    usf_fast.sample(model, true, noise, backend="reference", callback=lambda i, t, x: states.update({i: x}))
+    teacher = torch.stack([states[i] for i in range(1, base.num_steps + 1)])
+    solved = solve_weights(model, base, noise, teacher, ridge=0.0)
+    for st, want in zip(solved.steps, true.steps):
+        np.testing.assert_allclose(st.weights, want.weights, rtol=1e-7)
+    out = usf_fast.sample(model, solved, _noise(16, 1), backend="reference")
+    ref = usf_fast.sample(model, true, _noise(16, 1), backend="reference")
+    assert float((out - ref).norm() / ref.norm()) < 1e-7
+    assert solved.nfe == base.nfe
+
+
+def test_the_dense_teacher_is_the_reference_between_its_nodes():
+    mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS)
+    noise = torch.randn(8, 2, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    exact = teacher_states(mix, BASE, noise, steps=400)
+    errs = []
+    for steps in (25, 50):
+        dense = DenseTeacher(mix, noise, NS.t_max, BASE.timesteps[-1], steps=steps)
+        errs.append(float((dense.states(BASE.timesteps[1:]) - exact).pow(2).mean().sqrt()))
+    assert errs[1] < 1e-3 and errs[1] < errs[0] / 4, errs   # high order in the node spacing
+
+
+def test_solved_schedules_beat_their_formula_and_times_help():
+    mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS)
+    noise = torch.randn(64, 2, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    test = torch.randn(128, 2, 4, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    start = usf_fast.presets.unipc(NS, 5, order=3, afs=True)
+    teacher = DenseTeacher(mix, noise, start.timesteps[0], start.timesteps[-1], steps=60)
+    ref = usf_fast.metrics.reference_samples(mix, test, start.timesteps[0], start.timesteps[-1], nfe=200)
+
+    def err(s):
+        return float((usf_fast.sample(mix, s, test, backend="torch") - ref).pow(2).mean().sqrt())
+    weights_only = solve_weights(mix, start, noise, teacher)
+    with_times = solve_times(mix, start, noise, teacher, evaluations=25)
+    assert err(weights_only) < 0.8 * err(start)
+    assert err(with_times) < err(weights_only)
+    assert with_times.nfe == start.nfe and with_times.has_weights
+
+
+def test_a_search_with_a_solve_stage(tmp_path):
+    mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS)
+    opts = dict(budget=12, samples=(8, 16), heldout=32, heldout_presets=3, solve=6, solve_samples=16,
+                solve_teacher=20, progress=False, log_path=os.path.join(tmp_path, "log.jsonl"))
+    calls = []
+    net = mix.net
+    mix.net = lambda x, t: calls.append(x.shape[0]) or net(x, t)
+    r = s3_search(mix, 4, **opts)
+    assert any("learned weights" in lbl for lbl, _ in r.table)
+    est = SearchConfig(nfe=4, **{k: v for k, v in opts.items() if k not in ("progress", "log_path")}).cost_estimate(
+        len(usf_fast.search.s3.preset_candidates(NS, 4)))
+    assert 0 < r.cost["solve"] <= est["solve"]
+    assert r.cost["total"] == sum(calls) and sum(calls) <= est["total"]
+    calls.clear()
+    usf_fast.sample(mix, r.best, torch.zeros(2, 2, 4, 4))
+    assert len(calls) == 4 == r.best.nfe
+
+
+@pytest.mark.parametrize("opts,match", [
+    (dict(solve=-1), "solve=-1: must be an integer >= 0"),
+    (dict(solve=1.5), "solve=1.5: must be an integer >= 0"),
+    (dict(solve=4, solve_samples=0), "solve_samples=0"),
+    (dict(solve=4, solve_ridge=float("nan")), "solve_ridge=nan: must be a finite number >= 0"),
+])
+def test_bad_solve_options_are_named(opts, match):
+    with pytest.raises(ValueError, match=match):
+        SearchConfig(nfe=5, **opts)

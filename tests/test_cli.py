@@ -156,6 +156,28 @@ def test_thorough_is_the_earlier_defaults_and_explicit_flags_win():
     assert args.stage_split == "0.6,0.9"
 
 
+def test_quick_is_search_quick_and_explicit_flags_win(capsys):
+    from usf_fast.cli import build_parser
+    from usf_fast.cli.options import _fill_search_defaults
+    from usf_fast.search.config import QUICK
+    args = build_parser().parse_args(["search", "--out", "x", "--quick", "--solve", "10"])
+    _fill_search_defaults(args)
+    assert (args.budget, args.samples, args.samples2, args.heldout, args.heldout_presets, args.solve,
+            args.solve_samples) == (QUICK["budget"], *QUICK["samples"], QUICK["heldout"], str(QUICK["heldout_presets"]), 10,
+                                    QUICK["solve_samples"])
+    assert main(["search", "--out", "x", "--quick", "--thorough"]) == 2
+    assert "--thorough, --quick: give one of them" in capsys.readouterr().err
+    assert main(["search", "--out", "x", "--solve", "-1"]) == 2
+    assert "--solve -1: must be >= 0" in capsys.readouterr().err
+
+
+def test_a_quick_search_from_the_cli_learns_weights(tmp_path, capsys):
+    out = tmp_path / "q"
+    assert main(["search", "--model", "gmm-2d", "--nfe", "4", "--quick", "--budget", "12", "--samples", "8",
+                 "--samples2", "16", "--heldout", "32", "--solve", "6", "--solve-samples", "16", "--out", str(out)]) == 0
+    assert "learned weights" in (out / "summary.txt").read_text()
+
+
 def test_search_with_three_stages_and_every_space_option_from_the_cli(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["search", "--model", "gmm-2d", "--nfe", "4", "--budget", "100", "--samples", "8", "--samples2", "16",

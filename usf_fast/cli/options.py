@@ -9,7 +9,7 @@ import os
 
 from ..files import printable
 from ..noise_schedules import NoiseScheduleEDM, NoiseScheduleFlow, NoiseScheduleVP
-from ..search.config import THOROUGH, SearchConfig
+from ..search.config import QUICK, THOROUGH, SearchConfig
 
 NOISE_SCHEDULES = ("linear", "cosine", "edm", "flow")
 
@@ -69,27 +69,32 @@ def _search_defaults() -> dict:
     return {f.name: f.default for f in dataclasses.fields(SearchConfig)}
 
 
-def _thorough_flags() -> dict:
-    """search.THOROUGH as flag values."""
-    t = THOROUGH
+def _flags(t: dict) -> dict:
+    """SearchConfig settings (its defaults, search.THOROUGH or search.QUICK) as flag values."""
+    d = _search_defaults()
+    t = {**d, **t}
     return {"budget": t["budget"], "samples": t["samples"][0], "samples2": t["samples"][1], "heldout": t["heldout"],
             "heldout_presets": "all" if t["heldout_presets"] is None else str(t["heldout_presets"]),
-            "reference_nfe": t["reference_nfe"]}
+            "reference_nfe": t["reference_nfe"], "solve": t["solve"], "solve_samples": t["solve_samples"]}
+
+
+def _thorough_flags() -> dict:
+    """search.THOROUGH as flag values."""
+    return _flags(THOROUGH)
 
 
 def _fill_search_defaults(args) -> None:
     """The search flags the user left out (None): SearchConfig's defaults, or with --thorough the
-    earlier ones (search.THOROUGH); flags given always win."""
-    d = _search_defaults()
-    default = {"budget": d["budget"], "samples": d["samples"][0], "samples2": d["samples"][1], "heldout": d["heldout"],
-               "heldout_presets": "all" if d["heldout_presets"] is None else str(d["heldout_presets"]),
-               "reference_nfe": d["reference_nfe"]}
-    thorough = _thorough_flags()
-    for name, value in default.items():
+    earlier ones (search.THOROUGH), with --quick search.QUICK; flags given always win."""
+    if args.thorough and args.quick:
+        raise ValueError("--thorough, --quick: give one of them (--thorough: about 2 million network rows at NFE 5, "
+                         "--quick: at most 60,000)")
+    chosen = _flags(THOROUGH if args.thorough else QUICK if args.quick else {})
+    for name, value in chosen.items():
         if getattr(args, name) is None:
-            setattr(args, name, thorough[name] if args.thorough else value)
+            setattr(args, name, value)
     if args.stage_split is None:   # three stages: the fractions measured in docs/experiments.md (h3)
-        args.stage_split = "0.6,0.9" if args.samples3 else f"{d['stage_split']:g}"
+        args.stage_split = "0.6,0.9" if args.samples3 else f"{_search_defaults()['stage_split']:g}"
 
 
 def _stage_split(args):
@@ -110,7 +115,9 @@ def _check_search_args(args) -> None:
     """Every number a search takes, checked before anything is loaded or written."""
     _fill_search_defaults(args)
     _check_counts(args, "--budget", "--samples", "--samples2", "--samples3", "--heldout", "--chunk", "--reference-nfe",
-                  "--finalists")
+                  "--finalists", "--solve-samples")
+    if args.solve < 0:
+        raise ValueError(f"--solve {args.solve}: must be >= 0 (Nelder-Mead trials of the solve stage; 0 = none)")
     split = _stage_split(args)
     # the budget against the stages (SearchConfig's own check), before anything is loaded or written
     SearchConfig(nfe=1, budget=args.budget, stage_split=split,

@@ -114,7 +114,7 @@ def _search(args, rank: int, device: str) -> int:
                         use_predictor=not args.no_predictor, predictor=args.predictor, shape=shape, log_path=log_path,
                         resume=resume,
                         max_minutes=remaining, progress=rank == 0, chunk=args.chunk, device=device,
-                        reference_nfe=args.reference_nfe,
+                        reference_nfe=args.reference_nfe, solve=args.solve, solve_samples=args.solve_samples,
                         reference_dtype={"float64": torch.float64, "float32": torch.float32}[args.reference_dtype])
         if args.model.startswith("diffusers:"):   # generate then runs it on the network it was searched on
             res.best = _with_pipeline_meta(res.best, args)

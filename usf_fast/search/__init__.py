@@ -6,7 +6,7 @@ for its help) costs nothing more than torch; the search itself pulls in scipy an
 import importlib
 
 _WHERE = {"s3_search": "s3", "S3Search": "s3", "SearchResult": "s3", "preset_candidates": "s3", "describe": "s3",
-          "THOROUGH": "config", "SearchConfig": "config", "SearchSpace": "space",
+          "THOROUGH": "config", "QUICK": "config", "SearchConfig": "config", "SearchSpace": "space",
           "evaluate_schedules": "evaluate", "make_metric": "evaluate", "ReferenceDistance": "evaluate",
           "ExactFrechet": "evaluate", "FID": "evaluate", "METRICS": "evaluate"}
 

@@ -9,7 +9,7 @@ import torch
 
 from ..metrics import reference_spacing
 
-__all__ = ["SearchConfig", "PREDICTORS", "WARM_PAIRS", "THOROUGH"]
+__all__ = ["SearchConfig", "PREDICTORS", "WARM_PAIRS", "THOROUGH", "QUICK"]
 
 PREDICTORS = ("improve", "metric", "gp")
 WARM_PAIRS = 48   # (parent, child) pairs evaluated before the predictor takes over from the probe
@@ -18,6 +18,11 @@ WARM_PAIRS = 48   # (parent, child) pairs evaluated before the predictor takes o
 #: about 300,000 (docs/experiments.md, "A cheaper search"); `s3_search(model, 5, **THOROUGH)`,
 #: `usf-fast search --thorough`
 THOROUGH = {"budget": 600, "samples": (256, 1024), "heldout": 1024, "heldout_presets": None, "reference_nfe": 200}
+#: a search a real model can afford: <= 60,000 network rows at NFE 5 (the reference included): a short
+#: S3 search on few samples, then the solve stage (learned step weights and times) on its best
+#: schedule (docs/search.md, "The solve stage"); `s3_search(model, 5, **QUICK)`, `usf-fast search --quick`
+QUICK = {"budget": 24, "samples": (32, 64), "heldout": 128, "heldout_presets": 4, "reference_nfe": 50,
+         "solve": 48, "solve_samples": 64}
 
 
 def _spacing(space) -> str:

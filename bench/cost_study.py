@@ -30,6 +30,14 @@ VARIANTS = {
     "lean-solve": dict(budget=200, samples=(96, 192), solve=80),
     "solve": dict(solve=64),
     "quick": dict(budget=24, samples=(32, 64), heldout=128, heldout_presets=4, solve=48, solve_samples=64),
+    "new-default": dict(budget=272, solve=80, solve_samples=64, solve_teacher=50),
+    "va": dict(budget=200, samples=(96, 192), solve=80, solve_samples=128, solve_teacher=50),
+    "vb": dict(budget=160, samples=(96, 192), solve=64, solve_finalists=2, solve_samples=128, solve_teacher=50),
+    "vc": dict(budget=120, samples=(64, 128), solve=80, solve_finalists=2, solve_samples=128, solve_teacher=50),
+    "quick-b16": dict(budget=16, samples=(16, 32), heldout=128, heldout_presets=4, solve=80, solve_samples=64,
+                      solve_teacher=50),
+    "quick-b40": dict(budget=40, samples=(16, 32), heldout=128, heldout_presets=4, solve=80, solve_samples=64,
+                      solve_teacher=50),
     "thorough": THOROUGH,   # the defaults before 2026-12-02
     # every setting written out, so that a change of the defaults does not change a variant
     "v289k": dict(THOROUGH, samples=(32, 128), heldout=256, reference_nfe=100),

@@ -36,14 +36,15 @@ DEFAULT_RIDGE = 1e-3
 
 def teacher_grid(ns, schedule: Schedule, steps: int) -> tuple[list[float], list[int]]:
     """The reference's times (`reference_spacing`, `steps` steps) with the schedule's times merged
-    in, a reference time closer than 0.3 of its step (in λ) to a schedule time dropped; and the
+    in, a reference time closer than 0.3 of its own step (in λ) to a schedule time dropped; and the
     index in it of each schedule point."""
     ref = unipc(ns, steps, spacing=reference_spacing(ns), t_start=schedule.timesteps[0],
                 t_end=schedule.timesteps[-1]).timesteps
     lam_ref = np.asarray(ns.marginal_lambda(np.asarray(ref, dtype=np.float64)))
     lam_s = np.asarray(ns.marginal_lambda(np.asarray(schedule.timesteps, dtype=np.float64)))
-    h = np.abs(np.diff(lam_ref)).max()
-    keep = [t for t, lam in zip(ref[1:-1], lam_ref[1:-1]) if np.min(np.abs(lam_s - lam)) >= 0.3 * h]
+    gaps = np.abs(np.diff(lam_ref))
+    local = np.minimum(gaps[:-1], gaps[1:])   # each interior reference time's own step (λ steps vary)
+    keep = [t for t, lam, h in zip(ref[1:-1], lam_ref[1:-1], local) if np.min(np.abs(lam_s - lam)) >= 0.3 * h]
     grid = sorted(set(keep) | set(schedule.timesteps), reverse=True)
     where = {t: i for i, t in enumerate(grid)}
     return grid, [where[t] for t in schedule.timesteps]

@@ -2,6 +2,7 @@
 rows it is given, bounded by the estimate printed before a search starts."""
 import re
 
+import pytest
 import torch
 
 import usf_fast
@@ -133,3 +134,16 @@ def test_a_frechet_metric_on_few_samples_says_to_give_more():
         warnings.simplefilter("error")
         S3Search(model, SearchConfig(nfe=3, metric="exact", samples=(256, 1024), heldout=1024))
         S3Search(model, SearchConfig(nfe=3))   # ref: the defaults are fine
+
+
+@pytest.mark.parametrize("kind", ["vp", "flow"])
+def test_the_quick_nfe5_search_stays_within_60000_rows(tmp_path, capsys, kind):
+    """search.QUICK, on the network itself: at most 60,000 rows, the reference and the solve stage
+    included (the printed bound too), and its result has learned weights."""
+    from usf_fast import NoiseScheduleFlow
+    from usf_fast.search.config import QUICK
+    model, seen = _counting(embedded_model("gmm-image", NoiseScheduleFlow() if kind == "flow" else None))
+    res = s3_search(model, 5, progress=True, log_path=tmp_path / "log.jsonl", **QUICK)
+    bound = int(re.search(r"at most ([\d,]+) network rows", capsys.readouterr().out).group(1).replace(",", ""))
+    assert seen["rows"] == res.cost["total"] <= bound <= 60_000
+    assert res.cost["solve"] > 0 and any("learned weights" in lbl for lbl, _ in res.table)

@@ -122,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the earlier defaults, about 7x the network calls: --budget 600 --samples 256 --samples2 1024 "
                         "--heldout 1024 --heldout-presets all --reference-nfe 200 (flags given win)")
     q.add_argument("--quick", action="store_true",
-                   help="a search a real model can afford, at most 60,000 network rows at NFE 5: --budget 24 --samples 32 "
-                        "--samples2 64 --heldout 128 --heldout-presets 4 --solve 48 --solve-samples 64 (flags given win)")
+                   help="a search a real model can afford, about 50,000 network rows at NFE 5: --budget 40 --samples 16 "
+                        "--samples2 32 --heldout 128 --heldout-presets 4 --solve 80 --solve-samples 64 (flags given win)")
     q.add_argument("--solve", type=int, default=None,
                    help="Nelder-Mead trials of the solve stage: the best finalist's step weights fitted to a teacher "
                         f"along its own trajectory and its times tuned (default {d['solve']}: no solve stage)")

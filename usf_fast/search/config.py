@@ -21,8 +21,8 @@ THOROUGH = {"budget": 600, "samples": (256, 1024), "heldout": 1024, "heldout_pre
 #: a search a real model can afford: <= 60,000 network rows at NFE 5 (the reference included): a short
 #: S3 search on few samples, then the solve stage (learned step weights and times) on its best
 #: schedule (docs/search.md, "The solve stage"); `s3_search(model, 5, **QUICK)`, `usf-fast search --quick`
-QUICK = {"budget": 24, "samples": (32, 64), "heldout": 128, "heldout_presets": 4, "reference_nfe": 50,
-         "solve": 48, "solve_samples": 64}
+QUICK = {"budget": 40, "samples": (16, 32), "heldout": 128, "heldout_presets": 4, "reference_nfe": 50,
+         "solve": 80, "solve_samples": 64}
 
 
 def _spacing(space) -> str:
@@ -87,7 +87,7 @@ class SearchConfig:
     solve: int = 0
     solve_finalists: int = 1
     solve_samples: int = 128
-    solve_teacher: int = 100
+    solve_teacher: int = 50
     solve_ridge: float = 1e-3
 
     def __post_init__(self):

@@ -145,7 +145,8 @@ def _solve(model, schedule, noise, teacher, ridge, dtype):
 
 
 def solve_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, teacher: "DenseTeacher", *,
-                evaluations: int = 30, ridge: float = DEFAULT_RIDGE, dtype: torch.dtype = torch.float64) -> Schedule:
+                evaluations: int = 30, ridge: float = DEFAULT_RIDGE, dtype: torch.dtype = torch.float64,
+                method: str = "Nelder-Mead", step: float = 0.05) -> Schedule:
     """`solve_weights` with the schedule's interior times tuned too: Nelder–Mead over their
     λ-fractions (the ends fixed), each trial time set solved along its own trajectory and scored
     by its final state's RMS distance to the teacher's on the training noise; `evaluations` trials
@@ -185,10 +186,15 @@ def solve_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, 
         return err
     if len(u0) == 0:
         return _solve(model, schedule, noise, teacher, ridge, dtype)[0]
-    simplex = [u0] + [np.clip(u0 + 0.05 * np.eye(len(u0))[k] * (1 if u0[k] < 0.9 else -1), 1e-3, 1 - 1e-3)
-                      for k in range(len(u0))]
-    minimize(objective, u0, method="Nelder-Mead",
-             options={"maxfev": evaluations, "initial_simplex": np.asarray(simplex), "xatol": 1e-4, "fatol": 0.0})
+    if method == "Nelder-Mead":
+        simplex = [u0] + [np.clip(u0 + step * np.eye(len(u0))[k] * (1 if u0[k] < 0.9 else -1), 1e-3, 1 - 1e-3)
+                          for k in range(len(u0))]
+        minimize(objective, u0, method="Nelder-Mead",
+                 options={"maxfev": evaluations, "initial_simplex": np.asarray(simplex), "xatol": 1e-4, "fatol": 0.0})
+    elif method == "Powell":
+        minimize(objective, u0, method="Powell", options={"maxfev": evaluations, "xtol": 1e-4, "ftol": 1e-9})
+    else:
+        minimize(objective, u0, method="COBYLA", options={"maxiter": evaluations, "rhobeg": step})
     return best[1] if best[1] is not None else _solve(model, schedule, noise, teacher, ridge, dtype)[0]
 
 

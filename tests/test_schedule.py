@@ -152,6 +152,6 @@ def test_to_dict_of_a_step_is_dataclasses_asdict_with_points_a_list():
     from usf_fast.schedule import _step_to_dict
     s = Schedule([1.0, 0.6, 0.3, 0.1, 0.01], [Step(), Step(order=2, relax="linear", relax_coef=0.3),
                                              Step(order=3, corrector="pseudo", d2_scale=0.5), Step(order=2)])
-    for st in s.steps:
-        assert _step_to_dict(st) == dict(dataclasses.asdict(st), points=list(st.points))
-        assert type(_step_to_dict(st)["points"]) is list
+    for step in s.steps:
+        assert _step_to_dict(step) == dict(dataclasses.asdict(step), points=list(step.points))
+        assert type(_step_to_dict(step)["points"]) is list

@@ -146,12 +146,20 @@ def test_coincident_derivative_points_are_a_value_error_naming_them():
 
 def test_to_dict_of_a_step_is_dataclasses_asdict_with_points_a_list():
     """`_step_to_dict` reads the fields without a deep copy: it must say what asdict says (a field
-    that is not a scalar would need it changed)."""
+    that is not a scalar would need it changed), weights as lists and left out when None (a
+    formula schedule's JSON and search key are what they were before weights existed)."""
     import dataclasses
 
     from usf_fast.schedule import _step_to_dict
     s = Schedule([1.0, 0.6, 0.3, 0.1, 0.01], [Step(), Step(order=2, relax="linear", relax_coef=0.3),
-                                             Step(order=3, corrector="pseudo", d2_scale=0.5), Step(order=2)])
+                                             Step(order=3, corrector="pseudo", d2_scale=0.5, weights=(1, 2, 3, 4),
+                                                  corrector_weights=(1, 2, 3, 4, 5)), Step(order=2)])
     for step in s.steps:
-        assert _step_to_dict(step) == dict(dataclasses.asdict(step), points=list(step.points))
-        assert type(_step_to_dict(step)["points"]) is list
+        want = dict(dataclasses.asdict(step), points=list(step.points))
+        for name in ("weights", "corrector_weights"):
+            if want[name] is None:
+                del want[name]
+            else:
+                want[name] = list(want[name])
+        assert _step_to_dict(step) == want
+        assert all(type(v) is list for k, v in _step_to_dict(step).items() if k.endswith("weights") or k == "points")

@@ -153,3 +153,17 @@ def test_a_search_with_a_solve_stage(tmp_path):
 def test_bad_solve_options_are_named(opts, match):
     with pytest.raises(ValueError, match=match):
         SearchConfig(nfe=5, **opts)
+
+
+def test_times_alone_are_tuned_without_weights():
+    """weights=False (the LD3-style peer): the formula's weights at better times, never worse on
+    the training noise than the times it started from."""
+    from usf_fast.search.solve import tune_times
+    mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS)
+    noise = torch.randn(32, 2, 4, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    start = usf_fast.presets.unipc(NS, 4, order=3)
+    teacher = DenseTeacher(mix, noise, start.timesteps[0], start.timesteps[-1], steps=40)
+    s, err = tune_times(mix, start, noise, teacher, evaluations=15, weights=False)
+    _, err0 = tune_times(mix, start, noise, teacher, evaluations=1, weights=False)
+    assert not s.has_weights and s.timesteps != start.timesteps and s.nfe == start.nfe
+    assert err < err0

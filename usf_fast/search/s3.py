@@ -50,6 +50,7 @@ from .gp import GPPredictor
 from .log import SearchLog
 from .predictor import ImprovementPredictor, Predictor
 from .probe import gaussian_probe
+from .solve import DenseTeacher, solve_times
 from .space import SearchSpace, schedule_key
 
 FRECHET_METRICS = ("fd", "fid", "exact")   # distances between sample sets: biased and noisy on few samples
@@ -650,7 +651,6 @@ class S3Search:
         own trajectory and its times tuned by Nelder–Mead (`solve.solve_times`, `solve` trials), on
         noise of its own (seed 1000·seed + 6; the held-out halves stay unseen). One teacher solve
         serves every finalist."""
-        from .solve import DenseTeacher, solve_times
         c = self.config
         rows = self.model.cond_rows
         n = max(rows, c.solve_samples // rows * rows)

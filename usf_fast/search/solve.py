@@ -28,7 +28,7 @@ from ..reference import reference_sample
 from ..schedule import Schedule
 from ..walk import walk
 
-__all__ = ["teacher_states", "DenseTeacher", "solve_weights", "solve_times", "fit_step", "DEFAULT_RIDGE"]
+__all__ = ["teacher_states", "DenseTeacher", "solve_weights", "solve_times", "tune_times", "fit_step", "DEFAULT_RIDGE"]
 
 #: ridge strength relative to each input's mean square (docs/search.md, "The solve stage")
 DEFAULT_RIDGE = 1e-3
@@ -145,18 +145,35 @@ def _solve(model, schedule, noise, teacher, ridge, dtype):
 
 
 def solve_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, teacher: "DenseTeacher", *,
-                evaluations: int = 30, ridge: float = DEFAULT_RIDGE, dtype: torch.dtype = torch.float64,
-                method: str = "Nelder-Mead", step: float = 0.05) -> Schedule:
+                evaluations: int = 30, ridge: float = DEFAULT_RIDGE, weights: bool = True,
+                dtype: torch.dtype = torch.float64) -> Schedule:
     """`solve_weights` with the schedule's interior times tuned too: Nelder–Mead over their
     λ-fractions (the ends fixed), each trial time set solved along its own trajectory and scored
     by its final state's RMS distance to the teacher's on the training noise; `evaluations` trials
-    (the schedule's NFE network rows per sample each). Returns the best solved schedule."""
+    (the schedule's NFE network rows per sample each). Returns the best solved schedule.
+    weights=False tunes the times of the formula's weights alone (an LD3-style solver: the
+    schedule comes back without `Step.weights`)."""
+    return tune_times(model, schedule, noise, teacher, evaluations=evaluations, ridge=ridge, weights=weights,
+                      dtype=dtype)[0]
+
+
+def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, teacher: "DenseTeacher", *,
+               evaluations: int = 30, ridge: float = DEFAULT_RIDGE, weights: bool = True,
+               dtype: torch.dtype = torch.float64) -> tuple[Schedule, float]:
+    """`solve_times`, and the best trial's training error (RMS of the final state to the teacher's)."""
     from scipy.optimize import minimize
     ns = model.noise_schedule
     ts = np.asarray(schedule.timesteps, dtype=np.float64)
     lam = np.asarray(ns.marginal_lambda(ts), dtype=np.float64)
     u0 = (lam[1:-1] - lam[0]) / (lam[-1] - lam[0])
     best = [np.inf, None]
+
+    def run(s: Schedule) -> tuple[Schedule, float]:
+        if weights:
+            return _solve(model, s, noise, teacher, ridge, dtype)
+        final = reference_sample(model, s, noise.to(dtype), check_finite=False)
+        target = teacher.states([s.timesteps[-1]])[0] if isinstance(teacher, DenseTeacher) else teacher[-1]
+        return s, float((final - target.to(dtype)).pow(2).mean().sqrt())
 
     def times(u):
         if np.any(u <= 0) or np.any(u >= 1) or np.any(np.diff(u) <= 1e-3):
@@ -176,7 +193,7 @@ def solve_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, 
             return 1e9
         trials[0] += 1
         try:
-            solved, err = _solve(model, schedule.replace(timesteps=t.tolist()), noise, teacher, ridge, dtype)
+            solved, err = run(schedule.replace(timesteps=t.tolist()))
         except ValueError:   # e.g. nearly coincident points
             return 1e9
         if not np.isfinite(err):
@@ -184,18 +201,16 @@ def solve_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, 
         if err < best[0]:
             best[:] = [err, solved]
         return err
-    if len(u0) == 0:
-        return _solve(model, schedule, noise, teacher, ridge, dtype)[0]
-    if method == "Nelder-Mead":
-        simplex = [u0] + [np.clip(u0 + step * np.eye(len(u0))[k] * (1 if u0[k] < 0.9 else -1), 1e-3, 1 - 1e-3)
+    if len(u0) and evaluations > 1:
+        simplex = [u0] + [np.clip(u0 + 0.05 * np.eye(len(u0))[k] * (1 if u0[k] < 0.9 else -1), 1e-3, 1 - 1e-3)
                           for k in range(len(u0))]
-        minimize(objective, u0, method="Nelder-Mead",
-                 options={"maxfev": evaluations, "initial_simplex": np.asarray(simplex), "xatol": 1e-4, "fatol": 0.0})
-    elif method == "Powell":
-        minimize(objective, u0, method="Powell", options={"maxfev": evaluations, "xtol": 1e-4, "ftol": 1e-9})
-    else:
-        minimize(objective, u0, method="COBYLA", options={"maxiter": evaluations, "rhobeg": step})
-    return best[1] if best[1] is not None else _solve(model, schedule, noise, teacher, ridge, dtype)[0]
+        with torch.no_grad():
+            minimize(objective, u0, method="Nelder-Mead",
+                     options={"maxfev": evaluations, "initial_simplex": np.asarray(simplex), "xatol": 1e-4,
+                              "fatol": 0.0})
+    if best[1] is None:   # no trial ran (or every one failed): the schedule's own times
+        return run(schedule)
+    return best[1], best[0]
 
 
 class DenseTeacher:

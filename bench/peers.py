@@ -5,8 +5,9 @@ own implementations, from the papers' ideas, of
             al., "Learning to Discretize Denoising Diffusion ODEs", 2024; derivative-free here:
             Nelder–Mead on the final state's distance to a teacher)
     dfo     a derivative-free AFS + per-step order + times search: every structure of a small grid
-            (AFS on/off × UniPC orders 2 and 3 × data/noise prediction) gets an equal share of
-            Nelder–Mead trials over its times; the best on the training noise wins
+            (AFS on/off × UniPC orders 2 and 3 × data/noise prediction) is scored at its preset
+            times, then the best two get the rest of the trials as Nelder–Mead over their times;
+            the best on the training noise wins
     s4s     S4S-style: a coefficient solve on a fixed preset structure (UniPC-3, AFS,
             time-quadratic): every step's weights fitted along the student's trajectory with the
             times tuned (Frankel et al., "S4S: Solving for a Diffusion Model Solver", ICML 2025)
@@ -49,7 +50,10 @@ def peers(model, nfe: int, noise: torch.Tensor, teacher: DenseTeacher, trials: i
     out["ld3"] = tune_times(model, start, noise, teacher, evaluations=trials, weights=False)[0]
     grid = [P.unipc(ns, nfe, order=o, prediction=p, spacing=sp, afs=a)
             for a in (False, True) for o in (2, 3) for p in ("data", "noise") if not (p == "noise" and ns.kind == "flow")]
-    tried = [tune_times(model, s, noise, teacher, evaluations=max(2, trials // len(grid)), weights=False) for s in grid]
+    screened = sorted(((tune_times(model, s, noise, teacher, evaluations=1, weights=False)[1], i)
+                       for i, s in enumerate(grid)))
+    rest = max(2, (trials - len(grid)) // 2)
+    tried = [tune_times(model, grid[i], noise, teacher, evaluations=rest, weights=False) for _, i in screened[:2]]
     out["dfo"] = min(tried, key=lambda p: p[1])[0]
     out["s4s"] = tune_times(model, start, noise, teacher, evaluations=trials)[0]
     return out

@@ -34,6 +34,8 @@ VARIANTS = {
     "va": dict(budget=200, samples=(96, 192), solve=80, solve_samples=128, solve_teacher=50),
     "vb": dict(budget=160, samples=(96, 192), solve=64, solve_finalists=2, solve_samples=128, solve_teacher=50),
     "vc": dict(budget=120, samples=(64, 128), solve=80, solve_finalists=2, solve_samples=128, solve_teacher=50),
+    "vd": dict(budget=200, samples=(96, 192), solve=64, solve_finalists=2, solve_samples=128, solve_teacher=50),
+    "ve": dict(budget=228, solve=80, solve_samples=128, solve_teacher=50),
     "quick-b40-128": dict(budget=40, samples=(16, 32), heldout=128, heldout_presets=4, solve=64, solve_samples=128,
                           solve_teacher=50),
     "quick-b16": dict(budget=16, samples=(16, 32), heldout=128, heldout_presets=4, solve=80, solve_samples=64,

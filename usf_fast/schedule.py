@@ -167,7 +167,8 @@ class Schedule:
             if start < 0 or any(j < 0 for j in points):   # history before the cut: latest point, warm-up order
                 order = min(st.order, i)
                 # (a step's own weights are for its old points: the warm-up is the formula's)
-                steps.append(st.replace(start=None, points=None, order=order, weights=None, corrector_weights=None))
+                steps.append(st.replace(start=None, points=None, order=order, weights=None, corrector_weights=None,
+                                        **self._unipc_relax(st, order)))
             else:
                 steps.append(st.replace(start=start, points=points))
         out = Schedule(self.timesteps[p:], steps, afs=False, denoise_to_zero=self.denoise_to_zero,
@@ -176,6 +177,25 @@ class Schedule:
             raise ValueError(f"evaluation={evaluation}: the rest of this schedule cannot start there "
                              f"({out.nfe} evaluations instead of {len(pts) - evaluation})")
         return out
+
+    def _unipc_relax(self, st: Step, order: int) -> dict:
+        """A UniPC step whose order the warm-up caps takes UniPC's relaxations for the new order:
+        the B(h) variant where one difference term is left (the order-2 predictor, the corrector
+        after an order-1 predictor), the exact (Taylor) form otherwise (Zhao et al. 2023, sec. 3.2;
+        presets.unipc). A step is UniPC's when the schedule is the unipc preset, or when its pair of
+        relaxations is UniPC's rule for its order; other steps keep theirs."""
+        if order == st.order:
+            return {}
+        opts = self.meta.get("options") or {}
+        variant = opts.get("variant") if self.meta.get("preset") == "unipc" else None
+        if variant is None:
+            for v in ("bh1", "bh2"):
+                if (st.relax, st.corrector_relax) == (v if st.order == 2 else "taylor", v if st.order == 1 else "taylor") \
+                        and st.corrector != "none":
+                    variant = v
+        if variant not in ("bh1", "bh2"):
+            return {}
+        return {"relax": variant if order == 2 else "taylor", "corrector_relax": variant if order == 1 else "taylor"}
 
     @property
     def has_weights(self) -> bool:

@@ -208,6 +208,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         self._full = self._active = None
         self._schedules, self._tables_cache = {}, {}   # set_timesteps arguments -> schedule; schedule -> tables
         self._stopped, self._handoff = None, False
+        self._begin_explicit, self._final = False, None
         self._first_input = None   # "scaled" (scale_model_input ran) or the AFS factor first_input used
 
     @classmethod
@@ -268,6 +269,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         self._full = schedule
         self._device_arg = device
         self._use(schedule, device)
+        self._begin_explicit = False   # set_begin_index sets it; else the first timestep locates the start
         self._stopped = stopped if stopped is not None and stopped["_full"] == schedule else None
 
     _RUN_STATE = ("_full", "_active", "_tables", "_times", "_e", "_shift", "_slots", "_coefs", "_last_out",
@@ -290,6 +292,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if begin == 0:
             self.init_noise_sigma = float(self.noise_schedule.prior_std(schedule.timesteps[0]))
             self.timesteps = self._pipeline_timesteps(np.asarray(tables.times), device)
+            self._timesteps_host = self.timesteps.cpu().double().numpy()
             self.num_inference_steps = len(tables.times)
         self._e = 0
         self._slots = None
@@ -356,6 +359,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if not isinstance(begin_index, (int, np.integer)) or isinstance(begin_index, bool) or not 0 <= begin_index < n:
             raise ValueError(f"set_begin_index: begin_index={begin_index!r} must be an evaluation index 0..{n - 1}")
         k = int(begin_index)
+        self._begin_explicit = True
         stopped = self._stopped
         if k == 0:
             if self._begin_index:
@@ -497,11 +501,64 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
     def _edm(self, e: int):
         return edm_coefficients(self._times[e], self.config.sigma_data, self.config.prediction_type == "v_prediction")
 
+    def _index_of(self, timestep, caller: str) -> int:
+        """The position of `timestep` in `self.timesteps`, as diffusers' `index_for_timestep`. A view of
+        `self.timesteps` (what `for t in scheduler.timesteps[k:]` hands back, expanded or not) is
+        located from its storage offset: no device-to-host read. Any other value is compared with
+        the grid (one host read of a device tensor, as diffusers does): equal up to float32
+        rounding, or the grid value cast to an integer (pipelines that pass `int(t)`)."""
+        ts = self.timesteps
+        if torch.is_tensor(timestep):
+            if timestep.numel() == 0:
+                raise ValueError(f"{caller}: timestep is an empty tensor")
+            if (timestep.device == ts.device and timestep.dtype == ts.dtype and ts.stride(0) > 0
+                    and timestep.untyped_storage().data_ptr() == ts.untyped_storage().data_ptr()):
+                off = timestep.storage_offset() - ts.storage_offset()
+                if off % ts.stride(0) == 0 and 0 <= off // ts.stride(0) < len(ts):
+                    return off // ts.stride(0)
+            value = float(timestep.detach().reshape(-1)[0])
+        else:
+            try:
+                value = float(timestep)
+            except (TypeError, ValueError):
+                raise ValueError(f"{caller}: timestep={timestep!r} must be a number or a tensor holding one of "
+                                 "scheduler.timesteps") from None
+        grid = self._timesteps_host
+        k = int(np.abs(grid - value).argmin())
+        g = float(grid[k])
+        if abs(g - value) <= 1e-6 * max(1.0, abs(g)) + 1e-4 or value in (float(math.floor(g)), float(round(g))):
+            return k
+        raise ValueError(f"{caller}: timestep={value!r} is not one of this scheduler's timesteps "
+                         f"{np.round(grid, 4).tolist()} (pass the values of scheduler.timesteps)")
+
+    def _locate(self, timestep, caller: str) -> None:
+        """Check that `timestep` is the run's next evaluation. At the start of a run that
+        `set_begin_index` did not place, a later timestep starts the run there (pipelines that loop
+        over `timesteps[t_start:]` without set_begin_index: Kandinsky img2img, video-to-video);
+        anywhere else a timestep that is not the next one is an error, never a silent wrong step."""
+        if timestep is None:
+            return
+        k = self._index_of(timestep, caller)
+        j = self._shift + self._e
+        if k == j:
+            return
+        if self._e == 0 and not self._handoff and not self._begin_explicit and self._final is None:
+            self.set_begin_index(k)
+            self._begin_explicit = False
+            return
+        where = (f"evaluation {j} (set_begin_index({self._begin_index}))" if self._e == 0
+                 else f"evaluation {j} (step_index: {self._e} steps of this run done)")
+        raise ValueError(f"{caller}: timestep {float(self._timesteps_host[k])!r} is timesteps[{k}] but the run is at "
+                         f"{where}, timestep {float(self._timesteps_host[j]) if j < len(self._timesteps_host) else None!r}; "
+                         "a run goes through timesteps in order (set_timesteps starts a new one)")
+
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
         """The network input: before the first evaluation of an AFS schedule the model input is already
         a step away from the noise; EDM configs scale it by c_in(σ). Identity otherwise."""
         if self._times is None:
             raise ValueError("scale_model_input: call set_timesteps first")
+        if self._e < len(self._times):
+            self._locate(timestep, "scale_model_input")
         x = sample
         if self._e == 0 and self._afs_first():
             if isinstance(self._first_input, float):
@@ -581,10 +638,11 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if active:   # e.g. DDIMPipeline passes use_clipped_model_output=False: off is fine
             raise ValueError(f"step: {', '.join(f'{k}={kwargs[k]!r}' for k in active)}: not supported by "
                              "USFScheduler (a deterministic ODE sampler)")
-        e = self._e
-        if e >= len(self._times):
+        if self._e >= len(self._times):
             raise ValueError(f"step: all {len(self._times)} evaluations of the schedule are done "
                              "(set_timesteps starts a new run)")
+        self._locate(timestep, "step")
+        e = self._e
         if self._final is not None:   # set_begin_index at the last evaluation: x̂0 from it
             x = sample.contiguous()
             out = model_output.to(x.dtype)

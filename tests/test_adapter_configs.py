@@ -5,7 +5,6 @@ configs are VP / EDM configs like the others.)"""
 import inspect
 
 import diffusers
-import numpy as np
 import pytest
 
 from usf_fast.adapters.diffusers import USFScheduler, config_kind
@@ -52,7 +51,14 @@ def test_every_vp_scheduler_config_gives_a_working_vp_scheduler(name, values):
 ])
 def test_edm_and_flow_scheduler_configs(name, values, kind):
     src = _build(name, values)
-    sched = USFScheduler.from_config(src.config)
+    if name == "FlowMatchHeunDiscreteScheduler":
+        # its live config has the same fields as FlowMapEulerDiscreteScheduler's (a flow-map model,
+        # refused): only the scheduler itself or its saved config says which it is
+        with pytest.raises(ValueError, match="FlowMapEulerDiscreteScheduler or FlowMatchHeunDiscreteScheduler"):
+            USFScheduler.from_config(src.config)
+        sched = USFScheduler.from_config(src)
+    else:
+        sched = USFScheduler.from_config(src.config)
     assert sched.kind == kind
     sched.set_timesteps(5, mu=0.7 if values.get("use_dynamic_shifting") else None)
     assert len(sched.timesteps) == 5
@@ -69,9 +75,10 @@ def test_the_source_sigma_spacing_carries_over():
     kept = USFScheduler.from_config(expo.config, preset_options={"order": 2, "spacing": "time_uniform"})
     kept.set_timesteps(5)
     assert kept.config.source_spacing == "logSNR" and kept.active_schedule.meta["options"]["spacing"] == "time_uniform"
+    # FlowMatchEuler applies Karras σ even to the pipeline's own sigmas; USFScheduler has no Karras
+    # grid on a flow schedule, so the option is refused by name (it used to be dropped silently)
     flow = _build("FlowMatchEulerDiscreteScheduler", {"use_karras_sigmas": True})
-    fs = USFScheduler.from_config(flow.config)
-    fs.set_timesteps(sigmas=np.linspace(1.0, 0.2, 5))   # FLUX-style sigmas: the pipeline's grid
-    assert fs.config.source_spacing is None and fs.active_schedule.nfe == 5
+    with pytest.raises(ValueError, match="use_karras_sigmas=True: not supported by USFScheduler's flow mode"):
+        USFScheduler.from_config(flow.config)
     with pytest.raises(ValueError, match="use_beta_sigmas=True: no usf_fast spacing matches it"):
         USFScheduler.from_config(diffusers.DPMSolverMultistepScheduler(use_beta_sigmas=True).config)

@@ -83,3 +83,94 @@ def test_timesteps_as_copies_numbers_and_integers_are_located():
         assert sched.step_index == k
         x = sched.step(net(x, ts[k]), t, x).prev_sample
     assert sched.step_index == 4
+
+
+# ---- findings 2–4: the source scheduler is the oracle -------------------------------------------
+def test_default_valued_keys_take_the_source_classes_defaults():
+    """Finding 3: diffusers drops keys left at the source class's defaults; USFScheduler used to fall
+    back to its own betas (1e-4…0.02 for Heun's 0.00085…0.012: log ᾱ off by 3.7)."""
+    import diffusers
+    for name in ("HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "LCMScheduler", "UnCLIPScheduler"):
+        theirs = getattr(diffusers, name)()
+        ours = USFScheduler.from_config(theirs.config)
+        ac = ours.noise_schedule.marginal_alpha(torch.arange(1, 1001, dtype=torch.float64) / 1000) ** 2
+        torch.testing.assert_close(ac, theirs.alphas_cumprod.double(), rtol=1e-6, atol=0)
+
+
+def test_a_noise_schedule_the_source_shifts_is_honoured():
+    """Finding 2: CogVideoX's snr_shift_scale reshapes ᾱ; it used to be dropped with a log line."""
+    from diffusers import CogVideoXDDIMScheduler
+    theirs = CogVideoXDDIMScheduler(snr_shift_scale=3.0, beta_schedule="scaled_linear", beta_start=0.00085,
+                                    beta_end=0.012)
+    for cfg in (theirs.config, dict(theirs.config, _class_name="CogVideoXDDIMScheduler")):
+        ours = USFScheduler.from_config(cfg)
+        ac = ours.noise_schedule.marginal_alpha(torch.arange(1, 1001, dtype=torch.float64) / 1000) ** 2
+        torch.testing.assert_close(ac, theirs.alphas_cumprod.double(), rtol=1e-9, atol=0)
+    again = USFScheduler.from_config(ours.config)   # our own config keeps it
+    assert again.noise_schedule == ours.noise_schedule
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda d: d.DDPMScheduler(rescale_betas_zero_snr=True), "rescale_betas_zero_snr=True"),
+    (lambda d: d.DDPMScheduler(thresholding=True), "thresholding=True"),
+    (lambda d: d.EulerDiscreteScheduler(timestep_type="continuous"), "timestep_type='continuous'"),
+    (lambda d: d.CosineDPMSolverMultistepScheduler(), "CosineDPMSolverMultistepScheduler.*atan"),
+    (lambda d: d.LTXEulerAncestralRFScheduler(), "LTXEulerAncestralRFScheduler"),
+    (lambda d: d.DDPMWuerstchenScheduler(), "DDPMWuerstchenScheduler"),
+    (lambda d: d.CMStochasticIterativeScheduler(), "CMStochasticIterativeScheduler"),
+    (lambda d: d.FlowMatchEulerDiscreteScheduler(use_exponential_sigmas=True), "use_exponential_sigmas=True"),
+])
+def test_what_cannot_be_honoured_is_refused_by_name(make, match):
+    """Findings 2 and 4: fields that change the noise schedule or the network's time input, and
+    scheduler families with other conventions, were accepted and read as something else."""
+    import diffusers
+    source = make(diffusers)
+    for cfg in (source.config, dict(source.config, _class_name=type(source).__name__), source):
+        with pytest.raises(ValueError, match=match):
+            USFScheduler.from_config(cfg)
+
+
+def test_the_source_sampler_fields_are_consumed_without_diffusers_generic_log(caplog):
+    """Fields of the source's own sampler (order, grid) are replaced by the schedule, not passed to
+    diffusers' "will be ignored" log."""
+    import logging
+    theirs = DPMSolverMultistepScheduler(solver_order=3, final_sigmas_type="zero", **BETAS)
+    with caplog.at_level(logging.WARNING, logger="diffusers"):
+        USFScheduler.from_config(theirs.config)
+    assert "will be ignored" not in caplog.text
+
+
+def test_a_learned_variance_output_uses_its_first_channels():
+    """Finding 2: a 2C-channel output (variance_type learned_range: DeepFloyd IF, guided diffusion)
+    crashed step with a kernel error; diffusers uses the first C channels."""
+    from diffusers import DDPMScheduler
+    cfg = DDPMScheduler(variance_type="learned_range", **BETAS).config
+    outs = [torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    results = []
+    for learned in (True, False):
+        sched = USFScheduler.from_config(cfg, preset="dpm_solver_pp")
+        sched.set_timesteps(4)
+        x = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(9))
+        for t, o in zip(sched.timesteps, outs):
+            o = torch.cat([o, torch.full_like(o, 7.0)], 1) if learned else o
+            x = sched.step(o, t, x).prev_sample
+        results.append(x)
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
+    plain = USFScheduler.from_config(DDPMScheduler(**BETAS).config, preset="dpm_solver_pp")
+    plain.set_timesteps(4)
+    x = torch.randn(1, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"model_output has shape \(1, 6, 4, 4\) but sample has \(1, 3, 4, 4\) "
+                                         r"\(a learned-variance"):
+        plain.step(torch.randn(1, 6, 4, 4), plain.timesteps[0], x)
+
+
+# ---- finding 8: the rest of the contract --------------------------------------------------------
+def test_bad_step_inputs_are_named():
+    sched, net, x = _started()
+    ts = sched.timesteps
+    with pytest.raises(ValueError, match="step: sample must be a floating-point tensor, got torch.int64"):
+        sched.step(x, ts[0], x.long())
+    x = sched.step(net(x, ts[0]), ts[0], x).prev_sample
+    two = torch.cat([x, x])
+    with pytest.raises(ValueError, match=r"sample has shape \(2, .*this run's latents have \(1, .*batch changed"):
+        sched.step(net(two, ts[1]), ts[1], two)

@@ -230,7 +230,7 @@ class Schedule:
                              f"(this usf_fast reads versions {', '.join(map(str, READ_VERSIONS))})")
         if version == 1 and any(isinstance(st, dict) and (st.get("weights") is not None
                                                          or st.get("corrector_weights") is not None)
-                                for st in d.get("steps") or []):
+                                for st in (d.get("steps") if isinstance(d.get("steps"), list) else [])):
             raise ValueError("schedule JSON: version=1 has no step weights; a schedule with 'weights' is version 2")
         unknown = set(d) - {"format", "version", "name", "timesteps", "afs", "denoise_to_zero", "steps", "meta"}
         if unknown:

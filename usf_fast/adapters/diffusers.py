@@ -13,6 +13,7 @@ device once per run; `step` does no device-to-host reads.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 
@@ -27,85 +28,13 @@ from ..backends import coefficient_dtype, get_combine, resolve_backend
 from ..executor import coefficient_tables
 from ..plan import Combine, Const, Eval, Plan, compile_plan
 from ..model import DiffusionModel
-from ..noise_schedules import NoiseSchedule, NoiseScheduleEDM, NoiseScheduleFlow, NoiseScheduleVP
+from ..noise_schedules import NoiseScheduleEDM, NoiseScheduleFlow
 from ..schedule import Schedule
+from .diffusers_config import (LEARNED_VARIANCE, PREDICTION, SAMPLER_FIELDS, check_prediction, config_kind,
+                               flow_grid_of, noise_schedule_from_diffusers_config, read_source_config, source_spacing)
 from .edm import edm_coefficients, edm_precond
 
 __all__ = ["USFScheduler", "noise_schedule_from_diffusers_config", "wrap_transformer", "wrap_unet"]
-
-PREDICTION = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
-
-
-def _betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas):
-    n = num_train_timesteps
-    if trained_betas is not None:
-        return torch.tensor(trained_betas, dtype=torch.float32)
-    if beta_schedule == "linear":
-        return torch.linspace(beta_start, beta_end, n, dtype=torch.float32)
-    if beta_schedule == "scaled_linear":
-        return torch.linspace(beta_start ** 0.5, beta_end ** 0.5, n, dtype=torch.float32) ** 2
-    if beta_schedule == "squaredcos_cap_v2":
-        f = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
-        return torch.tensor([min(1 - f((i + 1) / n) / f(i / n), 0.999) for i in range(n)], dtype=torch.float32)
-    raise ValueError(f"beta_schedule={beta_schedule!r}: USFScheduler supports VP schedules 'linear', "
-                     "'scaled_linear', 'squaredcos_cap_v2' or trained_betas")
-
-
-EDM_PREDICTION = ("epsilon", "v_prediction")  # EDM preconditioned outputs F, as diffusers' EDM schedulers
-FLOW_UNSUPPORTED = ("invert_sigmas", "shift_terminal", "stochastic_sampling")
-
-
-def _is_flow(cfg: dict) -> bool:
-    """FlowMatchEuler-style configs (a `shift`, no betas) and the flow modes of DPM-Solver / UniPC."""
-    return bool(cfg.get("use_flow_sigmas") or cfg.get("prediction_type") == "flow_prediction"
-                or ("shift" in cfg and "beta_schedule" not in cfg and cfg.get("sigma_data") is None))
-
-
-def config_kind(config) -> str:
-    """"vp" (beta configs: DDPM, DDIM, DPM-Solver, UniPC, Euler, ...), "edm" (sigma_data configs:
-    EDMEuler, EDMDPMSolverMultistep) or "flow" (FlowMatchEuler, and DPM-Solver / UniPC with
-    use_flow_sigmas); anything else is a ValueError naming what it is. Keys are read by value
-    (diffusers gives VP DPM-Solver configs a use_dynamic_shifting=False key)."""
-    cfg = dict(config)
-    if cfg.get("use_beta_sigmas"):
-        raise ValueError("scheduler config has use_beta_sigmas=True: no usf_fast spacing matches it; drop that "
-                         "option (USFScheduler runs its preset's own spacing) or pass a schedule=")
-    if _is_flow(cfg):
-        for key in FLOW_UNSUPPORTED:
-            if cfg.get(key):
-                raise ValueError(f"scheduler config has {key}={cfg[key]!r}: not supported by USFScheduler's flow mode")
-        return "flow"
-    if cfg.get("sigma_data") is not None:
-        return "edm"
-    if "sigma_max" in cfg and "beta_schedule" not in cfg:
-        raise ValueError("scheduler config is a variance-exploding (score SDE) config without sigma_data: not VP or "
-                         "EDM; wrap such a model with usf_fast.adapters.edm.edm_model instead")
-    return "vp"
-
-
-def noise_schedule_from_diffusers_config(config) -> NoiseSchedule:
-    """The noise schedule of a diffusers scheduler config: discrete VP (the same float32 betas) or
-    EDM (sigma_min, sigma_max)."""
-    cfg = dict(config)
-    kind = config_kind(cfg)
-    if kind == "edm":
-        return NoiseScheduleEDM(cfg.get("sigma_min", 0.002), cfg.get("sigma_max", 80.0))
-    if kind == "flow":
-        return NoiseScheduleFlow()
-    betas = _betas(cfg.get("num_train_timesteps", 1000), cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02),
-                   cfg.get("beta_schedule", "linear"), cfg.get("trained_betas"))
-    alphas_cumprod = torch.cumprod(1.0 - betas, 0).double()
-    return NoiseScheduleVP("discrete", alphas_cumprod=alphas_cumprod)
-
-
-def _check_prediction(prediction_type: str, kind: str) -> None:
-    allowed = {"vp": tuple(PREDICTION), "edm": EDM_PREDICTION, "flow": ("flow_prediction",)}[kind]
-    if prediction_type not in allowed:
-        hint = " (a flow config: kind='flow', or USFScheduler.from_config(<a flow scheduler's config>))" \
-            if prediction_type == "flow_prediction" else ""
-        raise ValueError(f"prediction_type={prediction_type!r}: must be one of {', '.join(allowed)}"
-                         + {"vp": "", "edm": " for an EDM config", "flow": " for a flow-matching config"}[kind] + hint)
-
 
 def _key_of(values, name: str):
     """A hashable copy of a pipeline's sigmas / timesteps (a list, an array or any tensor)."""
@@ -118,16 +47,6 @@ def _key_of(values, name: str):
     if arr.ndim != 1:
         raise ValueError(f"set_timesteps: {name}= must be a flat list of numbers, got shape {arr.shape}")
     return tuple(arr.tolist())
-
-
-def _flow_grid_of(cfg: dict) -> str:
-    """Which diffusers flow scheduler a config came from (its default grid): UniPC and DPM-Solver
-    flow configs carry their solver fields, FlowMatchEuler's neither."""
-    if "flow_grid" in cfg:
-        return cfg["flow_grid"]
-    if "predict_x0" in cfg or "disable_corrector" in cfg:
-        return "flow_unipc"
-    return "flow_dpm" if "algorithm_type" in cfg else "flow_euler"
 
 
 def _flow_shift(cfg, mu) -> float:
@@ -165,12 +84,13 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                  schedule=None, preset: str = "unipc", preset_options: dict | None = None,
                  sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float | None = None,
                  kind: str | None = None, shift: float = 1.0, use_dynamic_shifting: bool = False,
-                 time_shift_type: str = "exponential", flow_grid: str = "flow_euler", source_spacing: str | None = None):
+                 time_shift_type: str = "exponential", flow_grid: str = "flow_euler", source_spacing: str | None = None,
+                 alphas_cumprod: list | None = None, variance_type: str | None = None):
         self.kind = kind or ("edm" if sigma_data is not None else "vp")
         if self.kind not in ("vp", "edm", "flow"):
             raise ValueError(f"kind={kind!r}: must be 'vp', 'edm' or 'flow'")
         self.edm, self.flow = self.kind == "edm", self.kind == "flow"
-        _check_prediction(prediction_type, self.kind)
+        check_prediction(prediction_type, self.kind)
         if self.flow:
             if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0):
                 raise ValueError(f"shift={shift!r}: must be a finite number > 0")
@@ -213,14 +133,16 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """As diffusers' `from_config`, but the kind of the source config (VP, EDM or flow) is read from
-        all its keys: diffusers drops keys left at their defaults when a config moves between classes."""
-        cfg = dict(config or {})
+        """As diffusers' `from_config`, with the source scheduler as the oracle (`read_source_config`):
+        a config naming its class is completed with that class's defaults (diffusers drops keys left
+        at their defaults when a config moves between classes) and its noise schedule; the kind (VP,
+        EDM or flow) is read from all its keys. Fields that change the network's noise schedule or
+        time input are honoured or refused by name; the source's sampler fields (its order, grid,
+        final step) are replaced by the schedule or preset and not passed on."""
+        cfg = read_source_config(config if config is not None else {})
         kind = config_kind(cfg)
-        # the source's sigma spacing carries over to the preset: Karras -> "karras", exponential
-        # (uniform in log σ, i.e. in λ) -> "logSNR"
-        spacing = "karras" if cfg.get("use_karras_sigmas") else "logSNR" if cfg.get("use_exponential_sigmas") else None
-        if spacing is not None and kind != "flow":   # flow pipelines hand over their own sigmas
+        spacing = source_spacing(cfg, kind)
+        if spacing is not None:
             kwargs.setdefault("source_spacing", spacing)
         if kind == "edm":
             for key, default in (("sigma_min", 0.002), ("sigma_max", 80.0), ("sigma_data", 0.5)):
@@ -232,8 +154,17 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             kwargs.setdefault("shift", cfg.get("shift", cfg.get("flow_shift", 1.0)))
             kwargs.setdefault("use_dynamic_shifting", bool(cfg.get("use_dynamic_shifting", False)))
             kwargs.setdefault("time_shift_type", cfg.get("time_shift_type", "exponential"))
-            kwargs.setdefault("flow_grid", _flow_grid_of(cfg))
-        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+            kwargs.setdefault("flow_grid", flow_grid_of(cfg))
+        if cfg.get("_class_name") in (None, "USFScheduler"):
+            return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        mine = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(k for k in cfg if not k.startswith("_") and k not in mine and k not in SAMPLER_FIELDS)
+        if unknown:
+            raise ValueError(f"scheduler config of {cfg['_class_name']}: field(s) {', '.join(unknown)} are not ones "
+                             "USFScheduler knows whether to honour; drop them from the config if they only set the "
+                             "source's sampler")
+        given = {k: v for k, v in cfg.items() if k in mine}
+        return super().from_config(given, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def _check_schedule(self, s: Schedule):
         check_noise_schedule(s, self.noise_schedule)
@@ -642,6 +573,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"step: all {len(self._times)} evaluations of the schedule are done "
                              "(set_timesteps starts a new run)")
         self._locate(timestep, "step")
+        model_output = self._checked_output(model_output, sample)
         e = self._e
         if self._final is not None:   # set_begin_index at the last evaluation: x̂0 from it
             x = sample.contiguous()
@@ -673,6 +605,33 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return (nxt,)
         return SchedulerOutput(prev_sample=nxt)
+
+    def _checked_output(self, model_output, sample) -> torch.Tensor:
+        """The network's output as the plan takes it: the first C channels of a 2C-channel output of a
+        learned-variance network (variance_type 'learned' / 'learned_range': DeepFloyd IF, guided
+        diffusion), as diffusers' schedulers; shapes and dtypes checked with the names a pipeline
+        knows."""
+        for name, v in (("model_output", model_output), ("sample", sample)):
+            if not torch.is_tensor(v) or not v.is_floating_point():
+                raise ValueError(f"step: {name} must be a floating-point tensor, got "
+                                 f"{v.dtype if torch.is_tensor(v) else type(v).__name__}")
+        if (self.config.variance_type in LEARNED_VARIANCE and model_output.dim() >= 2 and sample.dim() >= 2
+                and model_output.shape[1] == 2 * sample.shape[1]):
+            model_output = model_output[:, :sample.shape[1]]
+        if model_output.shape != sample.shape:
+            hint = (" (a learned-variance network's 2C channels: the config's variance_type must be 'learned' or "
+                    "'learned_range')" if model_output.dim() >= 2 and sample.dim() >= 2
+                    and model_output.shape[1] == 2 * sample.shape[1] else "")
+            raise ValueError(f"step: model_output has shape {tuple(model_output.shape)} but sample has "
+                             f"{tuple(sample.shape)}{hint}")
+        slots = self._slots
+        if self._e and slots is not None:
+            run = slots[self._tables.plan.input_slot]
+            if run is not None and (run.shape != sample.shape or run.device != sample.device):
+                raise ValueError(f"step: sample has shape {tuple(sample.shape)} on {sample.device} but this run's "
+                                 f"latents have {tuple(run.shape)} on {run.device} (the batch changed mid-run?); "
+                                 "set_timesteps starts a new run")
+        return model_output
 
     def _start(self, sample: torch.Tensor) -> torch.Tensor:
         """First step of a run: the plan's start state from the pipeline's latents, coefficients on
@@ -792,11 +751,15 @@ class _StepPlan:
         return hit
 
 
-def _run_unet(unet, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
+def _run_unet(unet, x: torch.Tensor, t: torch.Tensor, learned: bool = False, **kwargs) -> torch.Tensor:
     """The UNet in its own dtype, the output in x's: the search's float64 reference solve (and a
-    float32 sampler around a float16 UNet) then call it as they call any net."""
+    float32 sampler around a float16 UNet) then call it as they call any net. A learned-variance
+    UNet's 2C output channels give their first C."""
     dtype = getattr(unet, "dtype", x.dtype)
-    return unet(x.to(dtype), t.float(), **kwargs).sample.to(x.dtype)   # timesteps stay float32, as in diffusers
+    out = unet(x.to(dtype), t.float(), **kwargs).sample   # timesteps stay float32, as in diffusers
+    if learned and out.shape[1] == 2 * x.shape[1]:
+        out = out[:, :x.shape[1]]
+    return out.to(x.dtype)
 
 
 def wrap_unet(unet, scheduler_config, *, cond=None, uncond=None, guidance_scale: float | None = None) -> DiffusionModel:
@@ -804,18 +767,19 @@ def wrap_unet(unet, scheduler_config, *, cond=None, uncond=None, guidance_scale:
     the search. With `cond` (text embeddings) the UNet gets `encoder_hidden_states`; with
     `guidance_scale`, `uncond` too (classifier-free guidance in one batched call). EDM configs
     (sigma_data) get diffusers' EDM preconditioning around the UNet."""
-    cfg = dict(scheduler_config)
+    cfg = read_source_config(scheduler_config)
     ns = noise_schedule_from_diffusers_config(cfg)
     ptype = cfg.get("prediction_type", "epsilon")
     edm = isinstance(ns, NoiseScheduleEDM)
     if ns.kind == "flow":
         raise ValueError("wrap_unet: a flow-matching config; flow networks (SD3/FLUX transformers) are wrapped by "
                          "usf_fast.adapters.diffusers.wrap_transformer")
-    _check_prediction(ptype, ns.kind)
+    check_prediction(ptype, ns.kind)
+    learned = cfg.get("variance_type") in LEARNED_VARIANCE   # 2C output channels: the first C are the prediction
     if cond is None:
-        raw = lambda x, t: _run_unet(unet, x, t)  # noqa: E731
+        raw = lambda x, t: _run_unet(unet, x, t, learned=learned)  # noqa: E731
     else:
-        raw = lambda x, t, c: _run_unet(unet, x, t, encoder_hidden_states=c)  # noqa: E731
+        raw = lambda x, t, c: _run_unet(unet, x, t, learned=learned, encoder_hidden_states=c)  # noqa: E731
     if not edm:
         model = DiffusionModel(raw, ns, PREDICTION[ptype], "discrete", guidance_scale=guidance_scale, cond=cond,
                                uncond=uncond)
@@ -851,12 +815,12 @@ def wrap_transformer(transformer, scheduler_config, *, cond: dict | None = None,
     call_kwargs: passed unchanged on every call (FLUX: img_ids, txt_ids; joint_attention_kwargs).
     FLUX latents are the packed (B, tokens, channels) tensors the transformer takes.
     """
-    cfg = dict(scheduler_config)
+    cfg = read_source_config(scheduler_config)
     ns = noise_schedule_from_diffusers_config(cfg)
     if ns.kind != "flow":
         raise ValueError(f"wrap_transformer: scheduler_config is a {ns.kind} config, not a flow-matching one; "
                          "wrap UNets and other VP / EDM networks with wrap_unet")
-    _check_prediction(cfg.get("prediction_type", "flow_prediction"), "flow")
+    check_prediction(cfg.get("prediction_type", "flow_prediction"), "flow")
     for name, value in (("cond", cond), ("uncond", uncond)):
         if value is not None and not isinstance(value, dict):
             raise ValueError(f"wrap_transformer: {name}= must be a dict of keyword tensors (e.g. "

@@ -174,3 +174,84 @@ def test_bad_step_inputs_are_named():
     two = torch.cat([x, x])
     with pytest.raises(ValueError, match=r"sample has shape \(2, .*this run's latents have \(1, .*batch changed"):
         sched.step(net(two, ts[1]), ts[1], two)
+
+
+# ---- finding 7: flow configs ---------------------------------------------------------------------
+def _flow_loop(sched, x, mu=None, sigmas=None):
+    sched.set_timesteps(5 if sigmas is None else None, mu=mu, sigmas=sigmas)
+    for t in sched.timesteps:
+        v = 0.3 * x + 0.05 * float(t) / 1000   # any smooth velocity field of (x, σ)
+        x = sched.step(v, t, x).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("options,mu", [({"shift": 0.5}, None), ({"use_dynamic_shifting": True}, -0.5),
+                                        ({"use_dynamic_shifting": True, "time_shift_type": "linear"}, 0.4),
+                                        ({"shift": 3.0}, None)])
+def test_flow_shifts_below_one_and_negative_mu_run_as_flow_match_euler(options, mu):
+    """Finding 7: shift < 1 and negative mu were refused with a message about the schedule's range;
+    diffusers runs them (the last σ goes below 1/1000). DDIM on a flow grid is FlowMatchEuler's step."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    theirs = FlowMatchEulerDiscreteScheduler(**options)
+    ours = USFScheduler.from_config(theirs.config, preset="ddim")
+    x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a, b = _flow_loop(theirs, x.clone(), mu), _flow_loop(ours, x.clone(), mu)
+    torch.testing.assert_close(ours.timesteps, theirs.timesteps, rtol=1e-5, atol=2e-3)   # σ = 1 is 1 − 1e-6 here
+    assert float((b - a).norm() / a.norm()) <= 1e-5
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda s: s.set_timesteps(5, mu=800.0), r"mu=800.0: e\^mu overflows"),
+    (lambda s: s.set_timesteps(5, mu=float("nan")), "mu=nan must be a finite number"),
+    (lambda s: s.set_timesteps(sigmas=[1.5, 1.0, 0.5]), r"flow σ's must lie in \(0, 1\]"),
+    (lambda s: s.set_timesteps(sigmas=[1.0, 0.5, 0.0]), r"flow σ's must lie in \(0, 1\]"),
+    (lambda s: s.set_timesteps(4.7), "num_inference_steps=4.7 must be a positive integer"),
+])
+def test_flow_inputs_diffusers_would_misuse_are_errors(call, match):
+    """Finding 7: σ > 1 was clipped silently, mu = 800 an OverflowError; finding 8: a fractional
+    num_inference_steps was truncated."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    sched = USFScheduler.from_config(FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True).config)
+    if "sigmas" in match or "σ" in match:
+        sched = USFScheduler.from_config(FlowMatchEulerDiscreteScheduler(shift=3.0).config)
+    with pytest.raises(ValueError, match=match):
+        call(sched)
+
+
+# ---- finding 8: pickling, the ᾱ table, add_noise -------------------------------------------------
+def test_a_run_pickles_and_deep_copies_mid_way():
+    """Finding 8: `pickle` failed (a lambda in __init__); multiprocessing and torch.save(pipe) need it."""
+    import copy
+    import pickle
+    sched, net, x = _started()
+    ts = sched.timesteps
+    for t in ts[:2]:
+        x = sched.step(net(x, t), t, x).prev_sample
+    copies = [pickle.loads(pickle.dumps(sched)), copy.deepcopy(sched)]
+    finals = []
+    for s in [sched] + copies:
+        y = x.clone()
+        for t in s.timesteps[2:]:
+            y = s.step(net(y, t), t, y).prev_sample
+        finals.append(y)
+    for f in finals[1:]:
+        torch.testing.assert_close(f, finals[0], rtol=0, atol=0)
+
+
+def test_the_alpha_tables_and_add_noise_at_any_training_timestep():
+    """Finding 8: SAG, DiffEdit and LEDITS++ read `alphas_cumprod` / `betas`; `add_noise` refused
+    a training timestep that is not on the inference grid (diffusers takes any)."""
+    from diffusers import DDPMScheduler
+    theirs = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    ours = USFScheduler.from_config(theirs.config)
+    torch.testing.assert_close(ours.alphas_cumprod, theirs.alphas_cumprod, rtol=1e-6, atol=0)
+    torch.testing.assert_close(ours.betas, theirs.betas, rtol=1e-4, atol=1e-7)
+    ours.set_timesteps(5)
+    x0 = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
+    ts = torch.tensor([500, 37])
+    torch.testing.assert_close(ours.add_noise(x0, noise, ts), theirs.add_noise(x0, noise, ts), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"add_noise: timesteps \[1500.0\] are outside"):
+        ours.add_noise(x0, noise, torch.tensor([1500, 3]))
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    assert not hasattr(USFScheduler.from_config(FlowMatchEulerDiscreteScheduler().config), "alphas_cumprod")

@@ -49,6 +49,12 @@ def _key_of(values, name: str):
     return tuple(arr.tolist())
 
 
+def _identity(x, t):
+    """The scheduler's stand-in network (conversions only: the pipeline calls the real one); a
+    module-level function so the scheduler pickles."""
+    return x
+
+
 def _flow_shift(cfg, mu) -> float:
     """The flow grid's shift: the static `shift`, or from the pipeline's `mu` with dynamic shifting
     (e^mu for the exponential time shift FLUX uses, mu for the linear one)."""
@@ -57,7 +63,17 @@ def _flow_shift(cfg, mu) -> float:
     if mu is None:
         raise ValueError("set_timesteps: this flow scheduler uses dynamic shifting (use_dynamic_shifting=True) and "
                          "needs mu= (the FLUX pipeline passes it)")
-    return math.exp(mu) if cfg.time_shift_type == "exponential" else float(mu)
+    if isinstance(mu, bool) or not isinstance(mu, (int, float, np.floating, np.integer)) or not math.isfinite(mu):
+        raise ValueError(f"set_timesteps: mu={mu!r} must be a finite number")
+    if cfg.time_shift_type == "linear":
+        if mu <= 0:
+            raise ValueError(f"set_timesteps: mu={mu!r} with time_shift_type='linear' is the shift itself and must be "
+                             "> 0 (σ' = mu·σ / (1 + (mu − 1)·σ))")
+        return float(mu)
+    if mu > 700:   # e^mu overflows a float64; the shifted grid would be σ = 1 everywhere
+        raise ValueError(f"set_timesteps: mu={mu!r}: e^mu overflows and every shifted σ would be 1; FLUX-style "
+                         "pipelines give mu of order 1")
+    return math.exp(mu)
 
 
 class USFScheduler(SchedulerMixin, ConfigMixin):
@@ -85,7 +101,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                  sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float | None = None,
                  kind: str | None = None, shift: float = 1.0, use_dynamic_shifting: bool = False,
                  time_shift_type: str = "exponential", flow_grid: str = "flow_euler", source_spacing: str | None = None,
-                 alphas_cumprod: list | None = None, variance_type: str | None = None):
+                 source_alphas_cumprod: list | None = None, variance_type: str | None = None):
         self.kind = kind or ("edm" if sigma_data is not None else "vp")
         if self.kind not in ("vp", "edm", "flow"):
             raise ValueError(f"kind={kind!r}: must be 'vp', 'edm' or 'flow'")
@@ -115,11 +131,11 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         # conversions only: the pipeline calls the network itself. EDM: step() turns the
         # preconditioned output F into D = c_skip x + c_out F, a data prediction.
         if self.edm:
-            self._model = DiffusionModel(lambda x, t: x, self.noise_schedule, "x0", "sigma")
+            self._model = DiffusionModel(_identity, self.noise_schedule, "x0", "sigma")
         elif self.flow:
-            self._model = DiffusionModel(lambda x, t: x, self.noise_schedule, "flow", "continuous")
+            self._model = DiffusionModel(_identity, self.noise_schedule, "flow", "continuous")
         else:
-            self._model = DiffusionModel(lambda x, t: x, self.noise_schedule, PREDICTION[prediction_type], "discrete")
+            self._model = DiffusionModel(_identity, self.noise_schedule, PREDICTION[prediction_type], "discrete")
         self.init_noise_sigma = float(self.noise_schedule.prior_std(self.noise_schedule.t_max))
         self.timesteps = None
         self.num_inference_steps = None
@@ -189,6 +205,12 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                              "USFScheduler.from_config(pipe.scheduler.config, ...))")
         if timesteps is not None and sigmas is not None:
             raise ValueError("set_timesteps: give timesteps= or sigmas=, not both")
+        if num_inference_steps is not None:
+            n = num_inference_steps
+            if isinstance(n, bool) or not isinstance(n, (int, float, np.integer, np.floating)) or \
+                    not float(n).is_integer() or n < 1:
+                raise ValueError(f"set_timesteps: num_inference_steps={n!r} must be a positive integer")
+            num_inference_steps = int(n)
         key = (num_inference_steps, _key_of(sigmas, "sigmas"), mu, _key_of(timesteps, "timesteps"))
         schedule = self._schedules.get(key)
         if schedule is None:
@@ -216,7 +238,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if tables is None:
             if len(self._tables_cache) >= 32:
                 self._tables_cache.clear()
-            tables = self._tables_cache[schedule] = _StepPlan(compile_plan(schedule, self._model), self, schedule)
+            tables = self._tables_cache[schedule] = _StepPlan(compile_plan(schedule, self._model_for(schedule)), self,
+                                                              schedule)
         self._tables = tables
         self._times = tables.times
         self._begin_index = self._shift = begin
@@ -264,7 +287,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if self._full is self._active:
             return self._tables.times   # (not self._times: the final-jump mode keeps one time)
         tables = self._tables_cache.get(self._full)
-        return tables.times if tables is not None else [op.t for op in compile_plan(self._full, self._model).ops
+        return tables.times if tables is not None else [op.t for op in compile_plan(self._full,
+                                                                                    self._model_for(self._full)).ops
                                                          if isinstance(op, Eval)]
 
     @property
@@ -328,7 +352,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         p = full.evaluation_points()[k]
         for key in ("nfe", "spacing", "afs", "t_start", "t_end", "rho", "shift"):
             opts.pop(key, None)
-        return P.get(full.meta["preset"], self.noise_schedule, full.nfe - k, timesteps=list(full.timesteps[p:]),
+        return P.get(full.meta["preset"], self._ns_of(full), full.nfe - k, timesteps=list(full.timesteps[p:]),
                      afs=False, **opts)
 
     def _pick_schedule(self, num_inference_steps, sigmas, mu, timesteps) -> Schedule:
@@ -384,7 +408,34 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             ts[0] = min(ts[0], self.noise_schedule.t_max)
         else:
             ts = self._flow_times(sigmas, shift)
-        return P.get(self.config.preset, self.noise_schedule, n, timesteps=list(ts), denoise_to_zero=True, **opts)
+        return P.get(self.config.preset, self._flow_ns(ts), n, timesteps=list(ts), denoise_to_zero=True, **opts)
+
+    def _flow_ns(self, ts) -> "NoiseScheduleFlow":
+        """The flow noise schedule a grid runs on: ours, or, where the grid goes below its t_min
+        (a shift < 1 or a negative mu moves diffusers' last σ = 1/1000 lower), the same schedule
+        (α = 1 − σ, σ = t: the range is all t_min changes) reaching down to the grid's last σ."""
+        low = float(np.min(ts))
+        ns = self.noise_schedule
+        if low >= ns.t_min:
+            return ns
+        if not low > 0:
+            raise ValueError(f"set_timesteps: the flow grid reaches σ = {low!r}; every evaluation needs σ > 0")
+        return NoiseScheduleFlow(t_min=low, t_max=ns.t_max)
+
+    def _ns_of(self, schedule: Schedule):
+        """The noise schedule `schedule` was built on: ours, or a flow schedule with a lower t_min
+        (`_flow_ns`)."""
+        fp = (schedule.meta or {}).get("noise_schedule")
+        mine = self.noise_schedule
+        if self.flow and isinstance(fp, dict) and fp.get("type") == "flow" and fp != mine.fingerprint():
+            return NoiseScheduleFlow(t_min=fp["t_min"], t_max=fp["t_max"])
+        return mine
+
+    def _model_for(self, schedule: Schedule) -> DiffusionModel:
+        ns = self._ns_of(schedule)
+        if ns is self.noise_schedule:
+            return self._model
+        return DiffusionModel(_identity, ns, "flow", "continuous")
 
     def _custom_times(self, values: np.ndarray, name: str) -> list[float]:
         """A pipeline's custom timesteps / sigmas as times of the noise schedule."""
@@ -416,13 +467,17 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         return P.get(self.config.preset, self.noise_schedule, n, timesteps=ts, denoise_to_zero=True, **opts)
 
     def _flow_times(self, sigmas, shift: float) -> list[float]:
-        """The pipeline's σ's, shifted as diffusers does; the first clipped to t_max < 1."""
-        ts = P.flow_shift(np.asarray(sigmas, dtype=np.float64), shift)
+        """The pipeline's σ's, shifted as diffusers does; σ = 1 becomes t_max = 1 − 1e-6 (at σ = 1, α = 0:
+        NoiseScheduleFlow)."""
+        sig = np.asarray(_key_of(sigmas, "sigmas"), dtype=np.float64)
+        if not (np.all(np.isfinite(sig)) and np.all(sig > 0) and np.all(sig <= 1)):
+            raise ValueError(f"sigmas: flow σ's must lie in (0, 1] (the final σ = 0 is the scheduler's own), got "
+                             f"{sig.tolist()}")
+        ts = P.flow_shift(sig, shift)
         ns = self.noise_schedule
         ts[0] = min(ts[0], ns.t_max)
-        if not (np.all(np.diff(ts) < 0) and ts[-1] >= ns.t_min):
-            raise ValueError(f"sigmas: need strictly decreasing values that stay >= {ns.t_min} after the shift, "
-                             f"got {ts.tolist()}")
+        if not np.all(np.diff(ts) < 0):
+            raise ValueError(f"sigmas: need strictly decreasing values after the shift ({shift!r}), got {ts.tolist()}")
         return ts.tolist()
 
     def _afs_first(self) -> bool:
@@ -542,18 +597,55 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("add_noise: call set_timesteps first")
         vals = np.atleast_1d(np.asarray(timesteps.detach().cpu().double() if torch.is_tensor(timesteps) else timesteps,
                                         dtype=np.float64))
-        mine = self.timesteps.detach().cpu().double().numpy()
+        mine = self._timesteps_host
         full = np.asarray(self._full_times)
         idx = np.abs(vals[:, None] - mine[None, :]).argmin(axis=1)
-        if not np.allclose(mine[idx], vals, rtol=1e-6, atol=1e-6):
-            raise ValueError(f"add_noise: timesteps {vals.tolist()} are not among this scheduler's timesteps "
-                             f"{mine.tolist()} (pass values of scheduler.timesteps)")
-        t = full[idx]
+        on_grid = np.isclose(mine[idx], vals, rtol=1e-6, atol=1e-6)
+        t = np.where(on_grid, full[idx], self._time_of_timestep(vals))   # grid values keep their exact times
         if len(t) == 1:
             t = np.repeat(t, like.shape[0])
         if len(t) != like.shape[0]:
             raise ValueError(f"add_noise: {len(t)} timesteps for a batch of {like.shape[0]}")
         return t
+
+    def _time_of_timestep(self, vals: np.ndarray) -> np.ndarray:
+        """Noise-schedule times of values in the pipeline's timestep convention (any training
+        timestep, as diffusers' add_noise takes: DDPM index on VP, σ·num_train_timesteps on flow,
+        c_noise = ln(σ)/4 on EDM); outside the schedule's range an error."""
+        ns = self.noise_schedule
+        if self.edm:
+            t = np.exp(4.0 * vals)
+        elif self.flow:
+            t = vals / self.config.num_train_timesteps
+        else:
+            t = (vals + 1.0) / ns.total_N
+        lo, hi = (ns.t_min, ns.t_max) if not self.flow else (0.0, 1.0)
+        bad = ~((t >= lo * (1 - 1e-6)) & (t <= hi * (1 + 1e-6)) & np.isfinite(t)) | (self.flow & (t <= 0))
+        if bad.any():
+            raise ValueError(f"add_noise: timesteps {vals[bad].tolist()} are outside this noise schedule's range "
+                             f"(as times [{lo}, {hi}])")
+        return np.clip(t, lo if not self.flow else 0.0, hi)
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """ᾱ at the training timesteps, float32, as diffusers' VP schedulers (SAG, DiffEdit and
+        LEDITS++ read it); VP configs only."""
+        if self.kind != "vp":
+            raise AttributeError(f"alphas_cumprod: a {self.kind} config has no discrete ᾱ table")
+        ns = self.noise_schedule
+        t = torch.arange(1, ns.total_N + 1, dtype=torch.float64) / ns.total_N
+        return (torch.as_tensor(ns.marginal_alpha(t), dtype=torch.float64) ** 2).float()
+
+    @property
+    def betas(self) -> torch.Tensor:
+        """β_i = 1 − ᾱ_i/ᾱ_{i−1} (β_0 = 1 − ᾱ_0), float32; VP configs only."""
+        ac = torch.as_tensor(self.alphas_cumprod, dtype=torch.float64)
+        return (1.0 - ac / torch.cat([ac.new_ones(1), ac[:-1]])).float()
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        """1 − β, float32; VP configs only."""
+        return 1.0 - self.betas
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True,
              generator=None, eta: float = 0.0, **kwargs) -> SchedulerOutput | tuple:

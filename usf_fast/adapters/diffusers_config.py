@@ -187,7 +187,7 @@ def read_source_config(config) -> dict:
     """The config of the scheduler a pipeline ships, completed and checked (module docstring).
 
     A config that names a diffusers scheduler class gets that class's defaults for the fields it
-    leaves out, and, on VP configs, an `alphas_cumprod` entry when the class's noise schedule is
+    leaves out, and, on VP configs, a `source_alphas_cumprod` entry when the class's noise schedule is
     not the one its betas give (CogVideoX's SNR shift). A class outside `SOURCES`, or a field the
     adapters cannot honour, is a ValueError naming it."""
     if hasattr(config, "config") and hasattr(config, "set_timesteps"):   # a scheduler object: its class is known
@@ -228,7 +228,7 @@ def read_source_config(config) -> dict:
                                           full.get("beta_end", 0.02), full.get("beta_schedule", "linear"),
                                           full.get("trained_betas")), 0).double()
         if mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=1e-6, atol=0):
-            full["alphas_cumprod"] = theirs.tolist()
+            full["source_alphas_cumprod"] = theirs.tolist()
     return full
 
 
@@ -242,10 +242,10 @@ def noise_schedule_from_diffusers_config(config) -> NoiseSchedule:
         return NoiseScheduleEDM(cfg.get("sigma_min", 0.002), cfg.get("sigma_max", 80.0))
     if kind == "flow":
         return NoiseScheduleFlow()
-    if cfg.get("alphas_cumprod") is not None:
-        ac = torch.as_tensor(np.asarray(cfg["alphas_cumprod"], dtype=np.float64))
+    if cfg.get("source_alphas_cumprod") is not None:
+        ac = torch.as_tensor(np.asarray(cfg["source_alphas_cumprod"], dtype=np.float64))
         if ac.ndim != 1 or len(ac) < 2 or not bool(((ac > 0) & (ac < 1)).all()) or not bool((ac.diff() < 0).all()):
-            raise ValueError("alphas_cumprod: must be a decreasing list of numbers in (0, 1)")
+            raise ValueError("source_alphas_cumprod: must be a decreasing list of numbers in (0, 1)")
         return NoiseScheduleVP("discrete", alphas_cumprod=ac)
     betas = _betas(cfg.get("num_train_timesteps", 1000), cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02),
                    cfg.get("beta_schedule", "linear"), cfg.get("trained_betas"))

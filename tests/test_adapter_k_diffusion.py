@@ -51,7 +51,55 @@ def test_extra_args_and_callback_are_passed_as_k_diffusion_does():
     sigmas = _karras(4)
     ukd.sampler(preset="unipc", order=2)(denoiser, _noise() * sigmas[0], sigmas, extra_args={"cond": "c"},
                                           callback=calls.append)
-    assert seen == ["c"] * 4 and [c["i"] for c in calls] == [0, 1, 2] and set(calls[0]) >= {"x", "sigma", "denoised"}
+    # one callback per evaluation, the last step's included (k-diffusion calls it 4 times here)
+    assert seen == ["c"] * 4 and [c["i"] for c in calls] == [0, 1, 2, 3]
+    assert set(calls[0]) == {"x", "i", "sigma", "sigma_hat", "denoised"}
+
+
+@pytest.mark.parametrize("trailing_zero", [True, False], ids=["to-zero", "split-sigmas"])
+@pytest.mark.parametrize("ours,theirs", [
+    (lambda: ukd.sampler(preset="ddim"), "sample_euler"),
+    (lambda: ukd.sampler(preset="dpm_solver_pp", order=2), "sample_dpmpp_2m"),
+], ids=["ddim=euler", "dpm++2m"])
+def test_callbacks_and_sigmas_without_a_trailing_zero_as_k_diffusion(ours, theirs, trailing_zero, monkeypatch):
+    """Finding 6: the callback dict was shifted (σ_{i−1} for the state at σ_i, `denoised` = the
+    state, no callback for the last step) and sent `sample` down the step-by-step reference path;
+    on sigmas without a final 0 (ComfyUI's SplitSigmas) DPM++(2M) made its last step first order."""
+    import usf_fast.adapters.k_diffusion as mod
+    import usf_fast.api
+    sigmas = _karras(6)
+    sigmas = sigmas if trailing_zero else sigmas[:-1]
+    x = _noise() * sigmas[0]
+    theirs_calls, our_calls = [], []
+    want = getattr(K, theirs)(DENOISER, x.clone(), sigmas, disable=True, callback=theirs_calls.append)
+
+    def no_reference(*a, **k):
+        raise AssertionError("the callback took the reference path")
+    monkeypatch.setattr(usf_fast.api, "reference_sample", no_reference)
+    fused = []
+    real_execute = mod.execute
+    monkeypatch.setattr(mod, "execute", lambda *a, **k: fused.append(1) or real_execute(*a, **k))
+    got = ours()(DENOISER, x.clone(), sigmas, callback=our_calls.append)
+    assert fused == [1]
+    assert float((got - want).norm() / want.norm()) < 1e-10
+    assert len(our_calls) == len(theirs_calls) == len(sigmas) - 1
+    for a, b in zip(our_calls, theirs_calls):
+        assert a["i"] == b["i"] and float(a["sigma"]) == pytest.approx(float(b["sigma"]), rel=1e-12)
+        assert float(a["sigma_hat"]) == pytest.approx(float(b["sigma_hat"]), rel=1e-12)
+        for key in ("x", "denoised"):
+            torch.testing.assert_close(a[key], b[key], rtol=1e-10, atol=1e-12)
+
+
+def test_one_step_to_zero_is_the_denoiser():
+    """Finding 6: sigmas [σ, 0] were refused with a range the user never passed."""
+    sigmas = torch.tensor([14.6, 0.0], dtype=torch.float64)
+    x = _noise() * sigmas[0]
+    calls = []
+    for name, ours in (("sample_euler", ukd.sampler(preset="ddim")),
+                       ("sample_dpmpp_2m", ukd.sampler(preset="dpm_solver_pp", order=2))):
+        want = getattr(K, name)(DENOISER, x.clone(), sigmas, disable=True)
+        torch.testing.assert_close(ours(DENOISER, x.clone(), sigmas, callback=calls.append), want, rtol=1e-12, atol=0)
+    assert [c["i"] for c in calls] == [0, 0]
 
 
 def test_a_searched_schedule_runs_on_its_own_sigmas_and_their_tail():

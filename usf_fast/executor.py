@@ -1,6 +1,8 @@
 """Run a compiled `Plan` with one of the combination backends."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .backends import coefficient_dtype, get_combine, resolve_backend
@@ -32,11 +34,14 @@ def coefficient_tables(plan: Plan, dtype: torch.dtype, device) -> list:
 
 
 def execute(plan: Plan, model: DiffusionModel, x_t: torch.Tensor, backend: str = "auto",
-            poison: bool = False) -> torch.Tensor:
+            poison: bool = False, on_eval: Callable | None = None) -> torch.Tensor:
     """Run `plan` from the start state x_t (already scaled by the prior std).
 
     poison: fill every buffer the executor allocates with NaN first (tests: an element a
     backend forgets to write shows up as NaN in the result).
+    on_eval: on_eval(k, t, x, out) after the k-th network evaluation (0-based) at time t, with
+    its input x and raw output; the tensors are the run's own buffers (valid until the next
+    combination writes them). The fused path stays the fused path.
     """
     name = resolve_backend(backend, x_t.device, x_t.dtype)
     combine = get_combine(name)
@@ -44,12 +49,16 @@ def execute(plan: Plan, model: DiffusionModel, x_t: torch.Tensor, backend: str =
     slots: list = [None] * plan.num_slots
     owned: dict[int, torch.Tensor] = {}   # buffers this executor allocated, reused per slot
     slots[plan.input_slot] = x_t
+    evals = 0
     for op in plan.ops:
         if isinstance(op, Eval):
             out = model.raw(slots[op.state], op.t)
             if any(out.data_ptr() == b.data_ptr() for b in owned.values()) or out.data_ptr() == x_t.data_ptr():
                 out = out.clone()  # the net returned one of our buffers: keep ours private
             slots[op.out] = out
+            if on_eval is not None:
+                on_eval(evals, op.t, slots[op.state], out)
+            evals += 1
         elif isinstance(op, Const):
             slots[op.out] = model.mean_like(x_t)
         else:

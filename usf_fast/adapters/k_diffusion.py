@@ -15,6 +15,7 @@ scaled by 1/α.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import numpy as np
@@ -23,7 +24,9 @@ import torch
 from .. import presets as P
 from ..api import sample
 from ..model import DiffusionModel
-from ..checks import check_noise_schedule
+from ..checks import check_inputs, check_noise_schedule, initial_state, warn_if_not_finite
+from ..executor import execute
+from ..plan import cached_plan
 from ..noise_schedules import NoiseSchedule, NoiseScheduleEDM, noise_schedule_from_dict
 from ..schedule import Schedule
 
@@ -70,8 +73,10 @@ def sampler(schedule: Schedule | None = None, preset: str | None = None, *, nois
         schedule continues from that point, `Schedule.tail`). noise_schedule: as for `sigmas`.
     The state x is the k-diffusion one (noise·sigmas[0], or a partly noised latent for a tail).
     An analytical first step (AFS) takes the data mean as 0, as in diffusers pipelines.
-    `callback` gets k-diffusion's dict after every step ('denoised' is the state itself: the
-    steps do not form x̂0 separately); `disable` is accepted (no progress bar).
+    `callback` gets k-diffusion's dict once per network evaluation, after the denoiser, as
+    k-diffusion's samplers call it: {"x": the state at σ_i, "i": i, "sigma": σ_i, "sigma_hat": σ_i,
+    "denoised": D(x, σ_i)}; the sampler stays on the fused path with a callback. `disable` is
+    accepted (no progress bar).
     """
     if (schedule is None) == (preset is None):
         raise ValueError("sampler: give exactly one of schedule= (a searched schedule) or preset= (a preset name)")
@@ -95,31 +100,51 @@ def sampler(schedule: Schedule | None = None, preset: str | None = None, *, nois
         sig = np.asarray(torch.as_tensor(sigmas_).detach().cpu().double().numpy(), dtype=np.float64)
         if sig.ndim != 1 or len(sig) < 2 or not np.all(np.isfinite(sig)) or np.any(np.diff(sig) >= 0) or sig[-1] < 0:
             raise ValueError(f"sigmas: need at least 2 strictly decreasing values >= 0, got {sig.tolist()}")
+        if len(sig) == 2 and sig[-1] == 0 and preset is not None:   # one step to σ = 0: the denoised sample itself
+            s0 = torch.full((x.shape[0],), float(sig[0]), dtype=x.dtype, device=x.device)
+            denoised = model(x, s0, **extra)
+            if callback is not None:
+                callback({"x": x, "i": 0, "sigma": s0[0], "sigma_hat": s0[0], "denoised": denoised})
+            return denoised
         run = _preset_run(preset, options, sig) if preset is not None else _schedule_run(schedule, sig, noise_schedule)
-        positive = sig[sig > 0]
-        ns = NoiseScheduleEDM(float(positive.min()), float(positive.max()))
+        ns = _edm_range(sig[sig > 0])
         net = DiffusionModel(lambda x_, s_: model(x_, s_, **extra), ns, "x0", "sigma")
         run = run.replace(meta={**run.meta, "noise_schedule": ns.fingerprint()})
         noise = x / float(run.timesteps[0])   # the start state is ε·σ_0
         if callback is None:
             return sample(net, run, noise)
-        points = run.timesteps
+        check_inputs(net, run)
+        start = initial_state(ns, run, noise)
 
-        def cb(i, t, state):
-            callback({"x": state, "i": i - 1, "sigma": torch.as_tensor(points[i - 1]),
-                      "sigma_hat": torch.as_tensor(points[i - 1]), "denoised": state})
-        return sample(net, run, noise, callback=cb)
+        def on_eval(k, t, state, denoised):   # k-diffusion's dict, once per evaluation, after the denoiser
+            s = torch.as_tensor(t, dtype=state.dtype, device=state.device)
+            # the state is one of the run's buffers, written again later: the callback gets its own
+            # copy, as k-diffusion's (a new tensor every step); the denoiser's output is never written
+            callback({"x": state.clone(), "i": k, "sigma": s, "sigma_hat": s, "denoised": denoised})
+        out = execute(cached_plan(run, net), net, start, "auto", on_eval=on_eval)   # the fused path
+        warn_if_not_finite(out, run)
+        return out
 
     sample_usf.__name__ = f"sample_usf_{preset or (schedule.name or 'schedule')}".replace(" ", "_")
     return sample_usf
 
 
+def _edm_range(positive: np.ndarray) -> NoiseScheduleEDM:
+    """The EDM schedule (σ = t) spanning these σ's; one σ alone (sigmas [σ, 0]) gets a range below it."""
+    hi = float(positive.max())
+    lo = float(positive.min())
+    return NoiseScheduleEDM(lo if lo < hi else hi / 2, hi)
+
+
 def _preset_run(preset: str, options: dict, sig: np.ndarray) -> Schedule:
+    """The preset on exactly these σ's. Without a final σ = 0 (ComfyUI's SplitSigmas) the last step
+    keeps its order, as k-diffusion's samplers do (no lower-order final step)."""
     dtz = sig[-1] == 0
     times = sig[:-1] if dtz else sig
     nfe = len(sig) - 1
-    ns = NoiseScheduleEDM(float(times.min()), float(times.max()))
-    return P.get(preset, ns, nfe, timesteps=times.tolist(), denoise_to_zero=bool(dtz), **options)
+    if not dtz and "lower_order_final" in inspect.signature(P.PRESETS[preset]).parameters:
+        options = {"lower_order_final": False, **options}
+    return P.get(preset, _edm_range(times), nfe, timesteps=times.tolist(), denoise_to_zero=bool(dtz), **options)
 
 
 def _schedule_run(schedule: Schedule, sig: np.ndarray, ns) -> Schedule:

@@ -36,13 +36,24 @@ def test_one_scheduler_object_continues_the_base_run_exactly(preset, opts):
     assert 0 < k < 10 and sched.begin_index == k and sched.step_index == 10
 
 
-def test_separate_scheduler_objects_start_fresh_within_diffusers_own_gap():
+@pytest.mark.parametrize("theirs_cls,preset,opts", [
+    ("DPMSolverMultistepScheduler", "dpm_solver_pp", {"order": 2}),
+    ("UniPCMultistepScheduler", "unipc", {"order": 2, "variant": "bh2"}),
+], ids=["dpm++2m", "unipc-bh2"])
+def test_separate_scheduler_objects_start_fresh_within_diffusers_own_gap(theirs_cls, preset, opts):
+    """How SDXL is run: two pipelines, two scheduler objects; the refiner restarts the multistep
+    history at the cut. The same solver as diffusers', on the grid of the pipeline's scheduler
+    (the source scheduler's timesteps), loses what diffusers' loses: within 1.5× of its gap (issue
+    "The diffusers and ComfyUI adapters", finding 5: 3.8× and 30× before)."""
+    import diffusers
     base, refiner = sdxl_pipelines()
-    theirs = _handoff(base, refiner)   # diffusers' DPM-Solver++(2M): the refiner loses the history
     cfg = base.scheduler.config
-    base.scheduler = USFScheduler.from_config(cfg, preset="dpm_solver_pp", preset_options={"order": 2})
-    refiner.scheduler = USFScheduler.from_config(cfg, preset="dpm_solver_pp", preset_options={"order": 2})
+    cls = getattr(diffusers, theirs_cls)
+    base.scheduler, refiner.scheduler = cls.from_config(cfg), cls.from_config(cfg)
+    theirs = _handoff(base, refiner)
+    base.scheduler = USFScheduler.from_config(cfg, preset=preset, preset_options=opts)
+    refiner.scheduler = USFScheduler.from_config(cfg, preset=preset, preset_options=opts)
     ours = _handoff(base, refiner)
-    assert 0 < theirs < 1e-2 and ours <= 2 * theirs
+    assert 0 < theirs < 1e-2 and ours <= 1.5 * theirs
     sched = refiner.scheduler
     assert sched.active_schedule.nfe == 10 - sched.begin_index and not sched.active_schedule.afs

@@ -31,7 +31,8 @@ from ..model import DiffusionModel
 from ..noise_schedules import NoiseScheduleEDM, NoiseScheduleFlow
 from ..schedule import Schedule
 from .diffusers_config import (LEARNED_VARIANCE, PREDICTION, SAMPLER_FIELDS, check_prediction, config_kind,
-                               flow_grid_of, noise_schedule_from_diffusers_config, read_source_config, source_spacing)
+                               flow_grid_of, noise_schedule_from_diffusers_config, read_source_config, source_spacing,
+                               source_timesteps)
 from .edm import edm_coefficients, edm_precond
 
 __all__ = ["USFScheduler", "noise_schedule_from_diffusers_config", "wrap_transformer", "wrap_unet"]
@@ -101,7 +102,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                  sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float | None = None,
                  kind: str | None = None, shift: float = 1.0, use_dynamic_shifting: bool = False,
                  time_shift_type: str = "exponential", flow_grid: str = "flow_euler", source_spacing: str | None = None,
-                 source_alphas_cumprod: list | None = None, variance_type: str | None = None):
+                 source_alphas_cumprod: list | None = None, variance_type: str | None = None,
+                 source_grid: dict | None = None):
         self.kind = kind or ("edm" if sigma_data is not None else "vp")
         if self.kind not in ("vp", "edm", "flow"):
             raise ValueError(f"kind={kind!r}: must be 'vp', 'edm' or 'flow'")
@@ -388,7 +390,19 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if not self.flow:
             if self.config.source_spacing is not None:   # the source config's Karras / exponential sigmas
                 opts.setdefault("spacing", self.config.source_spacing)
-            return P.get(self.config.preset, self.noise_schedule, n, **opts)
+            if "spacing" in opts or self.config.source_grid is None:
+                return P.get(self.config.preset, self.noise_schedule, n, **opts)
+            # the grid of the scheduler the config came from, point for point (AFS: one more), ending
+            # with the jump to σ = 0, as the flow configs
+            opts = P.on_fixed_grid(self.config.preset, opts)
+            clash = sorted({"timesteps", "denoise_to_zero", "t_start", "t_end"} & set(opts))
+            if clash:
+                raise ValueError(f"preset_options {clash}: the preset runs on the source scheduler's grid, multistep "
+                                 "and ending with the jump to σ = 0; drop these options, give a spacing, or "
+                                 "configure a schedule= instead")
+            idx = source_timesteps(self.config.source_grid, n + int(bool(opts.get("afs", False))))
+            ts = self._custom_times(idx, "timesteps")
+            return P.get(self.config.preset, self.noise_schedule, n, timesteps=ts, denoise_to_zero=True, **opts)
         shift = _flow_shift(self.config, mu)
         if sigmas is None and "spacing" in opts:   # the user's spacing on the shifted scale
             opts.setdefault("shift", shift)

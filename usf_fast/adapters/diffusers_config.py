@@ -38,6 +38,12 @@ VP_SOURCES = (
     "PNDMScheduler", "SASolverScheduler", "TCDScheduler", "UniPCMultistepScheduler", "UnCLIPScheduler",
     "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler",
 )
+#: classes whose evaluations interleave extra points with a base grid, and the class of that grid:
+#: KDPM2 and DPM-Solver SDE add σ midpoints to Euler's; PNDM's Runge–Kutta warm-up adds half steps
+#: to DDIM's
+BASE_GRID = {"KDPM2DiscreteScheduler": "EulerDiscreteScheduler", "KDPM2AncestralDiscreteScheduler":
+             "EulerDiscreteScheduler", "DPMSolverSDEScheduler": "EulerDiscreteScheduler",
+             "PNDMScheduler": "DDIMScheduler"}
 #: source classes whose network takes c_noise = ln(σ)/4 (EDM preconditioning)
 EDM_SOURCES = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
 #: source classes whose network takes σ·1000 of a rectified-flow schedule
@@ -74,7 +80,7 @@ SAMPLER_FIELDS = frozenset({
     "base_image_seq_len", "max_image_seq_len", "snr_shift_scale", "use_lu_lambdas", "use_karras_sigmas",
     "use_exponential_sigmas", "use_beta_sigmas", "sigma_schedule", "rho", "timestep_type", "thresholding",
     "rescale_betas_zero_snr", "use_flow_sigmas", "flow_shift", "invert_sigmas", "shift_terminal",
-    "stochastic_sampling",
+    "stochastic_sampling", "source_grid",
 })
 LEARNED_VARIANCE = ("learned", "learned_range")
 
@@ -219,6 +225,9 @@ def read_source_config(config) -> dict:
     for k, v in cfg.items():   # fields this class does not know (USFScheduler's own, or a newer diffusers')
         full.setdefault(k, v)
     _refuse_fields(full, name)
+    if config_kind(full) == "vp" and name in VP_SOURCES:   # its inference grid, for presets (source_timesteps)
+        full["source_grid"] = {"class": name, "config": {k: v for k, v in source.config.items()
+                                                         if not k.startswith("_")}}
     if config_kind(full) == "vp" and getattr(source, "alphas_cumprod", None) is not None:
         theirs = source.alphas_cumprod.double()
         if not bool(torch.isfinite(theirs).all()) or float(theirs.min()) <= 0 or float(theirs.max()) >= 1:
@@ -260,6 +269,36 @@ def check_prediction(prediction_type: str, kind: str) -> None:
             if prediction_type == "flow_prediction" else ""
         raise ValueError(f"prediction_type={prediction_type!r}: must be one of {', '.join(allowed)}"
                          + {"vp": "", "edm": " for an EDM config", "flow": " for a flow-matching config"}[kind] + hint)
+
+
+def source_timesteps(source_grid: dict, num_points: int) -> np.ndarray:
+    """The DDPM-index timesteps (float64, decreasing, distinct) the source scheduler evaluates its
+    network at for `num_points` steps: the class itself, `set_timesteps(num_points)` (its
+    `timestep_spacing`, `steps_offset`, ...); Heun repeats its points (each is taken once); the
+    classes in `BASE_GRID` add points to another class's grid (that grid is taken)."""
+    import diffusers
+    name = source_grid.get("class")
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if cls is None or name not in VP_SOURCES:
+        raise ValueError(f"source_grid: class {name!r} is not a VP scheduler USFScheduler reads")
+    cfg = dict(source_grid.get("config") or {})
+    if name in BASE_GRID:   # the grid their extra points are added to
+        base = getattr(diffusers, BASE_GRID[name])
+        cfg = {k: v for k, v in cfg.items() if k in inspect.signature(base.__init__).parameters}
+        cls = base
+    src = cls.from_config(cfg)
+    try:
+        src.set_timesteps(num_points)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"set_timesteps: the source scheduler {name} makes no grid of {num_points} points ({e}); "
+                         "pass preset_options={'spacing': ...} for one of usf_fast's spacings") from None
+    ts = np.asarray(src.timesteps.detach().cpu().double().numpy(), dtype=np.float64)
+    keep = np.r_[True, ts[1:] != ts[:-1]]
+    ts = ts[keep]
+    if len(ts) != num_points or np.any(np.diff(ts) >= 0):
+        raise ValueError(f"set_timesteps: the source scheduler {name} gives timesteps {ts.tolist()} for "
+                         f"{num_points} points; pass preset_options={{'spacing': ...}} for one of usf_fast's spacings")
+    return ts
 
 
 def source_spacing(cfg: dict, kind: str) -> str | None:

@@ -108,3 +108,39 @@ def flux_pipeline(img2img=False, guidance_embeds=True):
                text_encoder_2=None, tokenizer_2=None)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _clip_text(hidden, projection_dim=None):
+    cfg = transformers.CLIPTextConfig(vocab_size=64, hidden_size=hidden, intermediate_size=32, num_attention_heads=2,
+                                      num_hidden_layers=2, max_position_embeddings=12, bos_token_id=0, eos_token_id=1,
+                                      pad_token_id=1, **({"projection_dim": projection_dim} if projection_dim else {}))
+    torch.manual_seed(0)
+    model = transformers.CLIPTextModelWithProjection(cfg) if projection_dim else transformers.CLIPTextModel(cfg)
+    return model.eval()
+
+
+def sdxl_text_pipeline() -> StableDiffusionXLPipeline:
+    """The tiny SDXL base with its two text encoders (CLIP, CLIP with projection) and tokenizers."""
+    base, _ = sdxl_pipelines()
+    pipe = StableDiffusionXLPipeline(vae=base.vae, unet=base.unet, scheduler=base.scheduler, text_encoder=_clip_text(16),
+                                     text_encoder_2=_clip_text(16, 32), tokenizer=tokenizer(), tokenizer_2=tokenizer(),
+                                     force_zeros_for_empty_prompt=True, add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flux_text_pipeline() -> FluxPipeline:
+    """The tiny FLUX-dev (embedded guidance) with a VAE, a CLIP and a T5 encoder (the tiny CLIP
+    tokenizer stands in for T5's: the pipeline only calls it)."""
+    torch.manual_seed(0)
+    tr = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                                axes_dims_rope=[4, 4, 8], guidance_embeds=True).eval()
+    t5 = transformers.T5EncoderModel(transformers.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=32, num_layers=1,
+                                                           num_heads=2)).eval()
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                            base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(transformer=tr, scheduler=sched, vae=flow_vae(0.1159, 0.3611), text_encoder=_clip_text(32),
+                        tokenizer=tokenizer(), text_encoder_2=t5, tokenizer_2=tokenizer())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -870,7 +870,9 @@ def _run_unet(unet, x: torch.Tensor, t: torch.Tensor, learned: bool = False, **k
 
 def wrap_unet(unet, scheduler_config, *, cond=None, uncond=None, guidance_scale: float | None = None) -> DiffusionModel:
     """A diffusers UNet plus its scheduler config as a `DiffusionModel` for `usf_fast.sample` and
-    the search. With `cond` (text embeddings) the UNet gets `encoder_hidden_states`; with
+    the search. With `cond` (text embeddings) the UNet gets `encoder_hidden_states`; a dict `cond`
+    (SDXL) gives its "encoder_hidden_states" so and the rest as `added_cond_kwargs` (text_embeds,
+    time_ids); with
     `guidance_scale`, `uncond` too (classifier-free guidance in one batched call). EDM configs
     (sigma_data) get diffusers' EDM preconditioning around the UNet."""
     cfg = read_source_config(scheduler_config)
@@ -884,6 +886,13 @@ def wrap_unet(unet, scheduler_config, *, cond=None, uncond=None, guidance_scale:
     learned = cfg.get("variance_type") in LEARNED_VARIANCE   # 2C output channels: the first C are the prediction
     if cond is None:
         raw = lambda x, t: _run_unet(unet, x, t, learned=learned)  # noqa: E731
+    elif isinstance(cond, dict):   # SDXL: encoder_hidden_states plus added_cond_kwargs (text_embeds, time_ids)
+        if "encoder_hidden_states" not in cond:
+            raise ValueError("wrap_unet: cond= as a dict needs 'encoder_hidden_states' (the rest goes to the UNet's "
+                             f"added_cond_kwargs), got keys {sorted(cond)}")
+        raw = lambda x, t, c: _run_unet(  # noqa: E731
+            unet, x, t, learned=learned, encoder_hidden_states=c["encoder_hidden_states"],
+            added_cond_kwargs={k: v for k, v in c.items() if k != "encoder_hidden_states"})
     else:
         raw = lambda x, t, c: _run_unet(unet, x, t, learned=learned, encoder_hidden_states=c)  # noqa: E731
     if not edm:

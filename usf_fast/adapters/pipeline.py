@@ -8,9 +8,12 @@
 
 Supported: unconditional UNet pipelines (DDPM, DDIM, ...), text-to-image UNet pipelines whose
 `encode_prompt(prompt, device, num_images_per_prompt, do_classifier_free_guidance)` returns the
-text embeddings (Stable Diffusion 1.x / 2.x) and SD3 (`StableDiffusion3Pipeline`). Prompts are
-encoded once; sample r of a batch uses prompt r mod P. Latents are the pipeline's
-(C, H/f, W/f) with f its VAE scale factor.
+text embeddings (Stable Diffusion 1.x / 2.x), SDXL (`StableDiffusionXLPipeline`: both text
+encoders, the pooled embedding and the size micro-conditioning `time_ids` as the pipeline builds
+them), SD3 (`StableDiffusion3Pipeline`) and FLUX (`FluxPipeline`: packed latents, `img_ids` /
+`txt_ids`, FLUX-dev's embedded guidance). Prompts are encoded once; sample r of a batch uses prompt
+r mod P. Latents are the pipeline's (C, H/f, W/f) with f its VAE scale factor; FLUX's are packed,
+(H/2f · W/2f, 4C).
 """
 from __future__ import annotations
 
@@ -70,8 +73,13 @@ def read_prompts(path: str) -> list[str]:
 class PipelineModel:
     model: DiffusionModel
     shape: tuple          # per-sample latent shape
-    kind: str             # "unconditional" | "text" | "sd3"
+    kind: str             # "unconditional" | "text" | "sdxl" | "sd3" | "flux"
     prompts: list | None
+    guidance: float | None = None   # the guidance the network runs with (FLUX-dev: the pipeline's 3.5 if none given)
+
+
+#: FluxPipeline's default guidance_scale (FLUX-dev's embedded guidance)
+FLUX_GUIDANCE = 3.5
 
 
 def _network(pipe):
@@ -88,30 +96,51 @@ def _kind(pipe) -> str:
     if name == "transformer":
         if cls.startswith("StableDiffusion3"):
             return "sd3"
-        raise ValueError(f"{cls}: searching this transformer pipeline from the CLI is not supported yet (SD3 is); "
-                         "wrap its transformer with usf_fast.adapters.diffusers.wrap_transformer in Python")
-    if getattr(pipe, "text_encoder", None) is None:
+        if cls == "FluxPipeline":
+            return "flux"
+        raise ValueError(f"{cls}: searching this transformer pipeline from the CLI is not supported (SD3 and FLUX "
+                         "are); wrap its transformer with usf_fast.adapters.diffusers.wrap_transformer in Python")
+    if getattr(pipe, "text_encoder", None) is None and getattr(pipe, "text_encoder_2", None) is None:
         return "unconditional"
+    if cls == "StableDiffusionXLPipeline":
+        return "sdxl"
     if getattr(pipe, "text_encoder_2", None) is not None or "XL" in cls:
-        raise ValueError(f"{cls}: SDXL's added conditioning is not supported by the CLI yet; wrap its UNet in Python")
+        raise ValueError(f"{cls}: from the CLI only StableDiffusionXLPipeline of the SDXL family is supported; "
+                         "wrap its UNet with usf_fast.adapters.diffusers.wrap_unet in Python")
     return "text"
+
+
+def _vae_factor(pipe) -> int:
+    return int(getattr(pipe, "vae_scale_factor", 1) or 1) if getattr(pipe, "vae", None) is not None else 1
+
+
+def image_size(pipe, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+    """(height, width) in pixels: as given, or the pipeline's default; checked against its VAE factor
+    (FLUX: twice it, for the 2×2 packing)."""
+    _, net = _network(pipe)
+    cfg = net.config
+    f = _vae_factor(pipe)
+    kind = _kind(pipe)
+    if kind == "flux":
+        size = int(getattr(pipe, "default_sample_size", 128)) * f
+        f = 2 * f
+    else:
+        size = cfg.sample_size * f if isinstance(cfg.sample_size, int) else cfg.sample_size[0] * f
+    h, w = height or size, width or size
+    for name, v in (("--height", h), ("--width", w)):
+        if not isinstance(v, int) or v < f or v % f:
+            raise ValueError(f"{name} {v}: must be a positive multiple of {f} (the pipeline's VAE factor"
+                             f"{', twice for the 2×2 packing' if kind == 'flux' else ''})")
+    return h, w
 
 
 def latent_shape(pipe, height: int | None = None, width: int | None = None) -> tuple:
     _, net = _network(pipe)
-    cfg = net.config
-    f = int(getattr(pipe, "vae_scale_factor", 1) or 1) if getattr(pipe, "vae", None) is not None else 1
-    if _kind(pipe) == "sd3":
-        size = cfg.sample_size * f
-        channels = cfg.in_channels
-    else:
-        size = cfg.sample_size * f if isinstance(cfg.sample_size, int) else cfg.sample_size[0] * f
-        channels = cfg.in_channels
-    h, w = height or size, width or size
-    for name, v in (("--height", h), ("--width", w)):
-        if not isinstance(v, int) or v < f or v % f:
-            raise ValueError(f"{name} {v}: must be a positive multiple of the pipeline's VAE factor {f}")
-    return (channels, h // f, w // f)
+    h, w = image_size(pipe, height, width)
+    f = _vae_factor(pipe)
+    if _kind(pipe) == "flux":   # packed 2×2 patches: (tokens, 4·C) = (h/2f · w/2f, in_channels)
+        return ((h // (2 * f)) * (w // (2 * f)), net.config.in_channels)
+    return (net.config.in_channels, h // f, w // f)
 
 
 def pipeline_model(pipe, prompts: list[str] | None = None, guidance: float | None = None,
@@ -123,6 +152,7 @@ def pipeline_model(pipe, prompts: list[str] | None = None, guidance: float | Non
         raise ValueError(f"--max-batch {max_batch}: must be a positive integer (rows per network call)")
     if guidance is not None and not guidance > 0:
         raise ValueError(f"--guidance {guidance}: must be > 0")
+    shape = latent_shape(pipe, height, width)
     if kind == "unconditional":
         if prompts:
             raise ValueError(f"--prompts: {type(pipe).__name__} is unconditional (no text encoder)")
@@ -137,6 +167,10 @@ def pipeline_model(pipe, prompts: list[str] | None = None, guidance: float | Non
                 cond, uncond = pipe.encode_prompt(prompts, device, 1, cfg_on, negative_prompt=[""] * len(prompts))
                 model = wrap_unet(pipe.unet, pipe.scheduler.config, cond=cond,
                                   **({"uncond": uncond, "guidance_scale": float(guidance)} if cfg_on else {}))
+            elif kind == "sdxl":
+                model = _sdxl_model(pipe, prompts, guidance if cfg_on else None, image_size(pipe, height, width))
+            elif kind == "flux":
+                model, guidance = _flux_model(pipe, prompts, guidance, image_size(pipe, height, width))
             else:
                 pe, ne, pooled, npooled = pipe.encode_prompt(prompts, prompts, prompts, device=device,
                                                              do_classifier_free_guidance=cfg_on,
@@ -148,9 +182,46 @@ def pipeline_model(pipe, prompts: list[str] | None = None, guidance: float | Non
                         "guidance_scale": float(guidance)} if cfg_on else {}))
     if max_batch is not None:
         model.net = _micro_batched(model.net, max_batch)
-    shape = latent_shape(pipe, height, width)
     model.sample_shape = shape
-    return PipelineModel(model, shape, kind, prompts)
+    return PipelineModel(model, shape, kind, prompts, guidance)
+
+
+def _sdxl_model(pipe, prompts, guidance, size) -> DiffusionModel:
+    """SDXL's UNet with what StableDiffusionXLPipeline hands it: the two encoders' hidden states,
+    the pooled embedding and the size micro-conditioning (original = target = the image size, crop
+    (0, 0)); the negative prompt as the pipeline's default (zeros with force_zeros_for_empty_prompt)."""
+    device = pipe._execution_device
+    pe, npe, pooled, npooled = pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=guidance is not None)
+    proj = (pipe.text_encoder_2.config.projection_dim if getattr(pipe, "text_encoder_2", None) is not None
+            else int(pooled.shape[-1]))
+    time_ids = pipe._get_add_time_ids(tuple(size), (0, 0), tuple(size), dtype=pe.dtype,
+                                      text_encoder_projection_dim=proj).to(device).repeat(len(prompts), 1)
+    cond = {"encoder_hidden_states": pe, "text_embeds": pooled, "time_ids": time_ids}
+    if guidance is None:
+        return wrap_unet(pipe.unet, pipe.scheduler.config, cond=cond)
+    uncond = {"encoder_hidden_states": npe, "text_embeds": npooled, "time_ids": time_ids}
+    return wrap_unet(pipe.unet, pipe.scheduler.config, cond=cond, uncond=uncond, guidance_scale=float(guidance))
+
+
+def _flux_model(pipe, prompts, guidance, size) -> tuple[DiffusionModel, float | None]:
+    """FLUX's transformer as FluxPipeline runs it: T5 and CLIP-pooled prompt embeddings, the packed
+    latents' `img_ids` and the text's `txt_ids`, and FLUX-dev's embedded guidance (the pipeline's
+    3.5 unless given; FLUX-schnell has none, so a guidance there is refused)."""
+    device = pipe._execution_device
+    embeds = bool(getattr(pipe.transformer.config, "guidance_embeds", False))
+    if not embeds and guidance is not None:
+        raise ValueError(f"--guidance {guidance}: this FLUX transformer has no guidance embedding (FLUX-schnell); "
+                         "drop --guidance")
+    guidance = (FLUX_GUIDANCE if guidance is None else float(guidance)) if embeds else None
+    pe, pooled, txt_ids = pipe.encode_prompt(prompts, prompts, device=device, num_images_per_prompt=1)
+    f = _vae_factor(pipe)
+    h, w = size[0] // (2 * f), size[1] // (2 * f)
+    img_ids = pipe._prepare_latent_image_ids(1, h, w, device, pe.dtype)
+    model = wrap_transformer(pipe.transformer, pipe.scheduler.config,
+                             cond={"encoder_hidden_states": pe, "pooled_projections": pooled},
+                             guidance=guidance, img_ids=img_ids, txt_ids=txt_ids)
+    return model, guidance
 
 
 def _micro_batched(net, max_batch: int):
@@ -207,12 +278,14 @@ def _run(pipe, sched, nfe, prompts, guidance, num_images, seed, height, width, o
         if not prompts:
             raise ValueError(f"--prompt: {type(pipe).__name__} is a text-to-image pipeline; give a prompt")
         noise = torch.randn(num_images, *shape, generator=g).to(pipe._execution_device)
-        # SD3 never calls scale_model_input: an AFS schedule gets its first input as the latents
-        latents = sched.first_input(noise) if kind == "sd3" and sched.schedule is not None else noise
+        # SD3 and FLUX never call scale_model_input: an AFS schedule gets its first input as the latents
+        latents = sched.first_input(noise) if kind in ("sd3", "flux") and sched.schedule is not None else noise
         prompt = [prompts[i % len(prompts)] for i in range(num_images)]
-        kw = dict(prompt=prompt, num_inference_steps=nfe, latents=latents, output_type=output_type,
-                  height=shape[1] * (pipe.vae_scale_factor if getattr(pipe, "vae", None) is not None else 1),
-                  width=shape[2] * (pipe.vae_scale_factor if getattr(pipe, "vae", None) is not None else 1))
+        h, w = image_size(pipe, height, width)
+        kw = dict(prompt=prompt, num_inference_steps=nfe, latents=latents, output_type=output_type, height=h, width=w)
+        if kind == "flux" and guidance is not None and not getattr(pipe.transformer.config, "guidance_embeds", False):
+            raise ValueError(f"--guidance {guidance}: this FLUX transformer has no guidance embedding (FLUX-schnell); "
+                             "drop --guidance")
         if guidance is not None:
             kw["guidance_scale"] = guidance
         with torch.no_grad():

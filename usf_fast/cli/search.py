@@ -60,6 +60,7 @@ def _pipeline_model(args, device: str):
             if n % len(prompts):
                 raise ValueError(f"{flag} {n}: must be a multiple of the {len(prompts)} prompts (sample r uses prompt "
                                  f"r mod {len(prompts)})")
+    args.guidance = pm.guidance   # what the network runs with (FLUX-dev: the pipeline's default): generate reuses it
     return pm.model, pm.shape
 
 

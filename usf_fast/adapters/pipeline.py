@@ -24,7 +24,8 @@ import torch
 
 from ..model import DiffusionModel, map_cond
 from ..schedule import Schedule
-from .diffusers import USFScheduler, wrap_transformer, wrap_unet
+from .diffusers import USFScheduler
+from .networks import wrap_transformer, wrap_unet
 
 __all__ = ["load_pipeline", "pipeline_model", "PipelineModel", "generate", "generate_preset", "latent_shape",
            "read_prompts"]

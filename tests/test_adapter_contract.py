@@ -255,3 +255,22 @@ def test_the_alpha_tables_and_add_noise_at_any_training_timestep():
         ours.add_noise(x0, noise, torch.tensor([1500, 3]))
     from diffusers import FlowMatchEulerDiscreteScheduler
     assert not hasattr(USFScheduler.from_config(FlowMatchEulerDiscreteScheduler().config), "alphas_cumprod")
+
+
+@pytest.mark.gpu
+def test_timestep_copies_on_cuda_make_no_host_sync_after_the_first_step():
+    """A pipeline that hands step a copy of the timestep on the GPU: located once (one read, as
+    diffusers' index_for_timestep), then no step synchronises with the host."""
+    sched = USFScheduler.from_config(DPMSolverMultistepScheduler(**BETAS).config, preset="unipc")
+    sched.set_timesteps(5, device="cuda")
+    x = torch.randn(2, 4, 8, 8, device="cuda")
+    ts = [t.clone() for t in sched.timesteps]
+    x = sched.step(x * 0.5, ts[0], x).prev_sample
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for t in ts[1:]:
+            x = sched.step(x * 0.5, t, x).prev_sample
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert sched.step_index == 5

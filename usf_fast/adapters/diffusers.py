@@ -502,12 +502,14 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
     def _edm(self, e: int):
         return edm_coefficients(self._times[e], self.config.sigma_data, self.config.prediction_type == "v_prediction")
 
-    def _index_of(self, timestep, caller: str) -> int:
+    def _index_of(self, timestep, caller: str) -> int | None:
         """The position of `timestep` in `self.timesteps`, as diffusers' `index_for_timestep`. A view of
         `self.timesteps` (what `for t in scheduler.timesteps[k:]` hands back, expanded or not) is
         located from its storage offset: no device-to-host read. Any other value is compared with
         the grid (one host read of a device tensor, as diffusers does): equal up to float32
-        rounding, or the grid value cast to an integer (pipelines that pass `int(t)`)."""
+        rounding, or the grid value cast to an integer (pipelines that pass `int(t)`). A copy on a GPU
+        is read at the start of a run only (None after that: the position is the step count, as in
+        diffusers), so no step synchronises with the host."""
         ts = self.timesteps
         if torch.is_tensor(timestep):
             if timestep.numel() == 0:
@@ -517,6 +519,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                 off = timestep.storage_offset() - ts.storage_offset()
                 if off % ts.stride(0) == 0 and 0 <= off // ts.stride(0) < len(ts):
                     return off // ts.stride(0)
+            if timestep.device.type != "cpu" and self._e > 0:
+                return None   # a device copy mid-run: reading it would synchronise every step; the count holds
             value = float(timestep.detach().reshape(-1)[0])
         else:
             try:
@@ -541,7 +545,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             return
         k = self._index_of(timestep, caller)
         j = self._shift + self._e
-        if k == j:
+        if k is None or k == j:
             return
         if self._e == 0 and not self._handoff and not self._begin_explicit and self._final is None:
             self.set_begin_index(k)

@@ -24,9 +24,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 
 from .. import presets as P
 from ..checks import check_noise_schedule, check_schedule_range
-from ..backends import coefficient_dtype, get_combine, resolve_backend
-from ..executor import coefficient_tables
-from ..plan import Combine, Const, Eval, Plan, compile_plan
+from ..backends import coefficient_dtype, get_combine
+from ..executor import PlanRun, coefficient_tables
+from ..plan import Const, Eval, Plan, compile_plan
 from ..model import DiffusionModel
 from ..noise_schedules import NoiseScheduleEDM, NoiseScheduleFlow
 from ..schedule import Schedule
@@ -228,8 +228,9 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         self._begin_explicit = False   # set_begin_index sets it; else the first timestep locates the start
         self._stopped = stopped if stopped is not None and stopped["_full"] == schedule else None
 
-    _RUN_STATE = ("_full", "_active", "_tables", "_times", "_e", "_shift", "_slots", "_coefs", "_last_out",
-                  "_begin_index", "_backend")
+    # a run stopped part-way: the plan's own run (PlanRun) and where the pipeline stands in it
+    _RUN_STATE = ("_full", "_active", "_tables", "_times", "_e", "_shift", "_plan_run", "_edm_coefs", "_last_out",
+                  "_begin_index")
 
     def _run_state(self) -> dict:
         return {k: getattr(self, k) for k in self._RUN_STATE}
@@ -252,7 +253,8 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
             self._timesteps_host = self.timesteps.cpu().double().numpy()
             self.num_inference_steps = len(tables.times)
         self._e = 0
-        self._slots = None
+        self._plan_run = self._edm_coefs = None
+        self._first_from_pipeline = False   # the first evaluation's input is the pipeline's latents
         self._last_out = None
         self._stopped = None
         self._handoff = False   # only set_begin_index's restore of a stopped run sets it
@@ -700,18 +702,18 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if e == 0 or self._handoff:
             sample = self._start(sample)
             e = self._e
-        p = self._tables
-        ev = p.evals[e]
-        if e:   # the pipeline's state at this evaluation (inpainting may have blended it)
-            self._slots[ev.state] = sample.contiguous()
-        x_e = self._slots[ev.state]
+        run = self._plan_run
+        # the pipeline's state at this evaluation (inpainting may have blended it); the first one is
+        # the run's own where scale_model_input handed the net the AFS state
+        state = sample.contiguous() if e or self._first_from_pipeline else None
+        x_e = state if state is not None else run.slots[run.pending.state]
         out = model_output.to(x_e.dtype).contiguous()
         if self.edm:  # preconditioned output F -> denoised D = c_skip·x + c_out·F, the data prediction
-            out = self._backend([x_e, out], self._coefs[1][e], torch.empty_like(x_e))
-        self._slots[ev.out] = out
-        self._run(p.segments[e])
+            out = get_combine(run.backend)([x_e, out], self._edm_coefs[e], torch.empty_like(x_e))
+        run.feed(out, state=state)
+        nxt = run.next_input()   # the plan's combinations up to the next model input, or the result
+        nxt = nxt[0] if nxt is not None else run.result
         self._e += 1
-        nxt = self._slots[p.evals[e + 1].state] if e + 1 < len(p.evals) else self._slots[p.plan.output_slot]
         self._last_out = nxt
         if not return_dict:
             return (nxt,)
@@ -735,10 +737,9 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                     and model_output.shape[1] == 2 * sample.shape[1] else "")
             raise ValueError(f"step: model_output has shape {tuple(model_output.shape)} but sample has "
                              f"{tuple(sample.shape)}{hint}")
-        slots = self._slots
-        if self._e and slots is not None:
-            run = slots[self._tables.plan.input_slot]
-            if run is not None and (run.shape != sample.shape or run.device != sample.device):
+        if self._e and self._plan_run is not None:
+            run = self._plan_run.x_t
+            if run.shape != sample.shape or run.device != sample.device:
                 raise ValueError(f"step: sample has shape {tuple(sample.shape)} on {sample.device} but this run's "
                                  f"latents have {tuple(run.shape)} on {run.device} (the batch changed mid-run?); "
                                  "set_timesteps starts a new run")
@@ -770,34 +771,16 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                                  "network's first input is the AFS state, but the pipeline did not call "
                                  "scale_model_input (diffusers' SD3, FLUX, DDPM and DDIM pipelines do not): pass "
                                  "latents=scheduler.first_input(noise) to the pipeline, or use a schedule with afs=False")
-        self._coefs = p.coefficients(sample.dtype, sample.device)
-        self._backend = get_combine(resolve_backend("auto", sample.device, sample.dtype))
-        self._slots = [None] * p.plan.num_slots
-        self._slots[p.plan.input_slot] = x_start
-        self._run(p.prefix)
-        if isinstance(mode, float) and self._active.afs:
-            self._slots[p.evals[0].state] = sample.contiguous()   # exactly what the net was given
-        elif not self._active.afs:
-            self._slots[p.evals[0].state] = sample.contiguous()
+        tables, self._edm_coefs = p.coefficients(sample.dtype, sample.device)
+        # the plan's run: each combination one fused pass (usf_fast.backends: float32 accumulation,
+        # coefficients already on the latents' device, so no host synchronisation); every output a
+        # new tensor (the pipeline may still hold a state a reused buffer held); the data mean is 0
+        self._plan_run = PlanRun(p.plan, x_start, "auto", tables=tables, fresh=True)
+        self._plan_run.next_input()   # the ops before the first evaluation
+        # the net's first input was the pipeline's latents themselves, except where scale_model_input
+        # handed it the AFS state computed from them
+        self._first_from_pipeline = not self._active.afs or isinstance(mode, float)
         return sample
-
-    def _run(self, ops) -> None:
-        """The plan's combinations between two evaluations, each one fused pass (usf_fast.backends:
-        float32 accumulation, coefficients already on the latents' device: no host synchronisation).
-        Outputs are new tensors: the pipeline may still hold a state a reused slot held."""
-        slots, coefs = self._slots, self._coefs[0]
-        for pos, op in ops:
-            if isinstance(op, Const):
-                slots[op.out] = torch.zeros_like(slots[self._tables.plan.input_slot])   # the data mean is 0
-                continue
-            inputs = [slots[j] for j in op.inputs]
-            c1, c2 = coefs[self._tables.combine_at[pos]]
-            dst = torch.empty_like(inputs[0], memory_format=torch.contiguous_format)
-            dst2 = torch.empty_like(dst) if op.out2 is not None else None
-            self._backend(inputs, c1, dst, c2, dst2)
-            slots[op.out] = dst
-            if dst2 is not None:
-                slots[op.out2] = dst2
 
     def _tail(self, k: int) -> Schedule:
         tail = self._preset_tail(self._full, k) if self._schedule is None else None
@@ -808,26 +791,16 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
 
 
 class _StepPlan:
-    """A compiled `Plan` (usf_fast.plan: the minimal-slot lowering `sample` runs) cut at its
-    evaluations: the ops before the first one, and after each evaluation the ops that lead to the
-    next model input (or the result). Each combination reads the few buffers that are still live,
-    so a step's cost does not grow with the NFE (the dense lowering re-reads every earlier input
-    once corrected states enter it)."""
+    """A compiled `Plan` (usf_fast.plan: the minimal-slot lowering `sample` runs) and what the
+    scheduler needs beside it: the evaluation times, EDM's per-evaluation (c_skip, c_out), the AFS
+    factor of the first input, and the coefficient tables per dtype and device. `step` runs it
+    through a `PlanRun` up to each next model input; each combination reads the few buffers that
+    are still live, so a step's cost does not grow with the NFE."""
 
     def __init__(self, plan: Plan, sched: "USFScheduler", schedule: Schedule):
         self.plan = plan
-        positions = [i for i, op in enumerate(plan.ops) if isinstance(op, Eval)]
-        self.evals = [plan.ops[i] for i in positions]
+        self.evals = [op for op in plan.ops if isinstance(op, Eval)]
         self.times = [op.t for op in self.evals]
-        ends = positions[1:] + [len(plan.ops)]
-        numbered = list(enumerate(plan.ops))
-        self.prefix = numbered[:positions[0]] if positions else numbered
-        self.segments = [numbered[i + 1:j] for i, j in zip(positions, ends)]
-        self.combine_at, k = {}, 0
-        for i, op in numbered:
-            if isinstance(op, Combine):
-                self.combine_at[i] = k
-                k += 1
         self.edm = None
         if sched.edm:
             v = sched.config.prediction_type == "v_prediction"
@@ -840,7 +813,9 @@ class _StepPlan:
         """The first evaluation's input per unit of the start state x_T (data mean 0), float64."""
         slots = [None] * self.plan.num_slots
         slots[self.plan.input_slot] = torch.ones(1, dtype=torch.float64)
-        for _, op in self.prefix:
+        for op in self.plan.ops:
+            if isinstance(op, Eval):
+                break
             if isinstance(op, Const):
                 slots[op.out] = torch.zeros(1, dtype=torch.float64)
             else:

@@ -75,3 +75,22 @@ def test_bad_input_is_one_line_and_exit_status_2(saved, capsys, tmp_path, argv, 
     usf_fast.presets.unipc(usf_fast.NoiseScheduleVP("linear"), 3).to_json(tmp_path / "gmm.json")
     code, _, err = _cli(capsys, *argv(saved, tmp_path))
     assert code == 2 and match in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(saved, capsys, tmp_path):
+    """Issue "The diffusers and ComfyUI adapters", point 7: adapters.pipeline's errors named CLI flags
+    (--max-batch, --prompts) to Python callers; they name the parameter, the CLI its flag."""
+    from usf_fast.adapters.pipeline import ParameterError, read_prompts
+    pipe = load_pipeline(str(saved / "sd"))
+    with pytest.raises(ParameterError, match=r"^max_batch=0: must be a positive integer"):
+        pipeline_model(pipe, prompts=["ab"], max_batch=0)
+    with pytest.raises(ParameterError, match=r"^prompts: StableDiffusionPipeline is a text-to-image pipeline"):
+        pipeline_model(pipe)
+    with pytest.raises(ParameterError, match=r"^path='.*nope': not a folder"):
+        load_pipeline(str(tmp_path / "nope"))
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(ParameterError, match=r"^path='.*empty.txt': no prompts in it"):
+        read_prompts(str(tmp_path / "empty.txt"))
+    code, _, err = _cli(capsys, "search", "--model", f"diffusers:{saved / 'sd'}", "--prompts", saved / "prompts.txt",
+                        "--height", 13, "--out", tmp_path / "o")
+    assert code == 2 and "--height 13: must be a positive multiple of" in err and "\n" not in err.strip()

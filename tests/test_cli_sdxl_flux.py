@@ -68,5 +68,5 @@ def test_search_and_generate_on_saved_sdxl_and_flux(saved, capsys, tmp_path, kin
 def test_flux_schnell_refuses_a_guidance(saved):
     pipe = load_pipeline(str(saved / "flux"))
     pipe.transformer.register_to_config(guidance_embeds=False)
-    with pytest.raises(ValueError, match="--guidance 4.0: this FLUX transformer has no guidance embedding"):
+    with pytest.raises(ValueError, match="guidance=4.0: this FLUX transformer has no guidance embedding"):
         pipeline_model(pipe, prompts=["ab"], guidance=4.0, height=32, width=32)

@@ -28,15 +28,36 @@ from .diffusers import USFScheduler
 from .networks import wrap_transformer, wrap_unet
 
 __all__ = ["load_pipeline", "pipeline_model", "PipelineModel", "generate", "generate_preset", "latent_shape",
-           "read_prompts"]
+           "read_prompts", "ParameterError"]
+
+
+class ParameterError(ValueError):
+    """Bad input to one of this module's functions, naming the parameter (`name=value: why`); the
+    command line translates the parameter into its flag (`for_flags`)."""
+
+    _NO_VALUE = object()
+
+    def __init__(self, param: str, why: str, value=_NO_VALUE):
+        self.param, self.why, self.value = param, why, value
+        shown = "" if value is self._NO_VALUE else f"={value!r}"
+        super().__init__(f"{param}{shown}: {why}")
+
+    def for_flags(self, flags: dict[str, str]) -> str:
+        """The message with the parameter as its flag: flags maps a parameter to a format string
+        such as "--max-batch {}" or "--model diffusers:{}"."""
+        fmt = flags.get(self.param)
+        if fmt is None:
+            return str(self)
+        head = fmt.format("" if self.value is self._NO_VALUE else self.value).rstrip()
+        return f"{head}: {self.why}"
 
 
 def load_pipeline(path: str, device="cpu", dtype: torch.dtype | None = None):
     """A pipeline saved with `save_pretrained` (a folder with model_index.json), offline."""
     if not os.path.isdir(path):
-        raise ValueError(f"--model diffusers:{path}: not a folder (a pipeline saved with save_pretrained)")
+        raise ParameterError("path", "not a folder (a pipeline saved with save_pretrained)", path)
     if not os.path.isfile(os.path.join(path, "model_index.json")):
-        raise ValueError(f"--model diffusers:{path}: no model_index.json there; not a saved diffusers pipeline")
+        raise ParameterError("path", "no model_index.json there; not a saved diffusers pipeline", path)
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as dlogging
     dlogging.set_verbosity_error()
@@ -51,7 +72,7 @@ def load_pipeline(path: str, device="cpu", dtype: torch.dtype | None = None):
         kw = {"torch_dtype": dtype} if dtype is not None else {}
         pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, **kw)
     except Exception as e:   # diffusers raises many kinds for a broken folder
-        raise ValueError(f"--model diffusers:{path}: cannot load the pipeline ({type(e).__name__}: {e})") from None
+        raise ParameterError("path", f"cannot load the pipeline ({type(e).__name__}: {e})", path) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -62,11 +83,11 @@ def read_prompts(path: str) -> list[str]:
         with open(path, encoding="utf-8") as f:
             prompts = [line.strip() for line in f if line.strip()]
     except UnicodeDecodeError:
-        raise ValueError(f"--prompts {path}: not a UTF-8 text file (one prompt per line)") from None
+        raise ParameterError("path", "not a UTF-8 text file (one prompt per line)", path) from None
     except IsADirectoryError:
-        raise ValueError(f"--prompts {path}: is a folder, not a text file") from None
+        raise ParameterError("path", "is a folder, not a text file", path) from None
     if not prompts:
-        raise ValueError(f"--prompts {path}: no prompts in it (one prompt per line)")
+        raise ParameterError("path", "no prompts in it (one prompt per line)", path)
     return prompts
 
 
@@ -128,10 +149,10 @@ def image_size(pipe, height: int | None = None, width: int | None = None) -> tup
     else:
         size = cfg.sample_size * f if isinstance(cfg.sample_size, int) else cfg.sample_size[0] * f
     h, w = height or size, width or size
-    for name, v in (("--height", h), ("--width", w)):
+    for name, v in (("height", h), ("width", w)):
         if not isinstance(v, int) or v < f or v % f:
-            raise ValueError(f"{name} {v}: must be a positive multiple of {f} (the pipeline's VAE factor"
-                             f"{', twice for the 2×2 packing' if kind == 'flux' else ''})")
+            raise ParameterError(name, f"must be a positive multiple of {f} (the pipeline's VAE factor"
+                                 f"{', twice for the 2×2 packing' if kind == 'flux' else ''})", v)
     return h, w
 
 
@@ -150,17 +171,17 @@ def pipeline_model(pipe, prompts: list[str] | None = None, guidance: float | Non
     guidance > 1 the empty prompt as the unconditional one), `max_batch` rows per network call."""
     kind = _kind(pipe)
     if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
-        raise ValueError(f"--max-batch {max_batch}: must be a positive integer (rows per network call)")
+        raise ParameterError("max_batch", "must be a positive integer (rows per network call)", max_batch)
     if guidance is not None and not guidance > 0:
-        raise ValueError(f"--guidance {guidance}: must be > 0")
+        raise ParameterError("guidance", "must be > 0", guidance)
     shape = latent_shape(pipe, height, width)
     if kind == "unconditional":
         if prompts:
-            raise ValueError(f"--prompts: {type(pipe).__name__} is unconditional (no text encoder)")
+            raise ParameterError("prompts", f"{type(pipe).__name__} is unconditional (no text encoder)")
         model = wrap_unet(pipe.unet, pipe.scheduler.config)
     else:
         if not prompts:
-            raise ValueError(f"--prompts: {type(pipe).__name__} is a text-to-image pipeline; give a prompt file")
+            raise ParameterError("prompts", f"{type(pipe).__name__} is a text-to-image pipeline; give prompts")
         cfg_on = guidance is not None and guidance > 1
         device = pipe._execution_device
         with torch.no_grad():
@@ -212,8 +233,8 @@ def _flux_model(pipe, prompts, guidance, size) -> tuple[DiffusionModel, float | 
     device = pipe._execution_device
     embeds = bool(getattr(pipe.transformer.config, "guidance_embeds", False))
     if not embeds and guidance is not None:
-        raise ValueError(f"--guidance {guidance}: this FLUX transformer has no guidance embedding (FLUX-schnell); "
-                         "drop --guidance")
+        raise ParameterError("guidance", "this FLUX transformer has no guidance embedding (FLUX-schnell); give none",
+                             guidance)
     guidance = (FLUX_GUIDANCE if guidance is None else float(guidance)) if embeds else None
     pe, pooled, txt_ids = pipe.encode_prompt(prompts, prompts, device=device, num_images_per_prompt=1)
     f = _vae_factor(pipe)
@@ -264,7 +285,7 @@ def generate_preset(pipe, preset: str, nfe: int, prompts=None, guidance=None, nu
 def _run(pipe, sched, nfe, prompts, guidance, num_images, seed, height, width, output_type):
     kind = _kind(pipe)
     if not isinstance(num_images, int) or num_images < 1:
-        raise ValueError(f"--num-images {num_images}: must be a positive integer")
+        raise ParameterError("num_images", "must be a positive integer", num_images)
     original = pipe.scheduler
     pipe.scheduler = sched
     try:
@@ -272,12 +293,13 @@ def _run(pipe, sched, nfe, prompts, guidance, num_images, seed, height, width, o
         g = torch.Generator().manual_seed(seed)
         if kind == "unconditional":
             if sched.schedule is not None and sched.schedule.afs:
-                raise ValueError(f"{type(pipe).__name__}: has no latents= argument, so an AFS schedule cannot get its "
-                                 "first input there; search with --option afs=false, or run it with usf_fast.sample")
+                raise ParameterError("schedule", f"{type(pipe).__name__} has no latents= argument, so an AFS schedule "
+                                     "cannot get its first input there; use a schedule without the analytical first "
+                                     "step (afs=False), or run it with usf_fast.sample")
             with torch.no_grad():
                 return pipe(batch_size=num_images, num_inference_steps=nfe, generator=g, output_type=output_type).images
         if not prompts:
-            raise ValueError(f"--prompt: {type(pipe).__name__} is a text-to-image pipeline; give a prompt")
+            raise ParameterError("prompts", f"{type(pipe).__name__} is a text-to-image pipeline; give a prompt")
         noise = torch.randn(num_images, *shape, generator=g).to(pipe._execution_device)
         # SD3 and FLUX never call scale_model_input: an AFS schedule gets its first input as the latents
         latents = sched.first_input(noise) if kind in ("sd3", "flux") and sched.schedule is not None else noise
@@ -285,8 +307,8 @@ def _run(pipe, sched, nfe, prompts, guidance, num_images, seed, height, width, o
         h, w = image_size(pipe, height, width)
         kw = dict(prompt=prompt, num_inference_steps=nfe, latents=latents, output_type=output_type, height=h, width=w)
         if kind == "flux" and guidance is not None and not getattr(pipe.transformer.config, "guidance_embeds", False):
-            raise ValueError(f"--guidance {guidance}: this FLUX transformer has no guidance embedding (FLUX-schnell); "
-                             "drop --guidance")
+            raise ParameterError("guidance", "this FLUX transformer has no guidance embedding (FLUX-schnell); give "
+                                 "none", guidance)
         if guidance is not None:
             kw["guidance_scale"] = guidance
         with torch.no_grad():

@@ -2,6 +2,7 @@
 torchrun too) and `usf-fast generate` (a saved pipeline with a schedule file)."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import time
@@ -47,13 +48,32 @@ def cmd_search(args) -> int:
     return in_process_group(lambda rank: _search(args, rank, device), device, args.dist_timeout)
 
 
+#: the pipeline functions' parameters as this command line's flags (adapters.pipeline.ParameterError)
+PIPELINE_PARAMETER_FLAGS = {"max_batch": "--max-batch {}", "guidance": "--guidance {}", "height": "--height {}",
+                            "width": "--width {}", "prompts": "--prompts", "num_images": "--num-images {}",
+                            "schedule": "--schedule"}
+
+
+@contextlib.contextmanager
+def _as_flags(**flags):
+    """A library error naming a parameter, re-raised naming its flag."""
+    from ..adapters.pipeline import ParameterError
+    try:
+        yield
+    except ParameterError as e:
+        raise ValueError(e.for_flags({**PIPELINE_PARAMETER_FLAGS, **flags})) from None
+
+
 def _pipeline_model(args, device: str):
     """--model diffusers:DIR: the saved pipeline's network on its latents (prompts encoded once)."""
     from ..adapters.pipeline import load_pipeline, pipeline_model, read_prompts
-    prompts = read_prompts(args.prompts) if args.prompts else None
-    pipe = load_pipeline(args.model[len("diffusers:"):], device=device)
-    pm = pipeline_model(pipe, prompts=prompts, guidance=args.guidance, height=args.height, width=args.width,
-                        max_batch=args.max_batch)
+    with _as_flags(path="--prompts {}"):
+        prompts = read_prompts(args.prompts) if args.prompts else None
+    with _as_flags(path="--model diffusers:{}"):
+        pipe = load_pipeline(args.model[len("diffusers:"):], device=device)
+    with _as_flags():
+        pm = pipeline_model(pipe, prompts=prompts, guidance=args.guidance, height=args.height, width=args.width,
+                            max_batch=args.max_batch)
     if prompts:
         for flag, n in (("--samples", args.samples), ("--samples2", args.samples2), ("--samples3", args.samples3 or 0),
                         ("--heldout", args.heldout)):
@@ -151,13 +171,15 @@ def cmd_generate(args) -> int:
         read_prompts,
     )
     schedule = Schedule.from_json(args.schedule)
-    prompts = list(args.prompt or []) + (read_prompts(args.prompts) if args.prompts else [])
+    with _as_flags(path="--prompts {}"):
+        prompts = list(args.prompt or []) + (read_prompts(args.prompts) if args.prompts else [])
     if args.compare is not None and args.compare not in P.PRESETS:
         raise ValueError(f"--compare {args.compare!r}: must be one of {', '.join(P.PRESETS)}")
     if not args.model.startswith("diffusers:"):
         raise ValueError(f"--model {args.model!r}: generate runs a saved pipeline: diffusers:DIR")
     device = search_device(args.device)
-    pipe = load_pipeline(args.model[len("diffusers:"):], device=device)
+    with _as_flags(path="--model diffusers:{}"):
+        pipe = load_pipeline(args.model[len("diffusers:"):], device=device)
     searched = schedule.meta.get("pipeline") if isinstance(schedule.meta.get("pipeline"), dict) else {}
     guidance = args.guidance
     if guidance is None and "guidance" in searched:   # the guidance the schedule was searched with (none: 1)
@@ -165,7 +187,8 @@ def cmd_generate(args) -> int:
     kw = dict(prompts=prompts or None, guidance=guidance, num_images=args.num_images, seed=args.seed,
               height=args.height or searched.get("height"), width=args.width or searched.get("width"))
     t0 = time.perf_counter()
-    images = generate(pipe, schedule, **kw)
+    with _as_flags(prompts="--prompt"):
+        images = generate(pipe, schedule, **kw)
     _prepare_out_dir(args.out)
     paths = []
     for i, img in enumerate(images):
@@ -174,7 +197,8 @@ def cmd_generate(args) -> int:
     print(f"{len(images)} images, NFE {schedule.nfe} ({schedule.name or 'schedule'}), {time.perf_counter() - t0:.1f} s: "
           f"{args.out}/image_*.png")
     if args.compare:
-        other = generate_preset(pipe, args.compare, schedule.nfe, **kw)
+        with _as_flags(prompts="--prompt"):
+            other = generate_preset(pipe, args.compare, schedule.nfe, **kw)
         path = os.path.join(args.out, "compare.png")
         write_compare_grid([(f"{schedule.name or 'schedule'}\nNFE {schedule.nfe}", images),
                             (f"{args.compare}\nNFE {schedule.nfe}", other)], path,

@@ -274,3 +274,75 @@ def test_timestep_copies_on_cuda_make_no_host_sync_after_the_first_step():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert sched.step_index == 5
+
+
+# ---- found in review -----------------------------------------------------------------------------
+def test_an_edm_scheduler_keeps_its_spacing_through_save_and_load(tmp_path):
+    ours = USFScheduler(sigma_data=0.5, source_spacing="logSNR")
+    ours.save_config(tmp_path)
+    for again in (USFScheduler.from_config(ours.config), USFScheduler.from_pretrained(tmp_path)):
+        assert again.config.source_spacing == "logSNR"
+        again.set_timesteps(8)
+        ours.set_timesteps(8)
+        torch.testing.assert_close(again.sigmas, ours.sigmas, rtol=0, atol=0)
+
+
+def test_a_repeated_time_given_as_a_number_is_the_expected_evaluation():
+    """An implicit corrector evaluates twice at one time: timesteps repeat a value, and a number
+    (not a view) must find the second of the pair when the run is there."""
+    model, net, _ = discrete_setup()
+    ns = noise_schedule_from_diffusers_config(DPMSolverMultistepScheduler(**BETAS).config)
+    base = usf_fast.presets.unipc(ns, 5, order=2)
+    steps = list(base.steps)
+    steps[1] = steps[1].replace(corrector="implicit")
+    schedule = base.replace(steps=steps)
+    results = []
+    for as_number in (False, True):
+        sched = USFScheduler.from_config(DPMSolverMultistepScheduler(**BETAS).config, schedule=schedule)
+        sched.set_timesteps(schedule.nfe)
+        ts = sched.timesteps
+        assert len(set(ts.tolist())) < len(ts)   # a repeated time
+        x = torch.randn(1, *model.sample_shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        for t in ts:
+            x = sched.step(net(x, t), float(t) if as_number else t, x).prev_sample
+        results.append(x)
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+
+
+def test_constructing_a_scheduler_imports_no_pipeline():
+    """Reading configs scans the scheduler classes only: not every pipeline module (seconds, and a
+    broken optional pipeline would break USFScheduler())."""
+    import subprocess
+    import sys
+    code = ("import sys; from diffusers import DDPMScheduler; from usf_fast.adapters.diffusers import USFScheduler; "
+            "USFScheduler(); USFScheduler.from_config(DDPMScheduler().config); "
+            "print(sum(m.startswith('diffusers.pipelines.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0"
+
+
+def test_a_searched_warm_up_step_of_unknown_variant_keeps_its_relaxations():
+    ns = usf_fast.NoiseScheduleVP("linear")
+    st = usf_fast.Step(order=3, relax="taylor", corrector="pseudo", corrector_relax="taylor")
+    s = usf_fast.Schedule([1.0, 0.7, 0.5, 0.3, 0.15, 0.05],
+                          [usf_fast.Step(order=1), usf_fast.Step(order=2), st, st, st])
+    tail = s.tail(2)
+    assert (tail.steps[0].relax, tail.steps[0].corrector_relax) == ("taylor", "taylor")
+    assert tail.steps[0].order == 1 and ns is not None
+
+
+def test_a_restored_run_restarts_when_the_pipeline_hands_other_latents():
+    """One scheduler object: a run stopped at evaluation 2, then set_begin_index(2) with latents of
+    another batch size (not what this object returned): a fresh start there, not an error."""
+    model, net, _ = discrete_setup()
+    sched = USFScheduler.from_config(DPMSolverMultistepScheduler(**BETAS).config, preset="dpm_solver_pp")
+    sched.set_timesteps(6)
+    x = torch.randn(1, *model.sample_shape, dtype=torch.float64)
+    for t in sched.timesteps[:2]:
+        x = sched.step(net(x, t), t, x).prev_sample
+    sched.set_timesteps(6)
+    sched.set_begin_index(2)
+    y = torch.randn(3, *model.sample_shape, dtype=torch.float64)
+    for t in sched.timesteps[2:]:
+        y = sched.step(net(y, t), t, y).prev_sample
+    assert y.shape[0] == 3 and sched.step_index == 6

@@ -70,3 +70,6 @@ def test_flux_schnell_refuses_a_guidance(saved):
     pipe.transformer.register_to_config(guidance_embeds=False)
     with pytest.raises(ValueError, match="guidance=4.0: this FLUX transformer has no guidance embedding"):
         pipeline_model(pipe, prompts=["ab"], guidance=4.0, height=32, width=32)
+    # no guidance, or 1.0 (what generate passes for a schedule searched without one): runs
+    for g in (None, 1.0):
+        assert pipeline_model(pipe, prompts=["ab"], guidance=g, height=32, width=32).guidance is None

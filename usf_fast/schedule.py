@@ -188,11 +188,10 @@ class Schedule:
             return {}
         opts = self.meta.get("options") or {}
         variant = opts.get("variant") if self.meta.get("preset") == "unipc" else None
-        if variant is None:
-            for v in ("bh1", "bh2"):
-                if (st.relax, st.corrector_relax) == (v if st.order == 2 else "taylor", v if st.order == 1 else "taylor") \
-                        and st.corrector != "none":
-                    variant = v
+        if variant is None:   # read from the step; an order ≥ 3 step (Taylor both ways) does not say which
+            matches = [v for v in ("bh1", "bh2") if st.corrector != "none" and (st.relax, st.corrector_relax) ==
+                       (v if st.order == 2 else "taylor", v if st.order == 1 else "taylor")]
+            variant = matches[0] if len(matches) == 1 else None
         if variant not in ("bh1", "bh2"):
             return {}
         return {"relax": variant if order == 2 else "taylor", "corrector_relax": variant if order == 1 else "taylor"}

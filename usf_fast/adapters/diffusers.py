@@ -31,8 +31,8 @@ from ..model import DiffusionModel
 from ..noise_schedules import NoiseScheduleEDM, NoiseScheduleFlow
 from ..schedule import Schedule
 from .diffusers_config import (LEARNED_VARIANCE, PREDICTION, SAMPLER_FIELDS, check_prediction, config_kind,
-                               flow_grid_of, noise_schedule_from_diffusers_config, read_source_config, source_spacing,
-                               source_timesteps)
+                               flow_grid_of, noise_schedule_from_diffusers_config, read_source_config,
+                               source_class_defaults, source_spacing, source_timesteps)
 from .edm import edm_coefficients
 from .networks import wrap_transformer, wrap_unet   # noqa: F401  (public here since the first release)
 
@@ -121,8 +121,9 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         elif self.edm:
             self.noise_schedule = NoiseScheduleEDM(sigma_min, sigma_max)
         else:
-            self.noise_schedule = noise_schedule_from_diffusers_config(
-                {k: v for k, v in self.config.items() if k not in ("sigma_min", "sigma_max", "sigma_data")})
+            self.noise_schedule = noise_schedule_from_diffusers_config(   # our own config: no source to consult
+                {**{k: v for k, v in self.config.items() if k not in ("sigma_min", "sigma_max", "sigma_data")},
+                 "_class_name": "USFScheduler"})
         if isinstance(schedule, Schedule):  # keep the config JSON-serialisable
             self.register_to_config(schedule=schedule.to_dict())
             schedule = schedule.to_dict()
@@ -160,7 +161,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         final step) are replaced by the schedule or preset and not passed on."""
         cfg = read_source_config(config if config is not None else {})
         kind = config_kind(cfg)
-        spacing = source_spacing(cfg, kind)
+        spacing = source_spacing(cfg, kind) if cfg.get("_class_name") != "USFScheduler" else None
         if spacing is not None:
             kwargs.setdefault("source_spacing", spacing)
         if kind == "edm":
@@ -177,7 +178,11 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
         if cfg.get("_class_name") in (None, "USFScheduler"):
             return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
         mine = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(k for k in cfg if not k.startswith("_") and k not in mine and k not in SAMPLER_FIELDS)
+        defaults = source_class_defaults(cfg["_class_name"])
+        # a field this adapter does not know (a newer diffusers' option) is refused unless it is left at
+        # its class's default, where it changes nothing
+        unknown = sorted(k for k in cfg if not k.startswith("_") and k not in mine and k not in SAMPLER_FIELDS
+                         and not (k in defaults and cfg[k] == defaults[k]))
         if unknown:
             raise ValueError(f"scheduler config of {cfg['_class_name']}: field(s) {', '.join(unknown)} are not ones "
                              "USFScheduler knows whether to honour; drop them from the config if they only set the "
@@ -531,10 +536,11 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"{caller}: timestep={timestep!r} must be a number or a tensor holding one of "
                                  "scheduler.timesteps") from None
         grid = self._timesteps_host
-        k = int(np.abs(grid - value).argmin())
-        g = float(grid[k])
-        if abs(g - value) <= 1e-6 * max(1.0, abs(g)) + 1e-4 or value in (float(math.floor(g)), float(round(g))):
-            return k
+        close = (np.abs(grid - value) <= 1e-6 * np.maximum(1.0, np.abs(grid)) + 1e-4) | (np.floor(grid) == value) \
+            | (np.round(grid) == value)
+        if close.any():   # a repeated time (an implicit corrector evaluates twice there): the expected one
+            j = self._shift + self._e
+            return j if j < len(grid) and close[j] else int(np.flatnonzero(close)[0])
         raise ValueError(f"{caller}: timestep={value!r} is not one of this scheduler's timesteps "
                          f"{np.round(grid, 4).tolist()} (pass the values of scheduler.timesteps)")
 
@@ -737,7 +743,7 @@ class USFScheduler(SchedulerMixin, ConfigMixin):
                     and model_output.shape[1] == 2 * sample.shape[1] else "")
             raise ValueError(f"step: model_output has shape {tuple(model_output.shape)} but sample has "
                              f"{tuple(sample.shape)}{hint}")
-        if self._e and self._plan_run is not None:
+        if self._e and self._plan_run is not None and not self._handoff:   # (a hand-off may restart: _start)
             run = self._plan_run.x_t
             if run.shape != sample.shape or run.device != sample.device:
                 raise ValueError(f"step: sample has shape {tuple(sample.shape)} on {sample.device} but this run's "

@@ -158,12 +158,17 @@ def _refuse_fields(cfg: dict, source: str) -> None:
 @functools.lru_cache(maxsize=1)
 def _init_keys() -> dict:
     """frozenset of __init__ parameters -> the diffusers scheduler classes that take exactly those."""
-    import diffusers
+    import diffusers.schedulers as schedulers   # the scheduler modules only, not every pipeline's
     from diffusers.schedulers.scheduling_utils import SchedulerMixin
     from diffusers.utils import DummyObject
     out: dict = {}
-    for n in dir(diffusers):
-        c = getattr(diffusers, n, None)
+    for n in dir(schedulers):
+        if not n.endswith("Scheduler"):
+            continue
+        try:
+            c = getattr(schedulers, n)
+        except Exception:   # noqa: BLE001 - an optional scheduler whose imports fail is not one a config names
+            continue
         if inspect.isclass(c) and issubclass(c, SchedulerMixin) and c is not SchedulerMixin \
                 and not isinstance(c, DummyObject):
             keys = frozenset(inspect.signature(c.__init__).parameters) - {"self", "kwargs"}
@@ -187,6 +192,15 @@ def _class_by_keys(cfg: dict) -> str | None:
                          "does not say which it is; pass the scheduler itself (USFScheduler.from_config(pipe.scheduler))"
                          " or its saved config (with _class_name)")
     return (ours or names or [None])[0]
+
+
+def source_class_defaults(name: str) -> dict:
+    """A diffusers scheduler class's __init__ defaults (for fields USFScheduler does not know: one
+    left at its default changes nothing)."""
+    import diffusers
+    cls = getattr(diffusers, name)
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def read_source_config(config) -> dict:
@@ -289,7 +303,7 @@ def source_timesteps(source_grid: dict, num_points: int) -> np.ndarray:
     src = cls.from_config(cfg)
     try:
         src.set_timesteps(num_points)
-    except (ValueError, TypeError) as e:
+    except Exception as e:   # noqa: BLE001 - whatever the class raises (UnCLIP divides by zero at 1 step)
         raise ValueError(f"set_timesteps: the source scheduler {name} makes no grid of {num_points} points ({e}); "
                          "pass preset_options={'spacing': ...} for one of usf_fast's spacings") from None
     ts = np.asarray(src.timesteps.detach().cpu().double().numpy(), dtype=np.float64)
@@ -306,8 +320,8 @@ def source_spacing(cfg: dict, kind: str) -> str | None:
     exponential σ or Lu's λ (uniform in λ) -> "logSNR"; EDM's sigma_schedule likewise."""
     if kind == "flow":
         return None   # flow pipelines hand over their own sigmas
-    if kind == "edm":
-        return {"karras": "karras", "exponential": "logSNR"}[cfg.get("sigma_schedule", "karras")]
+    if kind == "edm":   # only a source's own sigma_schedule (our configs carry source_spacing itself)
+        return {"karras": "karras", "exponential": "logSNR"}.get(cfg.get("sigma_schedule"))
     if cfg.get("use_karras_sigmas"):
         return "karras"
     if cfg.get("use_exponential_sigmas") or cfg.get("use_lu_lambdas"):

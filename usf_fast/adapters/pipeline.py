@@ -232,6 +232,8 @@ def _flux_model(pipe, prompts, guidance, size) -> tuple[DiffusionModel, float | 
     3.5 unless given; FLUX-schnell has none, so a guidance there is refused)."""
     device = pipe._execution_device
     embeds = bool(getattr(pipe.transformer.config, "guidance_embeds", False))
+    if not embeds and guidance == 1.0:
+        guidance = None   # no guidance
     if not embeds and guidance is not None:
         raise ParameterError("guidance", "this FLUX transformer has no guidance embedding (FLUX-schnell); give none",
                              guidance)
@@ -306,6 +308,8 @@ def _run(pipe, sched, nfe, prompts, guidance, num_images, seed, height, width, o
         prompt = [prompts[i % len(prompts)] for i in range(num_images)]
         h, w = image_size(pipe, height, width)
         kw = dict(prompt=prompt, num_inference_steps=nfe, latents=latents, output_type=output_type, height=h, width=w)
+        if kind == "flux" and not getattr(pipe.transformer.config, "guidance_embeds", False) and guidance == 1.0:
+            guidance = None   # "no guidance" (what generate passes for a schedule searched without one)
         if kind == "flux" and guidance is not None and not getattr(pipe.transformer.config, "guidance_embeds", False):
             raise ParameterError("guidance", "this FLUX transformer has no guidance embedding (FLUX-schnell); give "
                                  "none", guidance)

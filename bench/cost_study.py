@@ -42,6 +42,12 @@ VARIANTS = {
                       solve_teacher=50),
     "quick-b40": dict(budget=40, samples=(16, 32), heldout=128, heldout_presets=4, solve=80, solve_samples=64,
                       solve_teacher=50),
+    # the solve stage also fits the preset best on stage 1's noise (solve_presets=1)
+    "qp64": dict(budget=40, samples=(16, 32), heldout=128, heldout_presets=4, solve=40, solve_presets=1,
+                 solve_samples=64, solve_teacher=50),
+    "qp128": dict(budget=24, samples=(16, 32), heldout=128, heldout_presets=4, solve=24, solve_presets=1,
+                  solve_samples=128, solve_teacher=50),
+    "vap": dict(budget=200, samples=(96, 192), solve=48, solve_presets=1, solve_samples=128, solve_teacher=50),
     "thorough": THOROUGH,   # the defaults before 2026-12-02
     # every setting written out, so that a change of the defaults does not change a variant
     "v289k": dict(THOROUGH, samples=(32, 128), heldout=256, reference_nfe=100),

@@ -42,12 +42,20 @@ def spacing(ns) -> str:
     return "time_quadratic" if ns.kind in ("vp", "flow") else reference_spacing(ns)
 
 
-def peers(model, nfe: int, noise: torch.Tensor, teacher: DenseTeacher, trials: int) -> dict:
+PEERS = ("ld3", "dfo", "s4s")
+
+
+def peers(model, nfe: int, noise: torch.Tensor, teacher: DenseTeacher, trials: int, which=PEERS) -> dict:
     ns = model.noise_schedule
     sp = spacing(ns)
     out = {}
     start = P.unipc(ns, nfe, order=3, spacing=sp, afs=True)
-    out["ld3"] = tune_times(model, start, noise, teacher, evaluations=trials, weights=False)[0]
+    if "ld3" in which:
+        out["ld3"] = tune_times(model, start, noise, teacher, evaluations=trials, weights=False)[0]
+    if "s4s" in which:
+        out["s4s"] = tune_times(model, start, noise, teacher, evaluations=trials)[0]
+    if "dfo" not in which:
+        return out
     grid = [P.unipc(ns, nfe, order=o, prediction=p, spacing=sp, afs=a)
             for a in (False, True) for o in (2, 3) for p in ("data", "noise") if not (p == "noise" and ns.kind == "flow")]
     screened = sorted(((tune_times(model, s, noise, teacher, evaluations=1, weights=False)[1], i)
@@ -55,7 +63,6 @@ def peers(model, nfe: int, noise: torch.Tensor, teacher: DenseTeacher, trials: i
     rest = max(2, (trials - len(grid)) // 2)
     tried = [tune_times(model, grid[i], noise, teacher, evaluations=rest, weights=False) for _, i in screened[:2]]
     out["dfo"] = min(tried, key=lambda p: p[1])[0]
-    out["s4s"] = tune_times(model, start, noise, teacher, evaluations=trials)[0]
     return out
 
 
@@ -67,8 +74,11 @@ def main():
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--rows", type=int, default=296_161, help="network rows per peer (default: S3's at NFE 5)")
     ap.add_argument("--train", type=int, default=512, help="training noises (default 512)")
+    ap.add_argument("--peers", default=",".join(PEERS), help="which peers (default: all three)")
     ap.add_argument("--out", default="out/peers.json")
     args = ap.parse_args()
+    if not args.peers or set(args.peers.split(",")) - set(PEERS):
+        ap.error(f"--peers {args.peers}: choose from {', '.join(PEERS)} (comma-separated)")
     ns_arg = None
     if args.noise_schedule == "flow":
         from usf_fast import NoiseScheduleFlow
@@ -94,7 +104,7 @@ def main():
         t0 = time.time()
         model.rows = 0
         teacher = DenseTeacher(model, noise, *t_range, steps=TEACHER_STEPS)
-        got = peers(model, args.nfe, noise, teacher, trials)
+        got = peers(model, args.nfe, noise, teacher, trials, args.peers.split(","))
         row = {"seed": seed, "trials": trials, "train": args.train, "rows_budget": args.rows,
                "seconds": time.time() - t0, **{k: rms(s) for k, s in got.items()},
                "schedules": {k: s.to_dict() for k, s in got.items()}}
@@ -103,8 +113,10 @@ def main():
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)
-    for k in ("ld3", "dfo", "s4s"):
-        v = np.array([r[k] for r in rows])
+    for k in PEERS:
+        v = np.array([r[k] for r in rows if k in r])
+        if not len(v):
+            continue
         print(f"{k}: mean {v.mean():.4f} ({', '.join(f'{x:.4f}' for x in v)})")
 
 

@@ -144,11 +144,47 @@ def test_a_search_with_a_solve_stage(tmp_path):
     assert len(calls) == 4 == r.best.nfe
 
 
+def test_solve_presets_fits_the_best_presets_too(tmp_path, monkeypatch):
+    """solve_presets=1: the solve stage fits the best finalist and, besides it, the preset that
+    scores best on stage 1's noise (not one of the finalists); both solved schedules reach the
+    held-out table and the rows stay within the estimate, which counts both."""
+    from usf_fast.search import s3 as s3mod
+    mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS)
+    opts = dict(budget=12, samples=(8, 16), heldout=32, heldout_presets=3, solve=4, solve_presets=1,
+                solve_samples=16, solve_teacher=20, progress=False, log_path=os.path.join(tmp_path, "log.jsonl"))
+    seen = {}
+    to_solve = s3mod.S3Search.to_solve
+
+    def spy(self, finalists):
+        out = to_solve(self, finalists)
+        every = [s for _, s in self.presets]
+        screen = self.evaluate(every, "s1", "final", count=False)
+        seen.update(out=out, finalists=finalists, best=every[int(np.nanargmin(screen))])
+        return out
+    monkeypatch.setattr(s3mod.S3Search, "to_solve", spy)
+    r = s3_search(mix, 4, **opts)
+    out, finalists = seen["out"], seen["finalists"]
+    keys = [s3mod.schedule_key(s) for s in out]
+    assert len(out) == 2 and len(set(keys)) == 2 and out[0] is finalists[0]
+    best_key = s3mod.schedule_key(seen["best"])
+    # the best preset, unless it is the finalist already: then the next one
+    assert keys[1] == best_key or keys[0] == best_key
+    assert sum("learned weights" in lbl for lbl, _ in r.table) == 2
+    est = SearchConfig(nfe=4, **{k: v for k, v in opts.items() if k not in ("progress", "log_path")}).cost_estimate(
+        len(usf_fast.search.s3.preset_candidates(NS, 4)))
+    one = SearchConfig(nfe=4, **{k: v for k, v in opts.items() if k not in ("progress", "log_path", "solve_presets")}
+                       ).cost_estimate(len(usf_fast.search.s3.preset_candidates(NS, 4)))
+    assert est["solve"] - one["solve"] == 4 * 4 * 16   # one more schedule: trials × NFE × samples
+    assert 0 < r.cost["solve"] <= est["solve"] and r.cost["total"] <= est["total"]
+
+
 @pytest.mark.parametrize("opts,match", [
     (dict(solve=-1), "solve=-1: must be an integer >= 0"),
     (dict(solve=1.5), "solve=1.5: must be an integer >= 0"),
     (dict(solve=4, solve_samples=0), "solve_samples=0"),
     (dict(solve=4, solve_ridge=float("nan")), "solve_ridge=nan: must be a finite number >= 0"),
+    (dict(solve=4, solve_presets=-1), "solve_presets=-1: must be an integer >= 0"),
+    (dict(solve=4, solve_presets=True), "solve_presets=True: must be an integer >= 0"),
 ])
 def test_bad_solve_options_are_named(opts, match):
     with pytest.raises(ValueError, match=match):

@@ -86,6 +86,7 @@ class SearchConfig:
     reference_dtype: torch.dtype = torch.float64
     solve: int = 0
     solve_finalists: int = 1
+    solve_presets: int = 0
     solve_samples: int = 128
     solve_teacher: int = 50
     solve_ridge: float = 1e-3
@@ -111,6 +112,9 @@ class SearchConfig:
                              "0 = no solve stage)")
         for name in ("solve_finalists", "solve_samples", "solve_teacher"):
             _positive_int(name, getattr(self, name), "a count")
+        if not isinstance(self.solve_presets, int) or isinstance(self.solve_presets, bool) or self.solve_presets < 0:
+            raise ValueError(f"solve_presets={self.solve_presets!r}: must be an integer >= 0 (presets, best on stage 1's "
+                             "noise, solved besides the finalists)")
         if (not isinstance(self.solve_ridge, (int, float)) or isinstance(self.solve_ridge, bool)
                 or not math.isfinite(self.solve_ridge) or self.solve_ridge < 0):
             raise ValueError(f"solve_ridge={self.solve_ridge!r}: must be a finite number >= 0")
@@ -202,7 +206,8 @@ class SearchConfig:
             # the reference's spacing moved off logSNR on EDM and flow (2026-12-03): their older logs'
             # metrics were measured against another reference
             **({"reference_spacing": spacing} if spacing != "logSNR" else {}),
-            **({"solve": {"trials": self.solve, "finalists": self.solve_finalists, "samples": self.solve_samples,
+            **({"solve": {"trials": self.solve, "finalists": self.solve_finalists,
+                          **({"presets": self.solve_presets} if self.solve_presets else {}), "samples": self.solve_samples,
                           "teacher": self.solve_teacher, "ridge": self.solve_ridge}} if self.solve else {})}}
 
     def cost_estimate(self, n_presets: int, guided: bool = False, needs_reference: bool = True,
@@ -231,7 +236,10 @@ class SearchConfig:
                # every noise set's solve, and the check of stage 1's against twice the steps
                "reference": ((sum(self.samples) + self.heldout + 2 * self.samples[0]) * self.reference_nfe
                              * k * processes if needs_reference else 0)})
-        if self.solve:   # the teacher (its steps and the last node's slope), then each trial of each solved finalist
-            out["solve"] = (self.solve_teacher + 1 + self.solve * self.solve_finalists * self.nfe) * self.solve_samples * k
+        if self.solve:   # the teacher (its steps and the last node's slope), then each trial of each solved schedule
+            solved = self.solve_finalists + self.solve_presets
+            out["solve"] = (self.solve_teacher + 1 + self.solve * solved * self.nfe) * self.solve_samples * k
+            if self.solve_presets and self.heldout_presets is None:   # the presets ranked on stage 1's noise
+                out["solve"] += (n_presets if n_unseeded is None else n_unseeded) * self.samples[0] * self.nfe * k
         out["total"] = sum(out.values())
         return out

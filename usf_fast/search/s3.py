@@ -607,7 +607,7 @@ class S3Search:
         report half (`report`), and a searched winner that does not beat the preset there gives the
         preset back (docs/search.md, "Numbers you can trust")."""
         c = self.config
-        solved = self.solve(finalists[:c.solve_finalists]) if c.solve else []
+        solved = self.solve(self.to_solve(finalists)) if c.solve else []
         presets_ = self.table_presets()
         # a finalist that is a preset is that preset, labelled so (in the table, or added to it)
         in_table = {schedule_key(s) for _, s in presets_}
@@ -645,6 +645,27 @@ class S3Search:
                             cost=self._cost_total(), presets_compared=len(presets_), best_label=labels[win],
                             reference=dict(self.reference), dropped_presets=list(self.dropped), improvement_ci=ci,
                             report_samples=self.report_n, note=note)
+
+    def to_solve(self, finalists: list[Schedule]) -> list[Schedule]:
+        """The schedules the solve stage fits: the best `solve_finalists` finalists, then the
+        `solve_presets` presets that score best on stage 1's noise (read from the search's
+        evaluations, as `table_presets` ranks them), each structure once."""
+        c = self.config
+        out = list(finalists[:c.solve_finalists])
+        if c.solve_presets:
+            every = [s for _, s in self.presets]
+            screen = self.evaluate(every, "s1", "final", count=False)
+            if c.heldout_presets is not None:   # the held-out table's own screen (`table_presets` reads it back)
+                self._end_phase("heldout")
+            ranked = sorted((i for i, v in enumerate(screen) if math.isfinite(v)), key=lambda i: screen[i])
+            seen = {schedule_key(s) for s in out}
+            for i in ranked:
+                if len(out) >= c.solve_finalists + c.solve_presets:
+                    break
+                if schedule_key(every[i]) not in seen:
+                    seen.add(schedule_key(every[i]))
+                    out.append(every[i])
+        return out
 
     def solve(self, finalists: list[Schedule]) -> list[Schedule]:
         """The solve stage: each of `finalists` with its step weights fitted to a teacher along its
@@ -795,11 +816,12 @@ def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = No
             twice the steps and the steps raised while it exceeds 5% of the best seed's metric
             (`check_reference`); float32 makes it cheaper on a real network.
         solve: Nelder–Mead trials of the solve stage (0, the default: none): the best
-            `solve_finalists` finalists get their step weights fitted to a teacher along their own
+            `solve_finalists` finalists (and the `solve_presets` presets best on stage 1's noise)
+            get their step weights fitted to a teacher along their own
             trajectory and their times tuned (`usf_fast.search.solve`; docs/search.md, "The solve
             stage"), on `solve_samples` noises with a `solve_teacher`-step teacher and ridge
             `solve_ridge`; the solved schedules join the finalists in the held-out table. Costs
-            (solve_teacher + 1 + solve × solve_finalists × NFE) × solve_samples rows.
+            (solve_teacher + 1 + solve × (solve_finalists + solve_presets) × NFE) × solve_samples rows.
         The defaults cost about 300,000 network rows at NFE 5; `**THOROUGH` gives the earlier ones
         (about 2.0 million).
         device: where the samples are computed (the reference solve too); the model's network

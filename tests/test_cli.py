@@ -169,6 +169,23 @@ def test_quick_is_search_quick_and_explicit_flags_win(capsys):
     assert "--thorough, --quick: give one of them" in capsys.readouterr().err
     assert main(["search", "--out", "x", "--solve", "-1"]) == 2
     assert "--solve -1: must be >= 0" in capsys.readouterr().err
+    assert main(["search", "--out", "x", "--solve-presets", "-1"]) == 2
+    assert "--solve-presets -1: must be >= 0" in capsys.readouterr().err
+    args = build_parser().parse_args(["search", "--out", "x", "--quick"])
+    _fill_search_defaults(args)
+    assert args.solve_presets == QUICK.get("solve_presets", 0)
+
+
+def test_the_help_of_quick_and_thorough_shows_what_they_set(capsys):
+    """--quick's and --thorough's help is written from search.QUICK / THOROUGH: it cannot drift."""
+    from usf_fast.cli.options import _flag_text
+    from usf_fast.search.config import QUICK, THOROUGH
+    assert f"--budget {QUICK['budget']} " in _flag_text(QUICK) and f"--solve {QUICK['solve']}" in _flag_text(QUICK)
+    assert f"--heldout {THOROUGH['heldout']} " in _flag_text(THOROUGH)
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert _flag_text(QUICK) in out and _flag_text(THOROUGH) in out
 
 
 def test_a_quick_search_from_the_cli_learns_weights(tmp_path, capsys):

@@ -75,7 +75,15 @@ def _flags(t: dict) -> dict:
     t = {**d, **t}
     return {"budget": t["budget"], "samples": t["samples"][0], "samples2": t["samples"][1], "heldout": t["heldout"],
             "heldout_presets": "all" if t["heldout_presets"] is None else str(t["heldout_presets"]),
-            "reference_nfe": t["reference_nfe"], "solve": t["solve"], "solve_samples": t["solve_samples"]}
+            "reference_nfe": t["reference_nfe"], "solve": t["solve"], "solve_samples": t["solve_samples"],
+            "solve_presets": t["solve_presets"]}
+
+
+def _flag_text(t: dict) -> str:
+    """search.THOROUGH or search.QUICK as the flags they set, for the help."""
+    f = _flags(t)
+    d = _flags({})
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in f.items() if v != d[k] or k in t)
 
 
 def _thorough_flags() -> dict:
@@ -118,6 +126,8 @@ def _check_search_args(args) -> None:
                   "--finalists", "--solve-samples")
     if args.solve < 0:
         raise ValueError(f"--solve {args.solve}: must be >= 0 (Nelder-Mead trials of the solve stage; 0 = none)")
+    if args.solve_presets < 0:
+        raise ValueError(f"--solve-presets {args.solve_presets}: must be >= 0 (presets solved besides the best finalist)")
     split = _stage_split(args)
     # the budget against the stages (SearchConfig's own check), before anything is loaded or written
     SearchConfig(nfe=1, budget=args.budget, stage_split=split,

@@ -7,7 +7,8 @@ from .. import presets as P
 from .._version import __version__
 from ..models import EMBEDDED_MODELS
 from .info import cmd_info, cmd_presets, cmd_show
-from .options import NOISE_SCHEDULES, _one_line, _search_defaults
+from ..search.config import QUICK, THOROUGH
+from .options import NOISE_SCHEDULES, _flag_text, _one_line, _search_defaults
 from .sample import cmd_compare, cmd_sample
 from .search import cmd_generate, cmd_search
 
@@ -119,14 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--heldout", type=int, default=None,
                    help=f"held-out noise samples for the final comparison (default {d['heldout']})")
     q.add_argument("--thorough", action="store_true",
-                   help="the earlier defaults, about 7x the network calls: --budget 600 --samples 256 --samples2 1024 "
-                        "--heldout 1024 --heldout-presets all --reference-nfe 200 (flags given win)")
+                   help=f"the earlier defaults, about 7x the network calls: {_flag_text(THOROUGH)} (flags given win)")
     q.add_argument("--quick", action="store_true",
-                   help="a search a real model can afford, about 50,000 network rows at NFE 5: --budget 40 --samples 16 "
-                        "--samples2 32 --heldout 128 --heldout-presets 4 --solve 80 --solve-samples 64 (flags given win)")
+                   help=f"a search a real model can afford, at most 60,000 network rows at NFE 5: {_flag_text(QUICK)} "
+                        "(flags given win)")
     q.add_argument("--solve", type=int, default=None,
                    help="Nelder-Mead trials of the solve stage: the best finalist's step weights fitted to a teacher "
                         f"along its own trajectory and its times tuned (default {d['solve']}: no solve stage)")
+    q.add_argument("--solve-presets", type=int, default=None,
+                   help="presets (best on stage 1's noise) the solve stage fits besides the best finalist "
+                        f"(default {d['solve_presets']})")
     q.add_argument("--solve-samples", type=int, default=None,
                    help=f"noise samples of the solve stage (default {d['solve_samples']})")
     q.add_argument("--finalists", type=int, default=d["finalists"],

@@ -19,6 +19,7 @@ import torch
 
 from usf_fast.models import embedded_model
 from usf_fast.search import SearchSpace, evaluate_schedules, make_metric, s3_search
+from usf_fast.search.config import QUICK
 from usf_fast.search.evaluate import NoiseSet
 from usf_fast.search.s3 import preset_candidates
 
@@ -47,7 +48,12 @@ VARIANTS = {
                  solve_samples=64, solve_teacher=50),
     "qp128": dict(budget=24, samples=(16, 32), heldout=128, heldout_presets=4, solve=24, solve_presets=1,
                   solve_samples=128, solve_teacher=50),
+    "qs96": dict(budget=16, samples=(16, 32), heldout=128, heldout_presets=4, solve=60, solve_samples=96,
+                 solve_teacher=50),
+    "qs96p": dict(budget=16, samples=(16, 32), heldout=128, heldout_presets=4, solve=32, solve_presets=1,
+                  solve_samples=96, solve_teacher=50),
     "vap": dict(budget=200, samples=(96, 192), solve=48, solve_presets=1, solve_samples=128, solve_teacher=50),
+    "quick-live": QUICK,   # search.QUICK as it is now (qp128 with a 48-step teacher since 2026-12-04)
     "thorough": THOROUGH,   # the defaults before 2026-12-02
     # every setting written out, so that a change of the defaults does not change a variant
     "v289k": dict(THOROUGH, samples=(32, 128), heldout=256, reference_nfe=100),

@@ -173,7 +173,9 @@ def test_quick_is_search_quick_and_explicit_flags_win(capsys):
     assert "--solve-presets -1: must be >= 0" in capsys.readouterr().err
     args = build_parser().parse_args(["search", "--out", "x", "--quick"])
     _fill_search_defaults(args)
-    assert args.solve_presets == QUICK.get("solve_presets", 0)
+    assert (args.solve_presets, args.solve_teacher) == (QUICK.get("solve_presets", 0), QUICK.get("solve_teacher", 50))
+    assert main(["search", "--out", "x", "--solve-teacher", "0"]) == 2
+    assert "--solve-teacher" in capsys.readouterr().err
 
 
 def test_the_help_of_quick_and_thorough_shows_what_they_set(capsys):

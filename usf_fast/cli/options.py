@@ -76,7 +76,7 @@ def _flags(t: dict) -> dict:
     return {"budget": t["budget"], "samples": t["samples"][0], "samples2": t["samples"][1], "heldout": t["heldout"],
             "heldout_presets": "all" if t["heldout_presets"] is None else str(t["heldout_presets"]),
             "reference_nfe": t["reference_nfe"], "solve": t["solve"], "solve_samples": t["solve_samples"],
-            "solve_presets": t["solve_presets"]}
+            "solve_presets": t["solve_presets"], "solve_teacher": t["solve_teacher"]}
 
 
 def _flag_text(t: dict) -> str:
@@ -123,7 +123,7 @@ def _check_search_args(args) -> None:
     """Every number a search takes, checked before anything is loaded or written."""
     _fill_search_defaults(args)
     _check_counts(args, "--budget", "--samples", "--samples2", "--samples3", "--heldout", "--chunk", "--reference-nfe",
-                  "--finalists", "--solve-samples")
+                  "--finalists", "--solve-samples", "--solve-teacher")
     if args.solve < 0:
         raise ValueError(f"--solve {args.solve}: must be >= 0 (Nelder-Mead trials of the solve stage; 0 = none)")
     if args.solve_presets < 0:

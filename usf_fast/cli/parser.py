@@ -122,14 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--thorough", action="store_true",
                    help=f"the earlier defaults, about 7x the network calls: {_flag_text(THOROUGH)} (flags given win)")
     q.add_argument("--quick", action="store_true",
-                   help=f"a search a real model can afford, at most 60,000 network rows at NFE 5: {_flag_text(QUICK)} "
-                        "(flags given win)")
+                   help="a search a real model can afford, about 57,000 network rows at NFE 5 (more only when the "
+                        f"reference's check raises its steps): {_flag_text(QUICK)} (flags given win)")
     q.add_argument("--solve", type=int, default=None,
                    help="Nelder-Mead trials of the solve stage: the best finalist's step weights fitted to a teacher "
                         f"along its own trajectory and its times tuned (default {d['solve']}: no solve stage)")
     q.add_argument("--solve-presets", type=int, default=None,
                    help="presets (best on stage 1's noise) the solve stage fits besides the best finalist "
                         f"(default {d['solve_presets']})")
+    q.add_argument("--solve-teacher", type=int, default=None,
+                   help=f"steps of the solve stage's teacher solve (default {d['solve_teacher']})")
     q.add_argument("--solve-samples", type=int, default=None,
                    help=f"noise samples of the solve stage (default {d['solve_samples']})")
     q.add_argument("--finalists", type=int, default=d["finalists"],

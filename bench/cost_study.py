@@ -53,7 +53,9 @@ VARIANTS = {
     "qs96p": dict(budget=16, samples=(16, 32), heldout=128, heldout_presets=4, solve=32, solve_presets=1,
                   solve_samples=96, solve_teacher=50),
     "vap": dict(budget=200, samples=(96, 192), solve=48, solve_presets=1, solve_samples=128, solve_teacher=50),
-    "quick-live": QUICK,   # search.QUICK as it is now (qp128 with a 48-step teacher since 2026-12-04)
+    "quick-live": QUICK,   # search.QUICK as it is now (qp128 with 23 trials per schedule since 2026-12-04)
+    "qp128-t48": dict(budget=24, samples=(16, 32), heldout=128, heldout_presets=4, solve=24, solve_presets=1,
+                      solve_samples=128, solve_teacher=48),
     "thorough": THOROUGH,   # the defaults before 2026-12-02
     # every setting written out, so that a change of the defaults does not change a variant
     "v289k": dict(THOROUGH, samples=(32, 128), heldout=256, reference_nfe=100),
@@ -135,7 +137,7 @@ def main():
             row = {"variant": name, "seed": seed, "rows": res.cost["total"], "cost": res.cost, "seconds": secs,
                    "eval_metric": val, "best_preset": best_preset[0], "improvement": 1 - val / best_preset[0],
                    "search_heldout_improvement": res.improvement, "search_best_preset": res.best_preset[0],
-                   "eval_best_preset": best_preset[1]}
+                   "eval_best_preset": best_preset[1], "schedule": res.best.to_dict()}
             rows.append(row)
             print(json.dumps(row), flush=True)
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -174,8 +174,12 @@ def test_quick_is_search_quick_and_explicit_flags_win(capsys):
     args = build_parser().parse_args(["search", "--out", "x", "--quick"])
     _fill_search_defaults(args)
     assert (args.solve_presets, args.solve_teacher) == (QUICK.get("solve_presets", 0), QUICK.get("solve_teacher", 50))
-    assert main(["search", "--out", "x", "--solve-teacher", "0"]) == 2
-    assert "--solve-teacher" in capsys.readouterr().err
+    assert main(["search", "--out", "x", "--solve", "4", "--solve-teacher", "0"]) == 2
+    assert "--solve-teacher 0: must be >= 1" in capsys.readouterr().err
+    # settings of a solve stage that is off would do nothing: refused by name
+    assert main(["search", "--out", "x", "--solve-presets", "2", "--solve-samples", "64"]) == 2
+    assert ("--solve-presets 2, --solve-samples 64: settings of the solve stage, which is off"
+            in capsys.readouterr().err)
 
 
 def test_the_help_of_quick_and_thorough_shows_what_they_set(capsys):

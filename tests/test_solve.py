@@ -175,7 +175,23 @@ def test_solve_presets_fits_the_best_presets_too(tmp_path, monkeypatch):
     one = SearchConfig(nfe=4, **{k: v for k, v in opts.items() if k not in ("progress", "log_path", "solve_presets")}
                        ).cost_estimate(len(usf_fast.search.s3.preset_candidates(NS, 4)))
     assert est["solve"] - one["solve"] == 4 * 4 * 16   # one more schedule: trials × NFE × samples
-    assert 0 < r.cost["solve"] <= est["solve"] and r.cost["total"] <= est["total"]
+    for phase in ("solve", "heldout", "total"):
+        assert 0 < r.cost[phase] <= est[phase], phase
+
+
+@pytest.mark.parametrize("heldout_presets", [None, 1000])
+def test_solved_presets_stay_within_the_estimate_when_the_table_does_not_screen(tmp_path, heldout_presets):
+    """With every preset in the held-out table (no screen there) the solve stage ranks the presets
+    itself: billed to and counted in its phase; the solved schedules in the table are counted too."""
+    mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS)
+    opts = dict(budget=12, samples=(8, 16), heldout=16, heldout_presets=heldout_presets, solve=3, solve_presets=3,
+                solve_samples=8, solve_teacher=10, progress=False)
+    r = s3_search(mix, 4, log_path=os.path.join(tmp_path, "log.jsonl"), **opts)
+    est = SearchConfig(nfe=4, **{k: v for k, v in opts.items() if k != "progress"}).cost_estimate(
+        len(usf_fast.search.s3.preset_candidates(NS, 4)))
+    assert sum("learned weights" in lbl for lbl, _ in r.table) == 4
+    for phase in ("solve", "heldout", "total"):
+        assert 0 < r.cost[phase] <= est[phase], phase
 
 
 @pytest.mark.parametrize("opts,match", [
@@ -185,6 +201,7 @@ def test_solve_presets_fits_the_best_presets_too(tmp_path, monkeypatch):
     (dict(solve=4, solve_ridge=float("nan")), "solve_ridge=nan: must be a finite number >= 0"),
     (dict(solve=4, solve_presets=-1), "solve_presets=-1: must be an integer >= 0"),
     (dict(solve=4, solve_presets=True), "solve_presets=True: must be an integer >= 0"),
+    (dict(solve_presets=1), "solve_presets=1: the solve stage is off"),
 ])
 def test_bad_solve_options_are_named(opts, match):
     with pytest.raises(ValueError, match=match):

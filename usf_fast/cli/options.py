@@ -121,6 +121,8 @@ def _stage_split(args):
 
 def _check_search_args(args) -> None:
     """Every number a search takes, checked before anything is loaded or written."""
+    given = [f"--{n.replace('_', '-')} {getattr(args, n)}" for n in ("solve_presets", "solve_teacher", "solve_samples")
+             if getattr(args, n, None) is not None]
     _fill_search_defaults(args)
     _check_counts(args, "--budget", "--samples", "--samples2", "--samples3", "--heldout", "--chunk", "--reference-nfe",
                   "--finalists", "--solve-samples", "--solve-teacher")
@@ -128,6 +130,9 @@ def _check_search_args(args) -> None:
         raise ValueError(f"--solve {args.solve}: must be >= 0 (Nelder-Mead trials of the solve stage; 0 = none)")
     if args.solve_presets < 0:
         raise ValueError(f"--solve-presets {args.solve_presets}: must be >= 0 (presets solved besides the best finalist)")
+    if given and args.solve == 0:   # they would do nothing
+        raise ValueError(f"{', '.join(given)}: settings of the solve stage, which is off; give --solve N (N >= 1 "
+                         "Nelder-Mead trials) or --quick")
     split = _stage_split(args)
     # the budget against the stages (SearchConfig's own check), before anything is loaded or written
     SearchConfig(nfe=1, budget=args.budget, stage_split=split,

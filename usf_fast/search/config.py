@@ -24,7 +24,7 @@ THOROUGH = {"budget": 600, "samples": (256, 1024), "heldout": 1024, "heldout_pre
 #: "The solve stage"; measured against the earlier setting in docs/experiments.md, "Learned
 #: coefficients, 2026-12-04"); `s3_search(model, 5, **QUICK)`, `usf-fast search --quick`
 QUICK = {"budget": 24, "samples": (16, 32), "heldout": 128, "heldout_presets": 4, "reference_nfe": 50,
-         "solve": 24, "solve_presets": 1, "solve_samples": 128, "solve_teacher": 48}
+         "solve": 23, "solve_presets": 1, "solve_samples": 128}
 
 
 def _spacing(space) -> str:
@@ -117,6 +117,9 @@ class SearchConfig:
         if not isinstance(self.solve_presets, int) or isinstance(self.solve_presets, bool) or self.solve_presets < 0:
             raise ValueError(f"solve_presets={self.solve_presets!r}: must be an integer >= 0 (presets, best on stage 1's "
                              "noise, solved besides the finalists)")
+        if self.solve_presets and not self.solve:
+            raise ValueError(f"solve_presets={self.solve_presets}: the solve stage is off (solve=0); give solve >= 1 "
+                             "Nelder-Mead trials")
         if (not isinstance(self.solve_ridge, (int, float)) or isinstance(self.solve_ridge, bool)
                 or not math.isfinite(self.solve_ridge) or self.solve_ridge < 0):
             raise ValueError(f"solve_ridge={self.solve_ridge!r}: must be a finite number >= 0")
@@ -233,7 +236,9 @@ class SearchConfig:
         out.update({
                # the finalists and the table on the choice half of the held-out samples, the winner and
                # the best preset on the report half
-               "heldout": ((self.finalists + table) * (self.heldout - self.heldout // 2)
+               # (and the solved schedules, which join the finalists there)
+               "heldout": ((self.finalists + table + (self.solve_finalists + self.solve_presets if self.solve else 0))
+                           * (self.heldout - self.heldout // 2)
                            + 2 * max(check_rows, self.heldout // 2) + screen) * self.nfe * k,
                # every noise set's solve, and the check of stage 1's against twice the steps
                "reference": ((sum(self.samples) + self.heldout + 2 * self.samples[0]) * self.reference_nfe
@@ -241,7 +246,7 @@ class SearchConfig:
         if self.solve:   # the teacher (its steps and the last node's slope), then each trial of each solved schedule
             solved = self.solve_finalists + self.solve_presets
             out["solve"] = (self.solve_teacher + 1 + self.solve * solved * self.nfe) * self.solve_samples * k
-            if self.solve_presets and self.heldout_presets is None:   # the presets ranked on stage 1's noise
+            if self.solve_presets and table >= n_presets:   # the presets ranked on stage 1's noise (no table screen)
                 out["solve"] += (n_presets if n_unseeded is None else n_unseeded) * self.samples[0] * self.nfe * k
         out["total"] = sum(out.values())
         return out

@@ -649,22 +649,26 @@ class S3Search:
     def to_solve(self, finalists: list[Schedule]) -> list[Schedule]:
         """The schedules the solve stage fits: the best `solve_finalists` finalists, then the
         `solve_presets` presets that score best on stage 1's noise (read from the search's
-        evaluations, as `table_presets` ranks them), each structure once."""
+        evaluations, as `table_presets` ranks them; diverged presets left out), each structure once:
+        at most `solve_finalists` + `solve_presets` schedules."""
         c = self.config
         out = list(finalists[:c.solve_finalists])
         if c.solve_presets:
             every = [s for _, s in self.presets]
             screen = self.evaluate(every, "s1", "final", count=False)
-            if c.heldout_presets is not None:   # the held-out table's own screen (`table_presets` reads it back)
-                self._end_phase("heldout")
-            ranked = sorted((i for i, v in enumerate(screen) if math.isfinite(v)), key=lambda i: screen[i])
+            if c.heldout_presets is not None and c.heldout_presets < len(every):
+                self._end_phase("heldout")   # the held-out table's own screen (`table_presets` reads it back)
+            bad = self._drop_diverged([lbl for lbl, _ in self.presets], screen, "s1")
+            ranked = sorted((i for i, v in enumerate(screen) if math.isfinite(v) and i not in bad), key=lambda i: screen[i])
             seen = {schedule_key(s) for s in out}
+            added = 0
             for i in ranked:
-                if len(out) >= c.solve_finalists + c.solve_presets:
+                if added >= c.solve_presets:
                     break
                 if schedule_key(every[i]) not in seen:
                     seen.add(schedule_key(every[i]))
                     out.append(every[i])
+                    added += 1
         return out
 
     def solve(self, finalists: list[Schedule]) -> list[Schedule]:

@@ -574,10 +574,17 @@ class S3Search:
         presets_ = self.presets
         if c.heldout_presets is None or c.heldout_presets >= len(presets_):
             return presets_
+        _, ranked = self._preset_ranking()
+        return [presets_[i] for i in sorted(ranked[:c.heldout_presets])]
+
+    def _preset_ranking(self) -> tuple[list[float], list[int]]:
+        """Every preset's metric on stage 1's noise (read from the search's evaluations; presets the
+        search did not seed with are evaluated there first), and the indices of those that did not
+        diverge (`_drop_diverged`), best first."""
+        presets_ = self.presets
         screen = self.evaluate([s for _, s in presets_], "s1", "final", count=False)
         bad = self._drop_diverged([lbl for lbl, _ in presets_], screen, "s1")
-        keep = sorted(sorted((i for i in range(len(presets_)) if i not in bad), key=lambda i: screen[i])[:c.heldout_presets])
-        return [presets_[i] for i in keep]
+        return screen, sorted((i for i in range(len(presets_)) if i not in bad), key=lambda i: screen[i])
 
     def _drop_diverged(self, labels: list[str], values: list[float], fidelity: str) -> set[int]:
         """Indices of the presets whose samples diverged on this noise: metric NaN/inf, or (metric
@@ -655,11 +662,10 @@ class S3Search:
         out = list(finalists[:c.solve_finalists])
         if c.solve_presets:
             every = [s for _, s in self.presets]
-            screen = self.evaluate(every, "s1", "final", count=False)
+            screen, ranked = self._preset_ranking()
             if c.heldout_presets is not None and c.heldout_presets < len(every):
                 self._end_phase("heldout")   # the held-out table's own screen (`table_presets` reads it back)
-            bad = self._drop_diverged([lbl for lbl, _ in self.presets], screen, "s1")
-            ranked = sorted((i for i, v in enumerate(screen) if math.isfinite(v) and i not in bad), key=lambda i: screen[i])
+            ranked = [i for i in ranked if math.isfinite(screen[i])]   # (all diverged: none is dropped)
             seen = {schedule_key(s) for s in out}
             added = 0
             for i in ranked:

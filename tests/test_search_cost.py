@@ -147,3 +147,20 @@ def test_the_quick_nfe5_search_stays_within_60000_rows(tmp_path, capsys, kind):
     bound = int(re.search(r"at most ([\d,]+) network rows", capsys.readouterr().out).group(1).replace(",", ""))
     assert seen["rows"] == res.cost["total"] <= bound <= 60_000
     assert res.cost["solve"] > 0 and any("learned weights" in lbl for lbl, _ in res.table)
+
+
+def test_a_raised_reference_is_paid_for_by_the_solve_stage_so_the_bound_holds(tmp_path, capsys):
+    """When the reference check doubles the reference's steps (here from a far too coarse
+    reference_nfe=4), the extra rows come out of the solve stage's trials, with a warning: the
+    network sees no more rows than the printed bound (without that, this search passes its bound of
+    48,481 rows by about 9,000)."""
+    from usf_fast.search.config import QUICK
+    model, seen = _counting(embedded_model("gmm-image"))
+    with pytest.warns(RuntimeWarning, match=r"solve=23: \d+ trials per solved schedule instead, so that the search "
+                                            r"stays within its bound of [\d,]+ network rows \(the reference solve "
+                                            r"took \d+ steps, not reference_nfe=4\)"):
+        res = s3_search(model, 5, progress=True, log_path=tmp_path / "log.jsonl", **dict(QUICK, reference_nfe=4))
+    bound = int(re.search(r"at most ([\d,]+) network rows", capsys.readouterr().out).group(1).replace(",", ""))
+    assert res.reference["steps"] > 4
+    assert seen["rows"] == res.cost["total"] <= bound
+    assert res.cost["solve"] > 0

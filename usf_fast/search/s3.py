@@ -195,6 +195,8 @@ class S3Search:
         c = self.config = config
         self.t_begin = time.perf_counter()
         self._phase_start = (model.rows if isinstance(model, DiffusionModel) else 0, 0)   # the model check counts
+        self._rows_begin = self._phase_start[0]
+        self.bound = self._heldout_bound = None   # the printed cost bound (`cost_estimate`), set by `run`
         self.model, self.ns = model, model.noise_schedule
         self.metric = make_metric(c.metric, model, **(c.metric_options or {}))
         if space is not None and not isinstance(space, SearchSpace):
@@ -483,8 +485,9 @@ class S3Search:
             self._end_phase("stage1")      # the network check
             return _result_from_record(self.log.result, self)
         seeds = self.seeds()
+        est = self.cost_estimate(seeds)
+        self.bound, self._heldout_bound = est["total"], est["heldout"]
         if c.progress and self.rank == 0:
-            est = self.cost_estimate(seeds)
             phases = ", ".join(f"{k.replace('stage', 'stage ').replace('heldout', 'held-out table')} {v:,}"
                                for k, v in est.items() if k != "total")
             print(f"S3 NFE {c.nfe}: {c.budget} search evaluations ({len(seeds)} of them preset seeds), at most "
@@ -687,16 +690,44 @@ class S3Search:
         n = max(rows, c.solve_samples // rows * rows)
         noise = torch.randn((n, *self.shape), generator=torch.Generator().manual_seed(1000 * c.seed + 6),
                             dtype=torch.float64).to(self.device)
+        trials = self._affordable_trials(len(finalists), n)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             teacher = DenseTeacher(self.model, noise, self.space.t_start, self.space.t_end, steps=c.solve_teacher)
-            out = [solve_times(self.model, s, noise, teacher, evaluations=c.solve, ridge=c.solve_ridge)
+            out = [solve_times(self.model, s, noise, teacher, evaluations=trials, ridge=c.solve_ridge)
                    for s in finalists]
         if self.bar is not None and self.model.rows != self._bar_rows:
             self.bar.update(self.model.rows - self._bar_rows)
             self._bar_rows = self.model.rows
         self._end_phase("solve")
         return out
+
+    def _affordable_trials(self, schedules: int, n: int) -> int:
+        """The solve stage's trials per schedule: `solve`, or fewer where the search would otherwise
+        pass its printed bound (`cost_estimate`) — when the reference check raised the reference's
+        steps, its extra rows come out of the solve (with a warning); at least one trial (the
+        weights at the schedule's own times). The rows still to come are bounded by what the
+        estimate gives the held-out table, less what it has spent, and the references not yet
+        solved at their current steps. Under torchrun (each process counts its own rows) `solve`."""
+        c = self.config
+        if self.bound is None or self.world > 1 or not schedules:
+            return c.solve
+        k = 2 if self.model.guidance_scale is not None else 1
+        spent = self.model.rows - self._rows_begin
+        heldout_left = max(0, self._heldout_bound - self.cost.get("heldout", 0))
+        refs_left = sum(s.n * s.reference_nfe for s in self.sets.values() if s._ref is None) * k
+        teacher = (c.solve_teacher + 1) * n * k
+        per_trial = n * c.nfe * k * schedules
+        room = self.bound - spent - heldout_left - refs_left - teacher
+        trials = int(max(1, min(c.solve, room // per_trial)))
+        if trials < c.solve:
+            warnings.warn(f"solve={c.solve}: {trials} trials per solved schedule instead, so that the search stays "
+                          f"within its bound of {self.bound:,} network rows (the reference solve took "
+                          f"{self.sets['s1'].reference_nfe} steps, not reference_nfe={c.reference_nfe})"
+                          if self.sets["s1"].reference_nfe != c.reference_nfe else
+                          f"solve={c.solve}: {trials} trials per solved schedule instead, so that the search stays "
+                          f"within its bound of {self.bound:,} network rows", RuntimeWarning, stacklevel=4)
+        return trials
 
     def report(self, schedules: list[Schedule]) -> tuple[list[float], tuple | None]:
         """The metric of the chosen schedule and the best preset (or the preset alone) on the report

@@ -195,8 +195,7 @@ class S3Search:
         c = self.config = config
         self.t_begin = time.perf_counter()
         self._phase_start = (model.rows if isinstance(model, DiffusionModel) else 0, 0)   # the model check counts
-        self._rows_begin = self._phase_start[0]
-        self.bound = self._heldout_bound = None   # the printed cost bound (`cost_estimate`), set by `run`
+        self._estimate = None   # the printed cost bound (`cost_estimate`) by phase, and the seeds: set by `run`
         self.model, self.ns = model, model.noise_schedule
         self.metric = make_metric(c.metric, model, **(c.metric_options or {}))
         if space is not None and not isinstance(space, SearchSpace):
@@ -486,7 +485,7 @@ class S3Search:
             return _result_from_record(self.log.result, self)
         seeds = self.seeds()
         est = self.cost_estimate(seeds)
-        self.bound, self._heldout_bound = est["total"], est["heldout"]
+        self._estimate = dict(est, seeds=len(seeds))
         if c.progress and self.rank == 0:
             phases = ", ".join(f"{k.replace('stage', 'stage ').replace('heldout', 'held-out table')} {v:,}"
                                for k, v in est.items() if k != "total")
@@ -704,29 +703,32 @@ class S3Search:
 
     def _affordable_trials(self, schedules: int, n: int) -> int:
         """The solve stage's trials per schedule: `solve`, or fewer where the search would otherwise
-        pass its printed bound (`cost_estimate`) — when the reference check raised the reference's
-        steps, its extra rows come out of the solve (with a warning); at least one trial (the
-        weights at the schedule's own times). The rows still to come are bounded by what the
-        estimate gives the held-out table, less what it has spent, and the references not yet
-        solved at their current steps. Under torchrun (each process counts its own rows) `solve`."""
+        pass its printed bound (`cost_estimate`): when the reference check raised the reference's
+        steps, the references' rows beyond the estimate's and stage 1's seeds evaluated again
+        against each finer reference come out of the solve's trials (with a warning; at least one
+        trial, the weights at the schedule's own times). Computed from the steps and the estimate,
+        not from rows spent, so a resumed search solves as the uninterrupted one. Under torchrun
+        `solve` (each process counts its own rows)."""
         c = self.config
-        if self.bound is None or self.world > 1 or not schedules:
+        if self._estimate is None or self.world > 1 or not schedules:
             return c.solve
         k = 2 if self.model.guidance_scale is not None else 1
-        spent = self.model.rows - self._rows_begin
-        heldout_left = max(0, self._heldout_bound - self.cost.get("heldout", 0))
-        refs_left = sum(s.n * s.reference_nfe for s in self.sets.values() if s._ref is None) * k
-        teacher = (c.solve_teacher + 1) * n * k
-        per_trial = n * c.nfe * k * schedules
-        room = self.bound - spent - heldout_left - refs_left - teacher
-        trials = int(max(1, min(c.solve, room // per_trial)))
+        s1 = self.sets["s1"]
+        refs = (sum(ns.reference_rows for ns in self.sets.values())
+                + sum(ns.n * ns.reference_nfe for ns in self.sets.values() if ns._ref is None) * k)
+        doublings = int(round(math.log2(s1.reference_nfe / c.reference_nfe)))
+        again = doublings * self._estimate["seeds"] * s1.n * c.nfe * k
+        per_trial = n * c.nfe * k
+        spare = (c.solve_finalists + c.solve_presets - schedules) * c.solve * per_trial   # schedules not solved
+        over = max(0, refs - self._estimate["reference"]) + again - spare
+        trials = c.solve if over <= 0 else max(1, c.solve - math.ceil(over / (per_trial * schedules)))
         if trials < c.solve:
-            warnings.warn(f"solve={c.solve}: {trials} trials per solved schedule instead, so that the search stays "
-                          f"within its bound of {self.bound:,} network rows (the reference solve took "
-                          f"{self.sets['s1'].reference_nfe} steps, not reference_nfe={c.reference_nfe})"
-                          if self.sets["s1"].reference_nfe != c.reference_nfe else
-                          f"solve={c.solve}: {trials} trials per solved schedule instead, so that the search stays "
-                          f"within its bound of {self.bound:,} network rows", RuntimeWarning, stacklevel=4)
+            bound = self._estimate["total"]
+            within = (f"so that the search stays within its bound of {bound:,} network rows" if over <= (c.solve - 1)
+                      * per_trial * schedules else f"and the search still passes its bound of {bound:,} network rows")
+            warnings.warn(f"solve={c.solve}: {trials} trials per solved schedule instead, {within} (the reference "
+                          f"solve took {s1.reference_nfe} steps, not reference_nfe={c.reference_nfe})",
+                          RuntimeWarning, stacklevel=4)
         return trials
 
     def report(self, schedules: list[Schedule]) -> tuple[list[float], tuple | None]:

@@ -164,3 +164,16 @@ def test_a_raised_reference_is_paid_for_by_the_solve_stage_so_the_bound_holds(tm
     assert res.reference["steps"] > 4
     assert seen["rows"] == res.cost["total"] <= bound
     assert res.cost["solve"] > 0
+
+
+def test_a_solve_stage_under_a_metric_without_reference_keeps_its_trials(tmp_path):
+    """Metric exact solves no reference: the solve stage runs all its trials, without a warning
+    (the noise sets' references, never solved, are not counted as rows to come)."""
+    import warnings
+    model = embedded_model("gmm-2d")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        res = s3_search(model, 4, metric="exact", budget=16, samples=(256, 256), heldout=256, solve=3,
+                        solve_samples=32, progress=False, log_path=tmp_path / "log.jsonl")
+    assert not [w for w in seen if "trials per solved schedule" in str(w.message)]
+    assert res.cost["reference"] == 0 and res.cost["solve"] > 0

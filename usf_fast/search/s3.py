@@ -714,8 +714,9 @@ class S3Search:
             return c.solve
         k = 2 if self.model.guidance_scale is not None else 1
         s1 = self.sets["s1"]
+        later = getattr(self.metric, "needs_reference", False)   # the held-out sets' references are still to come
         refs = (sum(ns.reference_rows for ns in self.sets.values())
-                + sum(ns.n * ns.reference_nfe for ns in self.sets.values() if ns._ref is None) * k)
+                + later * sum(ns.n * ns.reference_nfe for ns in self.sets.values() if ns._ref is None) * k)
         doublings = int(round(math.log2(s1.reference_nfe / c.reference_nfe)))
         again = doublings * self._estimate["seeds"] * s1.n * c.nfe * k
         per_trial = n * c.nfe * k

@@ -122,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--thorough", action="store_true",
                    help=f"the earlier defaults, about 7x the network calls: {_flag_text(THOROUGH)} (flags given win)")
     q.add_argument("--quick", action="store_true",
-                   help="a search a real model can afford, at most 60,000 network rows at NFE 5 (more only when the "
-                        f"reference's check raises its steps): {_flag_text(QUICK)} (flags given win)")
+                   help="a search a real model can afford, at most 60,000 network rows at NFE 5 (a raised "
+                        f"reference is paid for by fewer solve trials): {_flag_text(QUICK)} (flags given win)")
     q.add_argument("--solve", type=int, default=None,
                    help="Nelder-Mead trials of the solve stage: the best finalist's step weights fitted to a teacher "
                         f"along its own trajectory and its times tuned (default {d['solve']}: no solve stage)")

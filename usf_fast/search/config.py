@@ -18,8 +18,8 @@ WARM_PAIRS = 48   # (parent, child) pairs evaluated before the predictor takes o
 #: about 300,000 (docs/experiments.md, "A cheaper search"); `s3_search(model, 5, **THOROUGH)`,
 #: `usf-fast search --thorough`
 THOROUGH = {"budget": 600, "samples": (256, 1024), "heldout": 1024, "heldout_presets": None, "reference_nfe": 200}
-#: a search a real model can afford: <= 60,000 network rows at NFE 5 (the reference included, unless
-#: its check raises its steps): a short S3 search on few samples, then the solve stage (learned step
+#: a search a real model can afford: <= 60,000 network rows at NFE 5 (the reference included; a
+#: reference whose check raises its steps is paid for by fewer solve trials): a short S3 search on few samples, then the solve stage (learned step
 #: weights and times) on its best schedule and on the preset best on stage 1's noise (docs/search.md,
 #: "The solve stage"; measured against the earlier setting in docs/experiments.md, "Learned
 #: coefficients, 2026-12-04"); `s3_search(model, 5, **QUICK)`, `usf-fast search --quick`

@@ -42,6 +42,12 @@ class NoiseSet:
         if nfe != self.reference_nfe:
             self.reference_nfe, self._ref = nfe, None
 
+    @property
+    def pending_reference_rows(self) -> int:
+        """Rows per network pass (samples × steps) the reference solve will take if it is asked for
+        (0 once solved; an upper bound: a finer solve already made may serve it)."""
+        return 0 if self._ref is not None else self.n * self.reference_nfe
+
     def _solve(self, model: DiffusionModel, noise: torch.Tensor, t_start: float, t_end: float, nfe: int,
                device) -> torch.Tensor:
         rows0 = model.rows

@@ -716,7 +716,7 @@ class S3Search:
         s1 = self.sets["s1"]
         later = getattr(self.metric, "needs_reference", False)   # the held-out sets' references are still to come
         refs = (sum(ns.reference_rows for ns in self.sets.values())
-                + later * sum(ns.n * ns.reference_nfe for ns in self.sets.values() if ns._ref is None) * k)
+                + later * sum(ns.pending_reference_rows for ns in self.sets.values()) * k)
         doublings = int(round(math.log2(s1.reference_nfe / c.reference_nfe)))
         again = doublings * self._estimate["seeds"] * s1.n * c.nfe * k
         per_trial = n * c.nfe * k

@@ -166,6 +166,21 @@ def test_a_raised_reference_is_paid_for_by_the_solve_stage_so_the_bound_holds(tm
     assert res.cost["solve"] > 0
 
 
+def test_a_raised_reference_is_paid_for_by_the_last_stage_without_a_solve_stage(tmp_path, capsys):
+    """Without a solve stage, a raised reference's extra rows come out of the last stage's
+    evaluations, with a warning: the network sees no more rows than the printed bound (without the
+    cut this search passes its bound)."""
+    model, seen = _counting(embedded_model("gmm-image"))
+    with pytest.warns(RuntimeWarning, match=r"budget=200: \d+ fewer evaluations in stage 2, so that the search stays "
+                                            r"within its bound of [\d,]+ network rows \(the reference solve took "
+                                            r"\d+ steps, not reference_nfe=16\)"):
+        res = s3_search(model, 5, budget=200, samples=(16, 64), heldout=64, reference_nfe=16, progress=True,
+                        log_path=tmp_path / "log.jsonl")
+    bound = int(re.search(r"at most ([\d,]+) network rows", capsys.readouterr().out).group(1).replace(",", ""))
+    assert res.reference["steps"] > 4
+    assert seen["rows"] == res.cost["total"] <= bound
+
+
 def test_a_solve_stage_under_a_metric_without_reference_keeps_its_trials(tmp_path):
     """Metric exact solves no reference: the solve stage runs all its trials, without a warning
     (the noise sets' references, never solved, are not counted as rows to come)."""

@@ -508,6 +508,8 @@ class S3Search:
             # a stage spends at most its own share (an earlier stage that ran out of proposals
             # does not hand its rest to this one's dearer samples: the printed bound holds)
             until = min(end, self.requested + share) if i else end
+            if i == len(c.samples) - 1:   # a raised reference's rows, when no solve stage pays for them
+                until -= self._last_stage_cut()
             if i:   # the best of the last stage, re-evaluated on this stage's (more) samples
                 survivors = [s for s, _, _ in sorted(pool, key=lambda p: p[1])[:c.survivors(i)]]
                 pool = self._pool(survivors, fidelity, stage)
@@ -701,35 +703,67 @@ class S3Search:
         self._end_phase("solve")
         return out
 
-    def _affordable_trials(self, schedules: int, n: int) -> int:
-        """The solve stage's trials per schedule: `solve`, or fewer where the search would otherwise
-        pass its printed bound (`cost_estimate`): when the reference check raised the reference's
-        steps, the references' rows beyond the estimate's and stage 1's seeds evaluated again
-        against each finer reference come out of the solve's trials (with a warning; at least one
-        trial, the weights at the schedule's own times). Computed from the steps and the estimate,
-        not from rows spent, so a resumed search solves as the uninterrupted one. Under torchrun
-        `solve` (each process counts its own rows)."""
+    def _reference_overrun(self) -> int:
+        """Network rows the search makes beyond its printed bound (`cost_estimate`) because the
+        reference check raised the reference's steps: the references' rows beyond the estimate's
+        (those still to come counted at the raised steps) and stage 1's seeds evaluated again
+        against each finer reference; 0 when the reference kept its steps. Computed from the steps
+        and the estimate, not from rows spent, so a resumed search makes the same cuts. Under
+        torchrun 0 (each process counts its own rows)."""
         c = self.config
-        if self._estimate is None or self.world > 1 or not schedules:
-            return c.solve
+        s1 = self.sets.get("s1")
+        if self._estimate is None or self.world > 1 or s1 is None or s1.reference_nfe == c.reference_nfe:
+            return 0
         k = 2 if self.model.guidance_scale is not None else 1
-        s1 = self.sets["s1"]
-        later = getattr(self.metric, "needs_reference", False)   # the held-out sets' references are still to come
+        later = getattr(self.metric, "needs_reference", False)   # the noise sets' references still to come
         refs = (sum(ns.reference_rows for ns in self.sets.values())
                 + later * sum(ns.pending_reference_rows for ns in self.sets.values()) * k)
         doublings = int(round(math.log2(s1.reference_nfe / c.reference_nfe)))
         again = doublings * self._estimate["seeds"] * s1.n * c.nfe * k
-        per_trial = n * c.nfe * k
+        return max(0, refs - self._estimate["reference"]) + again
+
+    def _raised_reference_note(self) -> str:
+        return (f"the reference solve took {self.sets['s1'].reference_nfe} steps, not "
+                f"reference_nfe={self.config.reference_nfe}")
+
+    def _last_stage_cut(self) -> int:
+        """Evaluations the last stage gives up so that a search without a solve stage stays within
+        its printed bound when the reference check raised the reference's steps
+        (`_reference_overrun`; with a solve stage its trials pay instead, `_affordable_trials`),
+        with a warning; at most the stage's evolution (its re-evaluated survivors stay)."""
+        c = self.config
+        over = self._reference_overrun()
+        if c.solve or over <= 0:
+            return 0
+        last = len(c.samples) - 1
+        per_evaluation = c.samples[last] * c.nfe * (2 if self.model.guidance_scale is not None else 1)
+        room = c.stage_shares()[last] - (c.survivors(last) if last else self._estimate["seeds"])
+        cut = min(max(0, room), math.ceil(over / per_evaluation))
+        bound = self._estimate["total"]
+        within = (f"so that the search stays within its bound of {bound:,} network rows" if cut * per_evaluation
+                  >= over else f"and the search still passes its bound of {bound:,} network rows")
+        warnings.warn(f"budget={c.budget}: {cut} fewer evaluations in stage {last + 1}, {within} "
+                      f"({self._raised_reference_note()})", RuntimeWarning, stacklevel=4)
+        return cut
+
+    def _affordable_trials(self, schedules: int, n: int) -> int:
+        """The solve stage's trials per schedule: `solve`, or fewer where the search would otherwise
+        pass its printed bound (`cost_estimate`): the rows of a raised reference
+        (`_reference_overrun`) come out of the solve's trials (with a warning; at least one trial,
+        the weights at the schedule's own times)."""
+        c = self.config
+        if not schedules:
+            return c.solve
+        per_trial = n * c.nfe * (2 if self.model.guidance_scale is not None else 1)
         spare = (c.solve_finalists + c.solve_presets - schedules) * c.solve * per_trial   # schedules not solved
-        over = max(0, refs - self._estimate["reference"]) + again - spare
+        over = self._reference_overrun() - spare
         trials = c.solve if over <= 0 else max(1, c.solve - math.ceil(over / (per_trial * schedules)))
         if trials < c.solve:
             bound = self._estimate["total"]
             within = (f"so that the search stays within its bound of {bound:,} network rows" if over <= (c.solve - 1)
                       * per_trial * schedules else f"and the search still passes its bound of {bound:,} network rows")
-            warnings.warn(f"solve={c.solve}: {trials} trials per solved schedule instead, {within} (the reference "
-                          f"solve took {s1.reference_nfe} steps, not reference_nfe={c.reference_nfe})",
-                          RuntimeWarning, stacklevel=4)
+            warnings.warn(f"solve={c.solve}: {trials} trials per solved schedule instead, {within} "
+                          f"({self._raised_reference_note()})", RuntimeWarning, stacklevel=4)
         return trials
 
     def report(self, schedules: list[Schedule]) -> tuple[list[float], tuple | None]:

@@ -14,8 +14,8 @@ own implementations, from the papers' ideas, of
 
 Each gets the rows of a default S³ search (`--rows`, 296,161 at NFE 5): one 50-step dense teacher
 on `--train` noises, then Nelder–Mead trials of NFE × train rows each. Every result is scored on
-the 1,024-sample evaluation set of `bench/cost_study.py` (seed 99,999, 200-step reference; its
-cache is shared), so the table lines up with cost_study's search variants.
+the 1,024-sample evaluation set of `bench/cost_study.py` (seed 99,999, the 200-step reference,
+solved again here), so the table lines up with cost_study's search variants.
 
     python bench/peers.py --model gmm-image --nfe 5 --seeds 0,1,2,3,4 --out out/peers.json
     python bench/peers.py --model gmm-image --noise-schedule flow --nfe 5 --seeds 0,1,2,3,4 --out out/peers-flow.json

@@ -220,3 +220,25 @@ def test_times_alone_are_tuned_without_weights():
     _, err0 = tune_times(mix, start, noise, teacher, evaluations=1, weights=False)
     assert not s.has_weights and s.timesteps != start.timesteps and s.nfe == start.nfe
     assert err < err0
+
+
+def test_every_trial_of_the_times_is_run_on_a_flow_schedule():
+    """On a flow schedule the interior λ-fractions of a time-uniform preset lie within a few
+    hundredths of one another: Nelder–Mead moves the gaps between them (not the fractions), so
+    none of its points is an unordered time set it would have to throw away — `evaluations` trials
+    are really run (`evaluations` × NFE network rows per sample), and they find better times than
+    the preset's on the training noise."""
+    from usf_fast.noise_schedules import NoiseScheduleFlow
+    from usf_fast.search.solve import tune_times
+    ns = NoiseScheduleFlow()
+    mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(ns)
+    noise = torch.randn(32, 2, 4, 4, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    start = usf_fast.presets.unipc(ns, 5, order=2, spacing="time_uniform", afs=True)
+    lam = np.asarray(ns.marginal_lambda(np.asarray(start.timesteps)))
+    assert np.diff(lam[1:-1]).min() / (lam[-1] - lam[0]) < 0.05   # packed: a 0.05 move of one would cross another
+    teacher = DenseTeacher(mix, noise, start.timesteps[0], start.timesteps[-1], steps=40)
+    _, err0 = tune_times(mix, start, noise, teacher, evaluations=1)
+    rows = mix.rows
+    s, err = tune_times(mix, start, noise, teacher, evaluations=12)
+    assert mix.rows - rows == 12 * start.nfe * noise.shape[0]
+    assert err < 0.9 * err0 and s.timesteps != start.timesteps

@@ -32,6 +32,8 @@ __all__ = ["teacher_states", "DenseTeacher", "solve_weights", "solve_times", "tu
 
 #: ridge strength relative to each input's mean square (docs/search.md, "The solve stage")
 DEFAULT_RIDGE = 1e-3
+#: Nelder–Mead's first move in `tune_times`: one gap between the times scaled by e^0.3 ≈ 1.35
+TIME_STEP = 0.3
 
 
 def teacher_grid(ns, schedule: Schedule, steps: int) -> tuple[list[float], list[int]]:
@@ -147,10 +149,13 @@ def _solve(model, schedule, noise, teacher, ridge, dtype):
 def solve_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, teacher: "DenseTeacher", *,
                 evaluations: int = 30, ridge: float = DEFAULT_RIDGE, weights: bool = True,
                 dtype: torch.dtype = torch.float64) -> Schedule:
-    """`solve_weights` with the schedule's interior times tuned too: Nelder–Mead over their
-    λ-fractions (the ends fixed), each trial time set solved along its own trajectory and scored
-    by its final state's RMS distance to the teacher's on the training noise; `evaluations` trials
-    (the schedule's NFE network rows per sample each). Returns the best solved schedule.
+    """`solve_weights` with the schedule's interior times tuned too: Nelder–Mead over the log-ratios
+    of the gaps between consecutive λ-fractions to the last gap (the ends fixed; every point is an
+    ordered time set, and a move scales a gap by the same factor whatever its size — on a flow
+    schedule the interior fractions lie within a few hundredths of one another), each trial time
+    set solved along its own trajectory and scored by its final state's RMS distance to the
+    teacher's on the training noise; `evaluations` trials (the schedule's NFE network rows per
+    sample each). Returns the best solved schedule.
     weights=False tunes the times of the formula's weights alone (an LD3-style solver: the
     schedule comes back without `Step.weights`)."""
     return tune_times(model, schedule, noise, teacher, evaluations=evaluations, ridge=ridge, weights=weights,
@@ -166,6 +171,8 @@ def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, t
     ts = np.asarray(schedule.timesteps, dtype=np.float64)
     lam = np.asarray(ns.marginal_lambda(ts), dtype=np.float64)
     u0 = (lam[1:-1] - lam[0]) / (lam[-1] - lam[0])
+    gaps0 = np.diff(np.concatenate([[0.0], u0, [1.0]]))
+    z0 = np.log(gaps0[:-1] / gaps0[-1])   # Nelder-Mead's coordinates: each gap's log-ratio to the last
     best = [np.inf, None]
 
     def run(s: Schedule) -> tuple[Schedule, float]:
@@ -175,9 +182,13 @@ def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, t
         target = teacher.states([s.timesteps[-1]])[0] if isinstance(teacher, DenseTeacher) else teacher[-1]
         return s, float((final - target.to(dtype)).pow(2).mean().sqrt())
 
-    def times(u):
-        if np.any(u <= 0) or np.any(u >= 1) or np.any(np.diff(u) <= 1e-3):
+    def times(z):
+        logs = np.concatenate([z, [0.0]])
+        gaps = np.exp(logs - logs.max())
+        gaps /= gaps.sum()
+        if not np.all(np.isfinite(gaps)) or gaps.min() <= 1e-4:
             return None
+        u = np.cumsum(gaps)[:-1]
         t = np.asarray(ns.inverse_lambda(lam[0] + np.concatenate([[0.0], u, [1.0]]) * (lam[-1] - lam[0])),
                        dtype=np.float64)
         t[0], t[-1] = ts[0], ts[-1]
@@ -185,10 +196,10 @@ def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, t
 
     trials = [0]
 
-    def objective(u):
+    def objective(z):
         if trials[0] >= evaluations:   # the budget is spent: Nelder–Mead may ask for more, none is run
             return 1e9
-        t = times(np.asarray(u, dtype=np.float64))
+        t = times(np.asarray(z, dtype=np.float64))
         if t is None:
             return 1e9
         trials[0] += 1
@@ -202,10 +213,9 @@ def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, t
             best[:] = [err, solved]
         return err
     if len(u0) and evaluations > 1:
-        simplex = [u0] + [np.clip(u0 + 0.05 * np.eye(len(u0))[k] * (1 if u0[k] < 0.9 else -1), 1e-3, 1 - 1e-3)
-                          for k in range(len(u0))]
+        simplex = [z0] + [z0 + TIME_STEP * np.eye(len(z0))[k] for k in range(len(z0))]
         with torch.no_grad():
-            minimize(objective, u0, method="Nelder-Mead",
+            minimize(objective, z0, method="Nelder-Mead",
                      options={"maxfev": evaluations, "initial_simplex": np.asarray(simplex), "xatol": 1e-4,
                               "fatol": 0.0})
     if best[1] is None:   # no trial ran (or every one failed): the schedule's own times

@@ -171,8 +171,10 @@ def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, t
     ts = np.asarray(schedule.timesteps, dtype=np.float64)
     lam = np.asarray(ns.marginal_lambda(ts), dtype=np.float64)
     u0 = (lam[1:-1] - lam[0]) / (lam[-1] - lam[0])
-    gaps0 = np.diff(np.concatenate([[0.0], u0, [1.0]]))
-    z0 = np.log(gaps0[:-1] / gaps0[-1])   # Nelder-Mead's coordinates: each gap's log-ratio to the last
+    # Nelder–Mead's coordinates: each gap's log-ratio to the last (a gap of ~0, coincident times,
+    # stays below `times`' smallest gap: such a schedule keeps its times)
+    gaps0 = np.maximum(np.diff(np.concatenate([[0.0], u0, [1.0]])), 1e-12)
+    z0 = np.log(gaps0[:-1] / gaps0[-1])
     best = [np.inf, None]
 
     def run(s: Schedule) -> tuple[Schedule, float]:

@@ -71,25 +71,36 @@ def main():
                                 **variant_options(args.variant, ns, n))
             secs = time.time() - t0
             searched = evaluate_schedules(model, [res.best], ev, metric, t_range)[0]
-            best = {}
-            for nfe in (n, 2 * n):
-                cands = preset_candidates(ns, nfe)
-                vals = evaluate_schedules(model, [s for _, s in cands], ev, metric, t_range)
-                best[nfe] = min(zip(vals, [lbl for lbl, _ in cands]))
+            best = _best_presets(model, n, ev, metric, t_range)
             row = {"model": spec, "n": n, "searched": searched, "best_preset_n": best[n][0],
                    "best_preset_n_label": best[n][1], "best_preset_2n": best[2 * n][0],
                    "best_preset_2n_label": best[2 * n][1], "holds": searched <= best[2 * n][0],
                    "rows": res.cost["total"], "seconds": secs, "variant": args.variant}
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out, "w") as f:
-                json.dump(rows, f, indent=1)
+            _save(rows, args.out)
     print("| model | n | searched at n | best preset at n | best preset at 2n | holds |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['n']} | {r['searched']:.4g} | {r['best_preset_n']:.4g} | {r['best_preset_2n']:.4g} "
               f"({r['best_preset_2n_label']}) | {'yes' if r['holds'] else 'no'} |")
+
+
+def _best_presets(model, n, ev, metric, t_range) -> dict:
+    """{nfe: (metric, label)} of the best preset (every method over every spacing) at n and 2n."""
+    best = {}
+    for nfe in (n, 2 * n):
+        cands = preset_candidates(model.noise_schedule, nfe)
+        vals = evaluate_schedules(model, [s for _, s in cands], ev, metric, t_range)
+        best[nfe] = min(zip(vals, [lbl for lbl, _ in cands]))
+    return best
+
+
+def _save(rows: list, out: str) -> None:
+    """Print the newest row and write every row so far (an interrupted run keeps them)."""
+    print(json.dumps(rows[-1]), flush=True)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(rows, f, indent=1)
 
 
 def from_results(args):
@@ -112,18 +123,11 @@ def from_results(args):
         raise SystemExit(f"--results {args.results}: no rows of variants {args.variant} carry a schedule")
     rows = []
     for n in sorted(by_n):
-        best = {}
-        for nfe in (n, 2 * n):
-            cands = preset_candidates(ns, nfe)
-            vals = evaluate_schedules(model, [s for _, s in cands], ev, metric, t_range)
-            best[nfe] = min(zip(vals, [lbl for lbl, _ in cands]))
+        best = _best_presets(model, n, ev, metric, t_range)
         for variant, stored in by_n[n].items():
             rows.append(_acceleration_row(args.models, n, variant, stored,
                                           evaluate_schedules(model, [s for _, s in stored], ev, metric, t_range), best))
-            print(json.dumps(rows[-1]), flush=True)
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out, "w") as f:
-                json.dump(rows, f, indent=1)
+            _save(rows, args.out)
     print("| model | variant | n | searched at n (mean over seeds; worst) | best preset at n | best preset at 2n | holds (mean) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

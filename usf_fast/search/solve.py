@@ -170,11 +170,7 @@ def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, t
     ns = model.noise_schedule
     ts = np.asarray(schedule.timesteps, dtype=np.float64)
     lam = np.asarray(ns.marginal_lambda(ts), dtype=np.float64)
-    u0 = (lam[1:-1] - lam[0]) / (lam[-1] - lam[0])
-    # Nelder–Mead's coordinates: each gap's log-ratio to the last (a gap of ~0, coincident times,
-    # stays below `times`' smallest gap: such a schedule keeps its times)
-    gaps0 = np.maximum(np.diff(np.concatenate([[0.0], u0, [1.0]])), 1e-12)
-    z0 = np.log(gaps0[:-1] / gaps0[-1])
+    z0 = _gap_coordinates(lam)
     best = [np.inf, None]
 
     def run(s: Schedule) -> tuple[Schedule, float]:
@@ -184,24 +180,12 @@ def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, t
         target = teacher.states([s.timesteps[-1]])[0] if isinstance(teacher, DenseTeacher) else teacher[-1]
         return s, float((final - target.to(dtype)).pow(2).mean().sqrt())
 
-    def times(z):
-        logs = np.concatenate([z, [0.0]])
-        gaps = np.exp(logs - logs.max())
-        gaps /= gaps.sum()
-        if not np.all(np.isfinite(gaps)) or gaps.min() <= 1e-4:
-            return None
-        u = np.cumsum(gaps)[:-1]
-        t = np.asarray(ns.inverse_lambda(lam[0] + np.concatenate([[0.0], u, [1.0]]) * (lam[-1] - lam[0])),
-                       dtype=np.float64)
-        t[0], t[-1] = ts[0], ts[-1]
-        return t if np.all(np.diff(t) < 0) and np.all(np.isfinite(t)) else None
-
     trials = [0]
 
     def objective(z):
         if trials[0] >= evaluations:   # the budget is spent: Nelder–Mead may ask for more, none is run
             return 1e9
-        t = times(np.asarray(z, dtype=np.float64))
+        t = _times_at(np.asarray(z, dtype=np.float64), lam, ts, ns)
         if t is None:
             return 1e9
         trials[0] += 1
@@ -214,7 +198,7 @@ def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, t
         if err < best[0]:
             best[:] = [err, solved]
         return err
-    if len(u0) and evaluations > 1:
+    if len(z0) and evaluations > 1:
         simplex = [z0] + [z0 + TIME_STEP * np.eye(len(z0))[k] for k in range(len(z0))]
         with torch.no_grad():
             minimize(objective, z0, method="Nelder-Mead",
@@ -223,6 +207,28 @@ def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, t
     if best[1] is None:   # no trial ran (or every one failed): the schedule's own times
         return run(schedule)
     return best[1], best[0]
+
+
+def _gap_coordinates(lam: np.ndarray) -> np.ndarray:
+    """`tune_times`' coordinates of a time set with log-SNRs `lam`: the log-ratio of each gap between
+    consecutive λ-fractions to the last gap (a gap of ~0, coincident times, stays below `_times_at`'s
+    smallest gap: such a schedule keeps its times)."""
+    gaps = np.maximum(np.diff((lam - lam[0]) / (lam[-1] - lam[0])), 1e-12)
+    return np.log(gaps[:-1] / gaps[-1])
+
+
+def _times_at(z: np.ndarray, lam: np.ndarray, ts: np.ndarray, ns) -> np.ndarray | None:
+    """The times of coordinates `z` (`_gap_coordinates`) between the ends of `ts`, or None where
+    two would (nearly) coincide or fall out of order."""
+    logs = np.concatenate([z, [0.0]])
+    gaps = np.exp(logs - logs.max())
+    gaps /= gaps.sum()
+    if not np.all(np.isfinite(gaps)) or gaps.min() <= 1e-4:
+        return None
+    u = np.concatenate([[0.0], np.cumsum(gaps)[:-1], [1.0]])
+    t = np.asarray(ns.inverse_lambda(lam[0] + u * (lam[-1] - lam[0])), dtype=np.float64)
+    t[0], t[-1] = ts[0], ts[-1]
+    return t if np.all(np.diff(t) < 0) and np.all(np.isfinite(t)) else None
 
 
 class DenseTeacher:

@@ -714,7 +714,7 @@ class S3Search:
         s1 = self.sets.get("s1")
         if self._estimate is None or self.world > 1 or s1 is None or s1.reference_nfe == c.reference_nfe:
             return 0
-        k = 2 if self.model.guidance_scale is not None else 1
+        k = self._pass_rows
         later = getattr(self.metric, "needs_reference", False)   # the noise sets' references still to come
         refs = (sum(ns.reference_rows for ns in self.sets.values())
                 + later * sum(ns.pending_reference_rows for ns in self.sets.values()) * k)
@@ -722,9 +722,16 @@ class S3Search:
         again = doublings * self._estimate["seeds"] * s1.n * c.nfe * k
         return max(0, refs - self._estimate["reference"]) + again
 
-    def _raised_reference_note(self) -> str:
-        return (f"the reference solve took {self.sets['s1'].reference_nfe} steps, not "
-                f"reference_nfe={self.config.reference_nfe}")
+    @property
+    def _pass_rows(self) -> int:
+        """Network rows per sample and evaluation: 2 under classifier-free guidance."""
+        return 2 if self.model.guidance_scale is not None else 1
+
+    def _cut_note(self, within: bool) -> str:
+        """The end of a raised reference's warning: whether the cut keeps the search within its bound."""
+        how = "so that the search stays within" if within else "and the search still passes"
+        return (f"{how} its bound of {self._estimate['total']:,} network rows (the reference solve took "
+                f"{self.sets['s1'].reference_nfe} steps, not reference_nfe={self.config.reference_nfe})")
 
     def _last_stage_cut(self) -> int:
         """Evaluations the last stage gives up so that a search without a solve stage stays within
@@ -736,14 +743,11 @@ class S3Search:
         if c.solve or over <= 0:
             return 0
         last = len(c.samples) - 1
-        per_evaluation = c.samples[last] * c.nfe * (2 if self.model.guidance_scale is not None else 1)
+        per_evaluation = c.samples[last] * c.nfe * self._pass_rows
         room = c.stage_shares()[last] - (c.survivors(last) if last else self._estimate["seeds"])
         cut = min(max(0, room), math.ceil(over / per_evaluation))
-        bound = self._estimate["total"]
-        within = (f"so that the search stays within its bound of {bound:,} network rows" if cut * per_evaluation
-                  >= over else f"and the search still passes its bound of {bound:,} network rows")
-        warnings.warn(f"budget={c.budget}: {cut} fewer evaluations in stage {last + 1}, {within} "
-                      f"({self._raised_reference_note()})", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"budget={c.budget}: {cut} fewer evaluations in stage {last + 1}, "
+                      f"{self._cut_note(cut * per_evaluation >= over)}", RuntimeWarning, stacklevel=4)
         return cut
 
     def _affordable_trials(self, schedules: int, n: int) -> int:
@@ -754,16 +758,14 @@ class S3Search:
         c = self.config
         if not schedules:
             return c.solve
-        per_trial = n * c.nfe * (2 if self.model.guidance_scale is not None else 1)
+        per_trial = n * c.nfe * self._pass_rows
         spare = (c.solve_finalists + c.solve_presets - schedules) * c.solve * per_trial   # schedules not solved
         over = self._reference_overrun() - spare
         trials = c.solve if over <= 0 else max(1, c.solve - math.ceil(over / (per_trial * schedules)))
         if trials < c.solve:
-            bound = self._estimate["total"]
-            within = (f"so that the search stays within its bound of {bound:,} network rows" if over <= (c.solve - 1)
-                      * per_trial * schedules else f"and the search still passes its bound of {bound:,} network rows")
-            warnings.warn(f"solve={c.solve}: {trials} trials per solved schedule instead, {within} "
-                          f"({self._raised_reference_note()})", RuntimeWarning, stacklevel=4)
+            warnings.warn(f"solve={c.solve}: {trials} trials per solved schedule instead, "
+                          f"{self._cut_note(over <= (c.solve - 1) * per_trial * schedules)}", RuntimeWarning,
+                          stacklevel=4)
         return trials
 
     def report(self, schedules: list[Schedule]) -> tuple[list[float], tuple | None]:

@@ -33,7 +33,7 @@ from usf_fast.search.s3 import preset_candidates
 from cost_study import VARIANTS, variant_options   # bench/ is on the path when this runs as a script
 
 
-def _model(spec):
+def model_from_spec(spec):
     name, _, kind = spec.partition(":")
     return embedded_model(name, NoiseScheduleFlow() if kind == "flow" else None)
 
@@ -57,7 +57,7 @@ def main():
     rows = json.load(open(args.out)) if os.path.exists(args.out) else []
     done = {(r["model"], r["n"]) for r in rows}
     for spec in args.models.split(","):
-        model = _model(spec)
+        model = model_from_spec(spec)
         ns = model.noise_schedule
         ev = NoiseSet(model.sample_shape, 1024, 99_999, "evaluation")
         metric = make_metric("ref", model)
@@ -77,7 +77,7 @@ def main():
                    "best_preset_2n_label": best[2 * n][1], "holds": searched <= best[2 * n][0],
                    "rows": res.cost["total"], "seconds": secs, "variant": args.variant}
             rows.append(row)
-            _save(rows, args.out)
+            save_rows(rows, args.out)
     print("| model | n | searched at n | best preset at n | best preset at 2n | holds |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -95,7 +95,7 @@ def _best_presets(model, n, ev, metric, t_range) -> dict:
     return best
 
 
-def _save(rows: list, out: str) -> None:
+def save_rows(rows: list, out: str) -> None:
     """Print the newest row and write every row so far (an interrupted run keeps them)."""
     print(json.dumps(rows[-1]), flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -107,7 +107,7 @@ def from_results(args):
     """The acceleration table from schedules `bench/cost_study.py` stored (all seeds of `--variant`)."""
     if "," in args.models:
         raise SystemExit("--results: give the one model the files are of (--models M)")
-    model = _model(args.models)
+    model = model_from_spec(args.models)
     ns = model.noise_schedule
     ev = NoiseSet(model.sample_shape, 1024, 99_999, "evaluation")
     metric = make_metric("ref", model)
@@ -127,7 +127,7 @@ def from_results(args):
         for variant, stored in by_n[n].items():
             rows.append(_acceleration_row(args.models, n, variant, stored,
                                           evaluate_schedules(model, [s for _, s in stored], ev, metric, t_range), best))
-            _save(rows, args.out)
+            save_rows(rows, args.out)
     print("| model | variant | n | searched at n (mean over seeds; worst) | best preset at n | best preset at 2n | holds (mean) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

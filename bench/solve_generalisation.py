@@ -19,18 +19,13 @@ import time
 import numpy as np
 import torch
 
-from usf_fast.models import embedded_model
-from usf_fast.noise_schedules import NoiseScheduleFlow
 from usf_fast.reference import reference_sample
 from usf_fast.search import evaluate_schedules, make_metric
 from usf_fast.search.evaluate import NoiseSet
 from usf_fast.search.s3 import preset_candidates
 from usf_fast.search.solve import DenseTeacher, _solve, tune_times
 
-
-def _model(spec):
-    name, _, kind = spec.partition(":")
-    return embedded_model(name, NoiseScheduleFlow() if kind == "flow" else None)
+from acceleration import model_from_spec, save_rows   # bench/ is on the path when this runs as a script
 
 
 def main():
@@ -48,7 +43,7 @@ def main():
     rows = json.load(open(args.out)) if os.path.exists(args.out) else []
     done = {(r["model"], r["train_seed"]) for r in rows}
     for spec in args.models.split(","):
-        model = _model(spec)
+        model = model_from_spec(spec)
         ns = model.noise_schedule
         t_range = (ns.t_max, ns.t_min)
         ev = NoiseSet(model.sample_shape, 1024, 99_999, "evaluation")
@@ -77,10 +72,7 @@ def main():
                    "teacher": args.teacher, "seconds": time.time() - t0,
                    "results": {name: {"train": tr, "eval": e} for (name, (_, tr)), e in zip(solved.items(), evals)}}
             rows.append(row)
-            print(json.dumps(row), flush=True)
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out, "w") as f:
-                json.dump(rows, f, indent=1)
+            save_rows(rows, args.out)
     names = list(dict.fromkeys(n for r in rows for n in r["results"]))
     print("| model | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")

@@ -8,6 +8,11 @@ the rest (predictor fits, proposals, probes, combinations, logging).
 
     python bench/search_fraction.py --model digits --device cuda --out out/fraction.json
     python bench/search_fraction.py --model cifar-unet --device cuda      # random diffusers UNet2DModel, 3x32x32
+    python bench/search_fraction.py --model digits --device cuda --quick  # QUICK: the solve stage's time apart
+
+With a solve stage (`--quick`, or `--solve N`) the stage's own wall time and the network's time
+inside it are printed too (issue "Learned solver coefficients", GPU acceptance point: the solve
+stage's wall time next to the network's).
 
 `cifar-unet` is a randomly initialised diffusers `UNet2DModel` of DDPM's CIFAR-10 size (35.7 M
 parameters, 32x32): its speed, not its samples, is what this measures.
@@ -22,7 +27,8 @@ import torch
 
 import usf_fast
 from usf_fast.models import embedded_model
-from usf_fast.search import s3_search
+from usf_fast.search import QUICK, s3_search
+from usf_fast.search.s3 import S3Search
 
 
 def cifar_unet(device):
@@ -64,11 +70,34 @@ class Timed:
             return out
         model.net = timed
 
-    def total(self) -> float:
+    def total(self, since: int = 0) -> float:
+        """Seconds in network calls; with `since`, only the calls after the first `since`
+        (on the CPU only the total is kept)."""
         if self.cuda:
             torch.cuda.synchronize()
-            return sum(a.elapsed_time(b) for a, b in self.events) / 1000.0
+            return sum(a.elapsed_time(b) for a, b in self.events[since:]) / 1000.0
         return self.seconds
+
+
+def time_solve_stage(timer: Timed) -> dict:
+    """Wraps `S3Search.solve` so that its wall time and the network's time inside it are recorded
+    (the stage ends with a synchronisation on a GPU)."""
+    spent = {"solve_wall_s": 0.0, "solve_network_s": 0.0, "solve_calls": 0}
+    inner = S3Search.solve
+
+    def solve(self, finalists):
+        if timer.cuda:
+            torch.cuda.synchronize()
+        calls, seconds, t0 = timer.calls, timer.seconds, time.perf_counter()
+        out = inner(self, finalists)
+        if timer.cuda:
+            torch.cuda.synchronize()
+        spent["solve_wall_s"] += time.perf_counter() - t0
+        spent["solve_network_s"] += timer.total(calls) if timer.cuda else timer.seconds - seconds
+        spent["solve_calls"] += timer.calls - calls
+        return out
+    S3Search.solve = solve
+    return spent
 
 
 def main():
@@ -78,11 +107,15 @@ def main():
     ap.add_argument("--nfe", type=int, default=5)
     ap.add_argument("--chunk", type=int, default=8)
     ap.add_argument("--budget", type=int, default=None, help="default: SearchConfig's")
+    ap.add_argument("--quick", action="store_true", help="the QUICK setting (a solve stage, <= 60,000 rows at NFE 5)")
+    ap.add_argument("--solve", type=int, default=None, help="solve-stage trials (0: none; default: the setting's)")
     ap.add_argument("--out", default=None, help="append the result to this JSON file")
     args = ap.parse_args()
     model = cifar_unet(args.device) if args.model == "cifar-unet" else embedded_model(args.model)
     timer = Timed(model, args.device)
-    opts = {} if args.budget is None else {"budget": args.budget}
+    spent = time_solve_stage(timer)
+    opts = dict(QUICK) if args.quick else {}
+    opts.update({k: v for k, v in (("budget", args.budget), ("solve", args.solve)) if v is not None})
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         res = s3_search(model, args.nfe, device=args.device, chunk=args.chunk, progress=False,
@@ -94,11 +127,16 @@ def main():
     row = {"model": args.model, "device": str(args.device),
            "gpu": torch.cuda.get_device_name() if timer.cuda else None, "nfe": args.nfe, "chunk": args.chunk,
            "rows": res.cost["total"], "calls": timer.calls, "wall_s": wall, "network_s": net,
-           "network_fraction": net / wall, "improvement": res.improvement, "torch": torch.__version__,
+           "network_fraction": net / wall, "setting": "quick" if args.quick else "default", "options": opts,
+           **(spent if res.cost.get("solve") else {}), "improvement": res.improvement, "torch": torch.__version__,
            "usf_fast": usf_fast.__version__, "threads": torch.get_num_threads()}
     print(json.dumps(row), flush=True)
     print(f"{args.model} on {args.device}: {wall:.1f} s wall, {net:.1f} s in {timer.calls} network calls "
           f"({net / wall:.0%}); {res.cost['total']:,} rows")
+    if res.cost.get("solve"):
+        print(f"  solve stage: {spent['solve_wall_s']:.1f} s wall, {spent['solve_network_s']:.1f} s in "
+              f"{spent['solve_calls']} network calls ({spent['solve_network_s'] / spent['solve_wall_s']:.0%}); "
+              f"{res.cost['solve']:,} rows")
     if args.out:
         rows = json.load(open(args.out)) if os.path.exists(args.out) else []
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -242,3 +242,25 @@ def test_every_trial_of_the_times_is_run_on_a_flow_schedule():
     s, err = tune_times(mix, start, noise, teacher, evaluations=12)
     assert mix.rows - rows == 12 * start.nfe * noise.shape[0]
     assert err < 0.9 * err0 and s.timesteps != start.timesteps
+
+
+@pytest.mark.gpu
+def test_the_solve_fits_the_same_schedule_on_the_gpu_as_on_the_cpu():
+    """Teacher, weight fits and the time search on CUDA tensors (float64) give the CPU's schedule:
+    the same times and weights to float64 rounding (a solve that left a tensor on the CPU, or
+    fitted in float32 there, would fail or differ by far more)."""
+    mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS)
+    start = usf_fast.presets.unipc(NS, 5, order=3, afs=True)
+    solved = {}
+    for device in ("cpu", "cuda"):
+        noise = torch.randn(64, 2, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(device)
+        teacher = DenseTeacher(mix, noise, start.timesteps[0], start.timesteps[-1], steps=40)
+        solved[device] = solve_times(mix, start, noise, teacher, evaluations=8)
+    cpu, gpu = solved["cpu"], solved["cuda"]
+    assert gpu.has_weights and cpu.nfe == gpu.nfe == 5
+    np.testing.assert_allclose(gpu.timesteps, cpu.timesteps, rtol=1e-9)
+    for a, b in zip(cpu.steps, gpu.steps):
+        for wa, wb in ((a.weights, b.weights), (a.corrector_weights, b.corrector_weights)):
+            assert (wa is None) == (wb is None)
+            if wa is not None:
+                np.testing.assert_allclose(wb, wa, rtol=1e-7, atol=1e-9)

@@ -54,9 +54,9 @@ if want solve; then
   run $PY bench/search_fraction.py --model cifar-unet --device cuda --chunk 8 --quick --out "$OUT_DIR/fraction.json"
 fi
 if want backends; then
-  stamp "GPU tests: backends, build, graph, conformance (cuda and triton paths)"
+  stamp "GPU tests: backends, build, graph, conformance, learned weights (cuda, triton, CUDA graph)"
   XDIST=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
-  run $PY -m pytest tests/test_backends.py tests/test_build.py tests/test_graph.py tests/test_conformance.py -q -rs $XDIST
+  run $PY -m pytest tests/test_backends.py tests/test_build.py tests/test_graph.py tests/test_conformance.py tests/test_weights.py -q -rs $XDIST
 fi
 if want fraction; then
   stamp "default search: the network's share of the wall time (target >= 80 %)"

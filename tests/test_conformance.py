@@ -89,7 +89,10 @@ def on_cuda(run):
 
 
 def graph_on_cuda(model, schedule, noise):   # the captured CUDA graph
-    return usf_fast.GraphSampler(model, schedule.nfe, noise.shape, device="cuda").run(schedule, noise.cuda()).cpu()
+    runner = usf_fast.GraphSampler(model, schedule.nfe, noise.shape, device="cuda")
+    out = runner.run(schedule, noise.cuda()).cpu()
+    assert runner.captured, f"eager fall-back, not a CUDA graph: {runner.fallback_reason}"
+    return out
 
 
 if torch.cuda.is_available():   # bench/gpu_check.sh runs this file on the GPU machine

@@ -130,6 +130,7 @@ class GraphSampler:
                           "running the same program eagerly", RuntimeWarning, stacklevel=3)
             self.cuda_graph = False
             torch.cuda.synchronize(self.device)
+            _unstick_generator(self.device)
             return None
         self.captured = True
         return graph
@@ -149,3 +150,21 @@ class GraphSampler:
         else:
             self._eager()
         return self._out.clone()
+
+
+def _unstick_generator(device) -> None:
+    """A capture that fails part-way can leave the device's default CUDA generator in capture mode
+    (seen with torch 2.11: the next random draw anywhere in the process raises "Offset increment
+    outside graph capture encountered unexpectedly"). Probe it with one draw, its offset put back
+    (so the stream of random numbers is unchanged); if the draw fails, give the generator a fresh
+    state with the same seed and offset."""
+    dev = torch.device(device)
+    gen = torch.cuda.default_generators[dev.index if dev.index is not None else torch.cuda.current_device()]
+    offset = gen.get_offset()
+    try:
+        torch.empty(1, device=dev).uniform_(generator=gen)
+    except RuntimeError:
+        fresh = torch.Generator(device=dev)
+        fresh.manual_seed(gen.initial_seed())
+        gen.graphsafe_set_state(fresh.graphsafe_get_state())
+    gen.set_offset(offset)

@@ -29,14 +29,22 @@ def _as_host(x):
     return np.asarray(x, dtype=np.float64)
 
 
-def _interp(x, xp: np.ndarray, fp: np.ndarray):
+def _interp(x, xp: np.ndarray, fp: np.ndarray, copies: dict | None = None):
     """Piecewise-linear interpolation with linear extrapolation (xp increasing).
 
-    numpy for host arrays, torch (same dtype/device as x, no host reads) for tensors.
+    numpy for host arrays, torch (same dtype/device as x, no host reads) for tensors. `copies`
+    (one dict per table) keeps the table's tensors per dtype and device, so they are copied to a
+    GPU once, not on every call: a CUDA graph cannot capture a copy from pageable host memory.
     """
     if _is_torch(x):
-        xp_t = torch.as_tensor(xp, dtype=x.dtype, device=x.device)
-        fp_t = torch.as_tensor(fp, dtype=x.dtype, device=x.device)
+        key = (x.dtype, x.device)
+        tables = None if copies is None else copies.get(key)
+        if tables is None:
+            tables = (torch.as_tensor(xp, dtype=x.dtype, device=x.device),
+                      torch.as_tensor(fp, dtype=x.dtype, device=x.device))
+            if copies is not None:
+                copies[key] = tables
+        xp_t, fp_t = tables
         idx = torch.searchsorted(xp_t, x.contiguous()).clamp(1, len(xp) - 1)
         x0, x1 = xp_t[idx - 1], xp_t[idx]
         y0, y1 = fp_t[idx - 1], fp_t[idx]
@@ -148,6 +156,8 @@ class NoiseScheduleVP(NoiseSchedule):
             self.total_N = len(log_alphas)
             self._t_array = np.linspace(0.0, 1.0, self.total_N + 1)[1:]
             self._log_alpha_array = log_alphas
+            self._reversed = (log_alphas[::-1].copy(), self._t_array[::-1].copy())   # inverse_lambda's table
+            self._copies = ({}, {})   # the two tables on devices (`_interp`)
             default_min, default_max = 1.0 / self.total_N, 1.0
         elif schedule == "linear":
             if not (0 < continuous_beta_0 < continuous_beta_1):
@@ -169,7 +179,7 @@ class NoiseScheduleVP(NoiseSchedule):
     def marginal_log_mean_coeff(self, t):
         t = _as_host(t)
         if self.schedule == "discrete":
-            return _interp(t, self._t_array, self._log_alpha_array)
+            return _interp(t, self._t_array, self._log_alpha_array, self._copies[0])
         if self.schedule == "linear":
             return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
         ops = _ops(t)
@@ -189,7 +199,7 @@ class NoiseScheduleVP(NoiseSchedule):
             delta = self.beta_0 ** 2 + tmp
             return tmp / (ops.sqrt(delta) + self.beta_0) / (self.beta_1 - self.beta_0)
         if self.schedule == "discrete":
-            return _interp(log_alpha, self._log_alpha_array[::-1].copy(), self._t_array[::-1].copy())
+            return _interp(log_alpha, *self._reversed, self._copies[1])
         arccos = torch.arccos if _is_torch(lamb) else np.arccos
         t = arccos(ops.exp(log_alpha + self._cos_log_alpha_0)) * 2.0 * (1.0 + self.cosine_s) / math.pi
         return t - self.cosine_s

@@ -72,15 +72,16 @@ def teacher_states(model: DiffusionModel, schedule: Schedule, noise: torch.Tenso
 
 def fit_step(inputs: list[torch.Tensor], target: torch.Tensor, prior: np.ndarray, ridge: float) -> np.ndarray:
     """Weights c minimising ‖Σ_k c_k·inputs[k] − target‖² + ridge·Σ_k g_kk·(c_k − prior_k)² (g_kk:
-    the squared norm of input k, so the pull is the same whatever the inputs' scale), float64."""
+    the squared norm of input k, so the pull is the same whatever the inputs' scale), float64. The
+    inputs may be on any device; the k×k normal equations are solved on the host."""
     cols = torch.stack([v.reshape(-1).double() for v in inputs], 1)
-    g = (cols.T @ cols).numpy()
+    g = (cols.T @ cols).cpu().numpy()
     prior = np.asarray(prior, dtype=np.float64)
     out = prior.copy()
     live = np.diag(g) > 0   # an input that is zero (AFS's x̂0 = a zero data mean) keeps its prior weight
     if not live.any():
         return out
-    b = (cols.T @ target.reshape(-1).double()).numpy() - g[:, ~live] @ prior[~live]
+    b = (cols.T @ target.reshape(-1).double()).cpu().numpy() - g[:, ~live] @ prior[~live]
     g, b, p = g[np.ix_(live, live)], b[live], prior[live]
     d = np.diag(np.diag(g)) * ridge
     try:

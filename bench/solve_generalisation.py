@@ -66,7 +66,7 @@ def main():
             for ridge in ridges:
                 solved[f"weights ridge={ridge:g}"] = _solve(model, preset, noise, teacher, ridge, torch.float64)
                 solved[f"weights+times ridge={ridge:g}"] = tune_times(model, preset, noise, teacher,
-                                                                      evaluations=args.trials, ridge=ridge)[:2]
+                                                                      evaluations=args.trials, ridge=ridge)
             evals = evaluate_schedules(model, [s for s, _ in solved.values()], ev, metric, t_range)
             row = {"model": spec, "train_seed": seed, "train": args.train, "preset": label, "trials": args.trials,
                    "teacher": args.teacher, "seconds": time.time() - t0,

@@ -24,7 +24,7 @@ THOROUGH = {"budget": 600, "samples": (256, 1024), "heldout": 1024, "heldout_pre
 #: "The solve stage"; measured against the earlier setting in docs/experiments.md, "Learned
 #: coefficients, 2026-12-04"); `s3_search(model, 5, **QUICK)`, `usf-fast search --quick`
 QUICK = {"budget": 24, "samples": (16, 32), "heldout": 128, "heldout_presets": 4, "reference_nfe": 50,
-         "solve": 22, "solve_presets": 1, "solve_samples": 128}
+         "solve": 23, "solve_presets": 1, "solve_samples": 128}
 
 
 def _spacing(space) -> str:
@@ -236,9 +236,8 @@ class SearchConfig:
         out.update({
                # the finalists and the table on the choice half of the held-out samples, the winner and
                # the best preset on the report half
-               # (and the solved schedules, which join the finalists there: each at its tuned times and,
-               # with more than one trial, at its own times)
-               "heldout": ((self.finalists + table + (self.solve_finalists + self.solve_presets) * min(self.solve, 2))
+               # (and the solved schedules, which join the finalists there)
+               "heldout": ((self.finalists + table + (self.solve_finalists + self.solve_presets if self.solve else 0))
                            * (self.heldout - self.heldout // 2)
                            + 2 * max(check_rows, self.heldout // 2) + screen) * self.nfe * k,
                # every noise set's solve, and the check of stage 1's against twice the steps

@@ -50,7 +50,7 @@ from .gp import GPPredictor
 from .log import SearchLog
 from .predictor import ImprovementPredictor, Predictor
 from .probe import gaussian_probe
-from .solve import DenseTeacher, tune_times
+from .solve import DenseTeacher, solve_times
 from .space import SearchSpace, schedule_key
 
 FRECHET_METRICS = ("fd", "fid", "exact")   # distances between sample sets: biased and noisy on few samples
@@ -683,10 +683,9 @@ class S3Search:
 
     def solve(self, finalists: list[Schedule]) -> list[Schedule]:
         """The solve stage: each of `finalists` with its step weights fitted to a teacher along its
-        own trajectory and its times tuned by Nelder–Mead (`solve.tune_times`, `solve` trials), on
-        noise of its own (seed 1000·seed + 6; the held-out halves stay unseen); beside it the same
-        weights' fit at the schedule's own times (the first trial: tuned times can over-fit the
-        training noise, so the held-out table chooses). One teacher solve serves every finalist."""
+        own trajectory and its times tuned by Nelder–Mead (`solve.solve_times`, `solve` trials), on
+        noise of its own (seed 1000·seed + 6; the held-out halves stay unseen). One teacher solve
+        serves every finalist."""
         c = self.config
         rows = self.model.cond_rows
         n = max(rows, c.solve_samples // rows * rows)
@@ -696,13 +695,8 @@ class S3Search:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             teacher = DenseTeacher(self.model, noise, self.space.t_start, self.space.t_end, steps=c.solve_teacher)
-            fits = [tune_times(self.model, s, noise, teacher, evaluations=trials, ridge=c.solve_ridge)
-                    for s in finalists]
-        out = []
-        for fit in fits:   # the tuned times, and the weights at the schedule's own times (the first trial)
-            out.append(fit.schedule)
-            if fit.own is not None and fit.own is not fit.schedule:
-                out.append(fit.own.replace(meta=dict(fit.own.meta, solved=dict(fit.own.meta["solved"], times="own"))))
+            out = [solve_times(self.model, s, noise, teacher, evaluations=trials, ridge=c.solve_ridge)
+                   for s in finalists]
         if self.bar is not None and self.model.rows != self._bar_rows:
             self.bar.update(self.model.rows - self._bar_rows)
             self._bar_rows = self.model.rows
@@ -810,8 +804,7 @@ def describe(schedule: Schedule) -> str:
     correctors = sorted({st.corrector for st in schedule.steps} - {"none"})
     parts = [f"{'/'.join(preds)} prediction", "orders " + "-".join(str(st.order) for st in schedule.steps)]
     parts += [f"{c} corrector" for c in correctors] + (["AFS"] if schedule.afs else [])
-    own = schedule.meta.get("solved", {}).get("times") == "own"
-    parts += [f"learned weights{' at its own times' if own else ''}"] if schedule.has_weights else []
+    parts += ["learned weights"] if schedule.has_weights else []
     return ", ".join(parts)
 
 

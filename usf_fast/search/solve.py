@@ -16,8 +16,6 @@ to each input's size, so a fit on few samples cannot wander far.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import torch
 
@@ -30,8 +28,7 @@ from ..reference import reference_sample
 from ..schedule import Schedule
 from ..walk import walk
 
-__all__ = ["teacher_states", "DenseTeacher", "solve_weights", "solve_times", "tune_times", "TimesFit", "fit_step",
-           "DEFAULT_RIDGE"]
+__all__ = ["teacher_states", "DenseTeacher", "solve_weights", "solve_times", "tune_times", "fit_step", "DEFAULT_RIDGE"]
 
 #: ridge strength relative to each input's mean square (docs/search.md, "The solve stage")
 DEFAULT_RIDGE = 1e-3
@@ -166,25 +163,16 @@ def solve_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, 
                       dtype=dtype)[0]
 
 
-class TimesFit(NamedTuple):
-    """What `tune_times` found: the best trial, its training error, and the first trial — the
-    schedule solved at its own times (None where that solve failed; with weights=False the schedule
-    itself)."""
-    schedule: Schedule
-    error: float
-    own: Schedule | None
-
-
 def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, teacher: "DenseTeacher", *,
                evaluations: int = 30, ridge: float = DEFAULT_RIDGE, weights: bool = True,
-               dtype: torch.dtype = torch.float64) -> TimesFit:
-    """`solve_times`, with the best trial's training error (RMS of the final state to the teacher's)
-    and the first trial, the schedule's own times (one of the `evaluations`)."""
+               dtype: torch.dtype = torch.float64) -> tuple[Schedule, float]:
+    """`solve_times`, and the best trial's training error (RMS of the final state to the teacher's)."""
     from scipy.optimize import minimize
     ns = model.noise_schedule
     ts = np.asarray(schedule.timesteps, dtype=np.float64)
     lam = np.asarray(ns.marginal_lambda(ts), dtype=np.float64)
     z0 = _gap_coordinates(lam)
+    best = [np.inf, None]
 
     def run(s: Schedule) -> tuple[Schedule, float]:
         if weights:
@@ -193,39 +181,33 @@ def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, t
         target = teacher.states([s.timesteps[-1]])[0] if isinstance(teacher, DenseTeacher) else teacher[-1]
         return s, float((final - target.to(dtype)).pow(2).mean().sqrt())
 
-    def attempt(s: Schedule) -> tuple[Schedule | None, float]:
-        try:
-            solved, err = run(s)
-        except ValueError:   # e.g. nearly coincident points
-            return None, np.inf
-        return (solved, err) if np.isfinite(err) else (None, np.inf)
-
-    with torch.no_grad():
-        own = attempt(schedule)   # the first trial, at exactly the schedule's times
-    best, trials = list(own), [1]
+    trials = [0]
 
     def objective(z):
-        if np.array_equal(z, z0):   # Nelder–Mead's first point: the trial above
-            return own[1] if np.isfinite(own[1]) else 1e9
         if trials[0] >= evaluations:   # the budget is spent: Nelder–Mead may ask for more, none is run
             return 1e9
         t = _times_at(np.asarray(z, dtype=np.float64), lam, ts, ns)
         if t is None:
             return 1e9
         trials[0] += 1
-        solved, err = attempt(schedule.replace(timesteps=t.tolist()))
-        if err < best[1]:
-            best[:] = [solved, err]
-        return err if np.isfinite(err) else 1e9
+        try:
+            solved, err = run(schedule.replace(timesteps=t.tolist()))
+        except ValueError:   # e.g. nearly coincident points
+            return 1e9
+        if not np.isfinite(err):
+            return 1e9
+        if err < best[0]:
+            best[:] = [err, solved]
+        return err
     if len(z0) and evaluations > 1:
         simplex = [z0] + [z0 + TIME_STEP * np.eye(len(z0))[k] for k in range(len(z0))]
         with torch.no_grad():
             minimize(objective, z0, method="Nelder-Mead",
                      options={"maxfev": evaluations, "initial_simplex": np.asarray(simplex), "xatol": 1e-4,
                               "fatol": 0.0})
-    if best[0] is None:   # every trial failed: the schedule's own times, with the error raised
-        return TimesFit(*run(schedule), None)
-    return TimesFit(best[0], best[1], own[0])
+    if best[1] is None:   # no trial ran (or every one failed): the schedule's own times
+        return run(schedule)
+    return best[1], best[0]
 
 
 def _gap_coordinates(lam: np.ndarray) -> np.ndarray:

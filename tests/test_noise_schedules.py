@@ -94,3 +94,18 @@ def test_dict_round_trip(name):
     from usf_fast.noise_schedules import noise_schedule_from_dict
     ns = SCHEDULES[name]()
     assert noise_schedule_from_dict(ns.to_dict()) == ns
+
+
+def test_a_discrete_schedule_keeps_its_tables_per_device_and_pickles_without_them():
+    """The tables are copied to a tensor's device once (a CUDA graph cannot capture a copy from
+    host memory); the copies are a cache: not pickled, and a copy of the schedule is equal to it."""
+    import pickle
+    ns = usf_fast.NoiseScheduleVP("discrete", betas=np.linspace(1e-4, 0.02, 1000))
+    t = torch.tensor([0.3, 0.7], dtype=torch.float32)
+    first = ns.marginal_log_mean_coeff(t)
+    tables = ns._copies[0][(torch.float32, t.device)]
+    assert torch.equal(ns.marginal_log_mean_coeff(t), first) and ns._copies[0][(torch.float32, t.device)] is tables
+    np.testing.assert_allclose(first.numpy(), ns.marginal_log_mean_coeff(np.array([0.3, 0.7])), rtol=1e-6)
+    back = pickle.loads(pickle.dumps(ns))
+    assert back == ns and back._copies == ({}, {})
+    np.testing.assert_allclose(back.inverse_lambda(ns.marginal_lambda(t.double())).numpy(), t.double().numpy(), rtol=1e-9)

@@ -176,6 +176,14 @@ class NoiseScheduleVP(NoiseSchedule):
             raise ValueError(f"t_min={self.t_min}, t_max={self.t_max}: need "
                              f"{default_min} <= t_min < t_max <= {default_max} for schedule={schedule!r}")
 
+    def __getstate__(self) -> dict:
+        """Pickled without the tables' device copies (a cache; a CUDA tensor would tie the pickle to
+        a GPU)."""
+        state = dict(self.__dict__)
+        if "_copies" in state:
+            state["_copies"] = ({}, {})
+        return state
+
     def marginal_log_mean_coeff(self, t):
         t = _as_host(t)
         if self.schedule == "discrete":

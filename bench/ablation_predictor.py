@@ -187,7 +187,8 @@ def main():
         heldout_cache.update({k: v for (k, _), v in zip(todo, vals)})
         return [(n, heldout_cache[k]) for n, k, _, _ in inc]
 
-    common = dict(budget=args.budget, stage_split=1.0, heldout=128, progress=False, samples=(args.samples, 256))
+    common = dict(budget=args.budget, stage_split=1.0, heldout=128, progress=False, samples=(args.samples, 256),
+                  solve=0)   # the S3 search alone: the predictor is what is compared
     tag = f"{args.model}_nfe{args.nfe}_b{args.budget}" + (f"_n{args.samples}" if args.samples != 64 else "")
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:

@@ -19,13 +19,20 @@ import torch
 
 from usf_fast.models import embedded_model
 from usf_fast.search import SearchSpace, evaluate_schedules, make_metric, s3_search
-from usf_fast.search.config import QUICK
+from usf_fast.search.config import QUICK, S3_ONLY
 from usf_fast.search.evaluate import NoiseSet
 from usf_fast.search.s3 import preset_candidates
 
 THOROUGH = dict(budget=600, samples=(256, 1024), heldout=1024, heldout_presets=None, reference_nfe=200)
+#: every variant but "default" is written relative to the defaults until 2026-12-05 (the S3 search
+#: alone, search.S3_ONLY, with a solve stage's old defaults where a variant turns one on)
+OLD_DEFAULTS = dict(S3_ONLY, solve_samples=128)
+#: variants on today's defaults (a short S3 search and the solve stage, since 2026-12-05)
+ON_TODAY = {"default", "new-default-d256"}
 VARIANTS = {
-    "default": {},
+    "default": {},                 # today's defaults
+    "new-default-d256": {},        # the same, named for the tables of 2026-12-05
+    "s3-only": {},                 # the defaults until 2026-12-05: S3 alone (296,161 rows at NFE 5)
     # the solve stage (learned step weights and times, usf_fast.search.solve) on a leaner S3 search
     # (<= 300,000 rows at NFE 5), and the quick setting (<= 60,000 rows)
     "lean-solve": dict(budget=200, samples=(96, 192), solve=80),
@@ -86,7 +93,7 @@ EVAL_SEED = 99_999
 
 def variant_options(name: str, noise_schedule, nfe: int) -> dict:
     """`s3_search` keywords of variant `name`: its settings, and its search space built."""
-    opts = dict(VARIANTS[name])
+    opts = dict(VARIANTS[name]) if name in ON_TODAY else dict(OLD_DEFAULTS, **VARIANTS[name])
     return dict(opts, space=SearchSpace(noise_schedule, nfe, **opts.pop("space", {})))
 
 

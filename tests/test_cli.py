@@ -177,21 +177,47 @@ def test_quick_is_search_quick_and_explicit_flags_win(capsys):
     assert main(["search", "--out", "x", "--solve", "4", "--solve-teacher", "0"]) == 2
     assert "--solve-teacher 0: must be >= 1" in capsys.readouterr().err
     # settings of a solve stage that is off would do nothing: refused by name
-    assert main(["search", "--out", "x", "--solve-presets", "2", "--solve-samples", "64"]) == 2
-    assert ("--solve-presets 2, --solve-samples 64: settings of the solve stage, which is off"
-            in capsys.readouterr().err)
+    for off in (["--solve", "0"], ["--s3-only"], ["--thorough"]):
+        assert main(["search", "--out", "x", *off, "--solve-presets", "2", "--solve-samples", "64"]) == 2
+        assert ("--solve-presets 2, --solve-samples 64: settings of the solve stage, which is off"
+                in capsys.readouterr().err)
+    # --solve 0 alone turns the stage off, the presets it would have solved with it
+    args = build_parser().parse_args(["search", "--out", "x", "--solve", "0"])
+    _fill_search_defaults(args)
+    assert (args.solve, args.solve_presets) == (0, 0)
+
+
+def test_the_default_search_has_the_solve_stage_and_s3_only_is_the_search_alone(capsys):
+    """The defaults since 2026-12-05 solve the best finalist and the best preset; --s3-only gives
+    the S3 search alone (search.S3_ONLY, the defaults before), and a flag given wins."""
+    from usf_fast.cli import build_parser
+    from usf_fast.cli.options import _fill_search_defaults
+    from usf_fast.search.config import S3_ONLY, SearchConfig
+    args = build_parser().parse_args(["search", "--out", "x"])
+    _fill_search_defaults(args)
+    d = SearchConfig(nfe=5)
+    assert (args.budget, args.heldout, args.solve, args.solve_presets, args.solve_samples) == \
+        (d.budget, d.heldout, d.solve, 1, d.solve_samples) and d.solve >= 1 and d.presets_solved == 1
+    args = build_parser().parse_args(["search", "--out", "x", "--s3-only", "--budget", "100"])
+    _fill_search_defaults(args)
+    assert (args.budget, args.samples, args.samples2, args.heldout, args.heldout_presets, args.solve,
+            args.solve_presets) == (100, *S3_ONLY["samples"], S3_ONLY["heldout"], str(S3_ONLY["heldout_presets"]), 0, 0)
+    assert main(["search", "--out", "x", "--s3-only", "--quick"]) == 2
+    assert "--s3-only, --quick: give one of them" in capsys.readouterr().err
 
 
 def test_the_help_of_quick_and_thorough_shows_what_they_set(capsys):
-    """--quick's and --thorough's help is written from search.QUICK / THOROUGH: it cannot drift."""
+    """--quick's, --s3-only's and --thorough's help is written from search.QUICK / S3_ONLY / THOROUGH:
+    it cannot drift."""
     from usf_fast.cli.options import _flag_text
-    from usf_fast.search.config import QUICK, THOROUGH
+    from usf_fast.search.config import QUICK, S3_ONLY, THOROUGH
     assert f"--budget {QUICK['budget']} " in _flag_text(QUICK) and f"--solve {QUICK['solve']}" in _flag_text(QUICK)
     assert f"--heldout {THOROUGH['heldout']} " in _flag_text(THOROUGH)
     with pytest.raises(SystemExit):
         main(["search", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert _flag_text(QUICK) in out and _flag_text(THOROUGH) in out
+    assert _flag_text(QUICK) in out and _flag_text(THOROUGH) in out and _flag_text(S3_ONLY) in out
+    assert "--solve 0" in _flag_text(S3_ONLY) and "--solve-samples" not in _flag_text(S3_ONLY)
 
 
 def test_a_quick_search_from_the_cli_learns_weights(tmp_path, capsys):
@@ -206,7 +232,7 @@ def test_search_with_three_stages_and_every_space_option_from_the_cli(tmp_path, 
     assert main(["search", "--model", "gmm-2d", "--nfe", "4", "--budget", "100", "--samples", "8", "--samples2", "16",
                  "--samples3", "32", "--stage-split", "0.7,0.9", "--heldout", "32", "--finalists", "2",
                  "--heldout-presets", "5", "--reference-nfe", "50", "--extra-points", "--singlestep-starts",
-                 "--implicit-corrector", "--out", str(out)]) == 0
+                 "--implicit-corrector", "--solve", "0", "--out", str(out)]) == 0
     summary = (out / "summary.txt").read_text()
     assert "stage3" in summary
     # --finalists 2 (a finalist that is a preset is listed under its preset label)
@@ -223,7 +249,8 @@ def test_search_with_a_factory_model_writes_best_json(tmp_path, capsys, monkeypa
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
     assert main(["search", "--model", "my_models:make", "--shape", "2", "--nfe", "3", "--budget", "60",
-                 "--samples", "16", "--samples2", "32", "--heldout", "64", "--out", str(out)]) == 0
+                 "--samples", "16", "--samples2", "32", "--heldout", "64", "--solve", "3", "--solve-samples", "16",
+                 "--out", str(out)]) == 0
     assert usf_fast.Schedule.from_json(out / "best.json").nfe == 3
     assert (out / "metric_vs_nfe.png").exists() and (out / "schedule.png").exists()
     assert "improvement" in capsys.readouterr().out
@@ -268,7 +295,7 @@ def test_sample_says_what_it_computes_before_the_reference_solve(capsys):
 def test_resume_of_a_multi_nfe_search_starts_the_nfe_a_killed_run_never_reached(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["search", "--model", "gmm-2d", "--budget", "30", "--samples", "16", "--samples2", "32",
-            "--heldout", "32", "--out", str(out)]
+            "--heldout", "32", "--solve", "2", "--solve-samples", "16", "--out", str(out)]
     assert main(args + ["--nfe", "3"]) == 0          # as if killed before NFE 4 began
     assert main(args + ["--nfe", "3,4", "--resume"]) == 0
     summary = (out / "summary.txt").read_text()

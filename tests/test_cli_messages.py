@@ -102,7 +102,7 @@ def test_no_reference_prints_no_reference_metric(capsys):
 
 def _small_search(out, *extra):
     return main(["search", "--model", "gmm-2d", "--nfe", "3", "--budget", "8", "--samples", "8", "--samples2", "8",
-                 "--heldout", "8", "--reference-nfe", "10", "--out", str(out), *extra])
+                 "--heldout", "8", "--reference-nfe", "10", "--solve", "0", "--out", str(out), *extra])
 
 
 def test_show_on_a_search_log_says_it_is_a_log(tmp_path, capsys):
@@ -126,7 +126,8 @@ def test_a_resume_with_other_settings_names_each_field_in_one_line(tmp_path, cap
     assert _small_search(tmp_path / "o") == 0
     capsys.readouterr()
     assert main(["search", "--model", "gmm-2d", "--nfe", "3", "--budget", "10", "--samples", "8", "--samples2", "8",
-                 "--heldout", "16", "--reference-nfe", "10", "--out", str(tmp_path / "o"), "--resume"]) == 2
+                 "--heldout", "16", "--reference-nfe", "10", "--solve", "0", "--out", str(tmp_path / "o"),
+                 "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert "budget 8 in the log, 10 now" in err[0] and "heldout 8 in the log, 16 now" in err[0]

@@ -32,7 +32,7 @@ def test_search_and_generate_on_a_saved_pipeline(saved, capsys, tmp_path):
     code, stdout, err = _cli(capsys, "search", "--model", f"diffusers:{saved / 'sd'}", "--prompts", saved / "prompts.txt",
                              "--guidance", 4, "--height", 16, "--width", 16, "--nfe", 3, "--budget", 8,
                              "--samples", 4, "--samples2", 4, "--heldout", 4, "--max-batch", 8, "--reference-nfe", 20,
-                             "--device", "cpu", "--out", out)
+                             "--solve", 2, "--solve-samples", 4, "--solve-teacher", 10, "--device", "cpu", "--out", out)
     assert code == 0, err
     assert "network rows" in stdout and "held-out ref metric" in stdout
     best = usf_fast.Schedule.from_json(out / "best.json")

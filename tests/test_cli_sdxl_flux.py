@@ -39,7 +39,7 @@ def test_search_and_generate_on_saved_sdxl_and_flux(saved, capsys, tmp_path, kin
     code, stdout, err = _cli(capsys, "search", "--model", f"diffusers:{saved / kind}", "--prompts", saved / "prompts.txt",
                              *g, "--height", size, "--width", size, "--nfe", 3, "--budget", 8, "--samples", 4,
                              "--samples2", 4, "--heldout", 4, "--max-batch", 8, "--reference-nfe", 16, "--device", "cpu",
-                             "--out", out)
+                             "--solve", 2, "--solve-samples", 4, "--solve-teacher", 8, "--out", out)
     assert code == 0, err
     best = usf_fast.Schedule.from_json(out / "best.json")
     used = best.meta["pipeline"]["guidance"]

@@ -99,7 +99,7 @@ def _header():
     if LOG_HEADER is None:
         from usf_fast.search import S3Search, SearchConfig
         model = embedded_model("gmm-2d")
-        s = S3Search(model, SearchConfig(nfe=3, budget=8, samples=(4, 8), heldout=8, progress=False))
+        s = S3Search(model, SearchConfig(nfe=3, budget=8, samples=(4, 8), heldout=8, progress=False, solve=0))
         LOG_HEADER = s.log.header
     return LOG_HEADER
 
@@ -160,7 +160,7 @@ def test_cli_numbers_run_or_fail_with_one_line(flag, value, command, capsys):
 def test_search_numbers_are_checked_before_anything_runs(tmp_path_factory, flag, value, metric, capsys):
     out = tmp_path_factory.mktemp("search")
     small = ["--budget", "1", "--samples", "2", "--samples2", "2", "--heldout", "2", "--reference-nfe", "5",
-             "--nfe", "2", "--max-minutes", "0"]   # a valid value runs a search of seconds
+             "--nfe", "2", "--max-minutes", "0", "--solve", "0"]   # a valid value runs a search of seconds
     argv = ["search", "--model", "gmm-2d", "--metric", metric, "--out", str(out)] + small + [flag, str(value)]
     if flag in ("--nfe", "--budget", "--reference-nfe") and value not in ("x", "", "nan") and str(value).lstrip("-").isdigit():
         if int(value) > 3:

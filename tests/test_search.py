@@ -14,7 +14,8 @@ from usf_fast.search.evaluate import NoiseSet, ReferenceDistance
 
 NS = usf_fast.NoiseScheduleVP("linear")
 MODEL2D = gmm_2d().as_model(NS)
-SMALL = dict(budget=60, samples=(32, 64), heldout=128, per_generation=8, proposals=64, population=8, progress=False)
+SMALL = dict(budget=60, samples=(32, 64), heldout=128, per_generation=8, proposals=64, population=8, progress=False,
+             solve=0)   # the S3 search alone
 
 
 @pytest.mark.parametrize("predictor", ["improve", "metric", "gp"])

@@ -40,13 +40,13 @@ def test_a_preset_known_to_diverge_warns_and_a_safe_one_does_not():
 
 def test_the_search_leaves_diverging_presets_out_of_the_baseline_by_name():
     with pytest.warns(RuntimeWarning, match="diverged .* left out of the baseline: .*dpm_solver order=3"):
-        r = s3_search(FLOW, 5, budget=24, samples=(16, 32), heldout=32, progress=False)
+        r = s3_search(FLOW, 5, budget=24, samples=(16, 32), heldout=32, progress=False, solve=0)
     assert r.dropped_presets and not set(r.dropped_presets) & {lbl for lbl, _ in r.table}
     assert "presets left out (their samples diverged)" in r.summary()
 
 
 def test_a_lucky_finalist_wins_the_choice_and_loses_the_report_so_the_preset_is_returned(monkeypatch):
-    search = S3Search(MODEL, SearchConfig(nfe=4, budget=8, samples=(16, 16), heldout=64, progress=False))
+    search = S3Search(MODEL, SearchConfig(nfe=4, budget=8, samples=(16, 16), heldout=64, progress=False, solve=0))
     lucky = P.ddim(MODEL.noise_schedule, 4, spacing="time_uniform")   # far worse than the best preset
     lucky = lucky.replace(timesteps=[lucky.timesteps[0], 0.7, 0.3, 0.05, lucky.timesteps[-1]])
     real = S3Search.evaluate
@@ -64,7 +64,7 @@ def test_a_lucky_finalist_wins_the_choice_and_loses_the_report_so_the_preset_is_
 
 def test_the_gain_is_measured_on_the_report_half_with_a_bootstrap_interval():
     r = s3_search(MODEL, 3, seed=2, budget=150, samples=(32, 64), heldout=128, per_generation=8, proposals=64,
-                  population=8, progress=False)
+                  population=8, progress=False, solve=0)
     assert r.best_source == "search" and r.report_samples == 64
     lo, hi = r.improvement_ci
     assert lo < r.improvement < hi and hi - lo > 0.001

@@ -12,7 +12,7 @@ from usf_fast.search import S3Search, SearchConfig, s3_search
 from usf_fast.search.log import read_evaluations
 
 MODEL = embedded_model("gmm-2d")
-SMALL = dict(samples=(8, 16), heldout=16, proposals=32, population=8, per_generation=4)
+SMALL = dict(samples=(8, 16), heldout=16, proposals=32, population=8, per_generation=4, solve=0)   # S3 alone
 
 
 @pytest.mark.parametrize("budget", [4, 16, 40])

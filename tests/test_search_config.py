@@ -69,7 +69,7 @@ def test_a_log_from_before_the_settings_header_is_refused_with_what_to_do(tmp_pa
 ])
 def test_another_models_log_is_never_resumed(tmp_path, other, key):
     log = tmp_path / "log.jsonl"
-    small = dict(budget=20, samples=(8, 16), heldout=16, proposals=32, progress=False, log_path=log)
+    small = dict(budget=20, samples=(8, 16), heldout=16, proposals=32, progress=False, log_path=log, solve=0)
     s3_search(MODEL, 3, **small)
     with pytest.raises(ValueError, match=f"written by a search with other settings: {key}[ .]"):
         s3_search(other(), 3, resume=True, **small)
@@ -92,7 +92,7 @@ def test_a_log_of_another_network_with_the_same_noise_schedule_is_refused(tmp_pa
     from usf_fast.models import embedded_model
     from usf_fast.search import s3_search
     model = embedded_model("gmm-2d")
-    opts = dict(budget=8, samples=(8, 8), heldout=8, progress=False, log_path=tmp_path / "log.jsonl")
+    opts = dict(budget=8, samples=(8, 8), heldout=8, progress=False, log_path=tmp_path / "log.jsonl", solve=0)
     s3_search(model, 2, **opts)
     other = usf_fast.DiffusionModel(lambda x, t: 1.1 * model.net(x, t), model.noise_schedule, model.prediction,
                                     model.time_input, data_mean=model.data_mean, sample_shape=model.sample_shape)
@@ -132,7 +132,7 @@ def test_the_options_are_part_of_the_search_identity(tmp_path):
     from usf_fast.models import embedded_model
     from usf_fast.search import SearchSpace, s3_search
     model = embedded_model("gmm-2d")
-    opts = dict(budget=8, samples=(8, 8), heldout=8, progress=False, log_path=tmp_path / "log.jsonl")
+    opts = dict(budget=8, samples=(8, 8), heldout=8, progress=False, log_path=tmp_path / "log.jsonl", solve=0)
     res = s3_search(model, 3, space=SearchSpace(model.noise_schedule, 3, extra_points=True), **opts)
     assert res.best.nfe == 3
     with pytest.raises(ValueError, match="other settings: extra_points true in the log, \\(unset\\) now"):

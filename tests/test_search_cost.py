@@ -27,7 +27,7 @@ def _counting(model):
 
 def test_cost_by_phase_is_what_the_network_saw_and_within_the_estimate(tmp_path, capsys):
     model, seen = _counting(embedded_model("gmm-2d"))
-    opts = dict(budget=40, samples=(16, 32), heldout=32, log_path=tmp_path / "log.jsonl")
+    opts = dict(budget=40, samples=(16, 32), heldout=32, log_path=tmp_path / "log.jsonl", solve=0)
     res = s3_search(model, 4, progress=True, **opts)
     cost = res.cost
     assert set(cost) == {"stage1", "stage2", "heldout", "reference", "total"}
@@ -54,7 +54,7 @@ def test_cost_by_phase_is_what_the_network_saw_and_within_the_estimate(tmp_path,
 def test_a_cheaper_reference_is_an_option_and_part_of_the_identity(tmp_path):
     model, seen = _counting(embedded_model("gmm-2d"))
     res = s3_search(model, 3, budget=24, samples=(8, 16), heldout=16, reference_nfe=50,
-                    reference_dtype=torch.float32, progress=False, log_path=tmp_path / "log.jsonl")
+                    reference_dtype=torch.float32, progress=False, log_path=tmp_path / "log.jsonl", solve=0)
     assert res.cost["reference"] == (8 + 16 + 16) * 50 + 8 * 2 * 50
     cfg = SearchConfig(nfe=3, reference_nfe=50)
     from usf_fast.search.space import SearchSpace
@@ -69,7 +69,7 @@ def test_the_held_out_table_of_the_k_presets_best_on_stage_1(tmp_path, capsys):
     those the search did not seed with evaluated there first) and `finalists` searched schedules."""
     model, seen = _counting(embedded_model("gmm-2d"))
     res = s3_search(model, 4, budget=30, samples=(16, 32), heldout=32, finalists=2, heldout_presets=3,
-                    progress=True, log_path=tmp_path / "log.jsonl")
+                    progress=True, log_path=tmp_path / "log.jsonl", solve=0)
     labels = [lbl for lbl, _ in res.table]
     searched = sum(lbl.startswith("searched") for lbl in labels)   # a finalist that is a table preset is that row
     assert searched <= 2 and len(labels) == searched + 3
@@ -92,7 +92,7 @@ def test_a_three_stage_search_counts_each_stage_and_ends_each_at_its_share_of_th
     model, seen = _counting(embedded_model("gmm-2d"))
     log = tmp_path / "log.jsonl"
     res = s3_search(model, 4, budget=160, samples=(8, 16, 32), stage_split=(0.6, 0.85), heldout=16, population=4,
-                    per_generation=4, progress=True, log_path=log)
+                    per_generation=4, progress=True, log_path=log, solve=0)
     assert set(res.cost) == {"stage1", "stage2", "stage3", "heldout", "reference", "total"}
     assert res.cost["total"] == seen["rows"]
     assert res.cost["reference"] == (8 + 16 + 32 + 16 + 2 * 8) * SearchConfig(nfe=4).reference_nfe
@@ -127,7 +127,8 @@ def test_a_frechet_metric_on_few_samples_says_to_give_more():
 
     from usf_fast.search import S3Search
     model = embedded_model("gmm-2d")
-    with pytest.warns(UserWarning, match=r"metric exact: a Fréchet distance on 96 samples .* --thorough"):
+    n = SearchConfig(nfe=3).samples[0]
+    with pytest.warns(UserWarning, match=fr"metric exact: a Fréchet distance on {n} samples .* --thorough"):
         S3Search(model, SearchConfig(nfe=3, metric="exact"))
     import warnings
     with warnings.catch_warnings():
@@ -175,7 +176,7 @@ def test_a_raised_reference_is_paid_for_by_the_last_stage_without_a_solve_stage(
                                             r"within its bound of [\d,]+ network rows \(the reference solve took "
                                             r"\d+ steps, not reference_nfe=16\)"):
         res = s3_search(model, 5, budget=200, samples=(16, 64), heldout=64, reference_nfe=16, progress=True,
-                        log_path=tmp_path / "log.jsonl")
+                        log_path=tmp_path / "log.jsonl", solve=0)
     bound = int(re.search(r"at most ([\d,]+) network rows", capsys.readouterr().out).group(1).replace(",", ""))
     assert res.reference["steps"] > 4
     assert seen["rows"] == res.cost["total"] <= bound

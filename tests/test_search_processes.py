@@ -14,11 +14,12 @@ from usf_fast.search import s3_search
 
 NS = usf_fast.NoiseScheduleVP("linear")
 MODEL2D = gmm_2d().as_model(NS)
-SMALL = dict(budget=60, samples=(32, 64), heldout=128, per_generation=8, proposals=64, population=8, progress=False)
+SMALL = dict(budget=60, samples=(32, 64), heldout=128, per_generation=8, proposals=64, population=8, progress=False,
+             solve=0)   # the S3 search alone
 
 
 CLI = [sys.executable, "-m", "usf_fast.cli", "search", "--model", "gmm-2d", "--nfe", "3", "--budget", "120",
-       "--samples", "32", "--samples2", "64", "--heldout", "128", "--seed", "3"]
+       "--samples", "32", "--samples2", "64", "--heldout", "128", "--seed", "3", "--solve", "2", "--solve-samples", "16"]
 
 
 def _evals(path):
@@ -94,7 +95,7 @@ def test_a_dead_peer_is_one_clear_line_not_a_hang(tmp_path):
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "usf_fast.cli", "search", "--model", "dead_peer:model", "--nfe", "3",
              "--budget", "8", "--samples", "8", "--samples2", "8", "--heldout", "8", "--device", "cpu",
-             "--dist-timeout", "30", "--out", str(tmp_path / "out")],
+             "--solve", "0", "--dist-timeout", "30", "--out", str(tmp_path / "out")],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     out0 = procs[0].communicate(timeout=120)
     procs[1].communicate(timeout=30)

@@ -15,7 +15,7 @@ from usf_fast.search import s3_search
 from usf_fast.search.evaluate import NoiseSet
 
 MODEL = embedded_model("gmm-2d")
-SMALL = dict(budget=40, samples=(32, 64), heldout=64, progress=False)
+SMALL = dict(budget=40, samples=(32, 64), heldout=64, progress=False, solve=0)   # the S3 search alone
 
 
 def _solve(model, noise, steps):

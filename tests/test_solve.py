@@ -172,11 +172,80 @@ def test_solve_presets_fits_the_best_presets_too(tmp_path, monkeypatch):
     assert sum("learned weights" in lbl for lbl, _ in r.table) == 2
     est = SearchConfig(nfe=4, **{k: v for k, v in opts.items() if k not in ("progress", "log_path")}).cost_estimate(
         len(usf_fast.search.s3.preset_candidates(NS, 4)))
-    one = SearchConfig(nfe=4, **{k: v for k, v in opts.items() if k not in ("progress", "log_path", "solve_presets")}
+    one = SearchConfig(nfe=4, **dict({k: v for k, v in opts.items() if k not in ("progress", "log_path")}, solve_presets=0)
                        ).cost_estimate(len(usf_fast.search.s3.preset_candidates(NS, 4)))
     assert est["solve"] - one["solve"] == 4 * 4 * 16   # one more schedule: trials × NFE × samples
     for phase in ("solve", "heldout", "total"):
         assert 0 < r.cost[phase] <= est[phase], phase
+
+
+def test_the_default_solves_the_best_preset_too_and_solve_0_turns_the_stage_off():
+    """solve_presets left out: 1 with a solve stage, 0 without (so solve=0 alone is not refused)."""
+    assert SearchConfig(nfe=5).solve >= 1 and SearchConfig(nfe=5).presets_solved == 1
+    assert SearchConfig(nfe=5, solve=0).presets_solved == 0
+    assert SearchConfig(nfe=5, solve=4, solve_presets=0).presets_solved == 0
+    assert SearchConfig(nfe=5, solve=4, solve_presets=2).presets_solved == 2
+
+
+def _solving(tmp_path, **extra):
+    mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS)
+    calls = []
+    net = mix.net
+    mix.net = lambda x, t: calls.append(x.shape[0]) or net(x, t)
+    opts = dict(budget=12, samples=(8, 16), heldout=32, heldout_presets=3, solve=4, solve_presets=1, solve_samples=16,
+                solve_teacher=20, progress=False, log_path=os.path.join(tmp_path, "log.jsonl"), **extra)
+    return mix, calls, opts
+
+
+def _records(path, kind):
+    import json
+    return [r for r in map(json.loads, open(path).read().splitlines()) if r.get("type") == kind]
+
+
+def test_a_resumed_search_reads_its_solved_schedules_back(tmp_path):
+    """Each solved schedule is logged as it is finished; a search killed after the solve stage
+    (here: its result record removed) resumes without solving again — not one row in the solve
+    phase — and returns the same schedule."""
+    mix, calls, opts = _solving(tmp_path)
+    first = s3_search(mix, 4, **opts)
+    log = opts["log_path"]
+    assert len(_records(log, "solved")) == 2 and first.cost["solve"] > 0
+    lines = [ln for ln in open(log).read().splitlines() if '"type": "result"' not in ln]
+    open(log, "w").write("\n".join(lines) + "\n")
+    calls.clear()
+    again = s3_search(mix, 4, resume=True, **opts)
+    assert again.cost.get("solve", 0) == 0 and again.best.to_dict() == first.best.to_dict()
+    assert len(_records(log, "solved")) == 2 and _records(log, "result")
+
+
+def test_max_minutes_in_the_solve_stage_stops_early_and_a_resume_finishes_it(tmp_path, monkeypatch):
+    """A deadline that passes during a schedule's trials stops the search early: that schedule is
+    not logged (a half-tuned schedule is never read back), the log has no result, and a resume
+    reads the finished one back and solves the other."""
+    from usf_fast.search import s3 as s3mod
+    from usf_fast.search import solve as solvemod
+    mix, calls, opts = _solving(tmp_path, max_minutes=60)
+    real = solvemod.solve_times
+    started = []
+
+    def late(*a, **k):   # the second schedule's deadline is already past when its trials start
+        started.append(1)
+        if len(started) > 1:
+            k["deadline"] = 0.0
+        return real(*a, **k)
+    monkeypatch.setattr(s3mod, "solve_times", late)
+    cut = s3_search(mix, 4, **opts)
+    log = opts["log_path"]
+    assert len(started) == 2 and len(_records(log, "solved")) == 1 and not _records(log, "result")
+    assert sum("learned weights" in lbl for lbl, _ in cut.table) == 1
+    monkeypatch.setattr(s3mod, "solve_times", real)
+    calls.clear()
+    done = s3_search(mix, 4, resume=True, **opts)
+    assert len(_records(log, "solved")) == 2 and _records(log, "result")
+    assert sum("learned weights" in lbl for lbl, _ in done.table) == 2
+    # one schedule solved now: the teacher and its trials, not the first one's again
+    teacher = (opts["solve_teacher"] + 1) * opts["solve_samples"]
+    assert done.cost["solve"] <= teacher + opts["solve"] * 4 * opts["solve_samples"] < cut.cost["solve"] + teacher
 
 
 @pytest.mark.parametrize("heldout_presets", [None, 1000])
@@ -201,7 +270,7 @@ def test_solved_presets_stay_within_the_estimate_when_the_table_does_not_screen(
     (dict(solve=4, solve_ridge=float("nan")), "solve_ridge=nan: must be a finite number >= 0"),
     (dict(solve=4, solve_presets=-1), "solve_presets=-1: must be an integer >= 0"),
     (dict(solve=4, solve_presets=True), "solve_presets=True: must be an integer >= 0"),
-    (dict(solve_presets=1), "solve_presets=1: the solve stage is off"),
+    (dict(solve=0, solve_presets=1), "solve_presets=1: the solve stage is off"),
 ])
 def test_bad_solve_options_are_named(opts, match):
     with pytest.raises(ValueError, match=match):

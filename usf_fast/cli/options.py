@@ -9,7 +9,7 @@ import os
 
 from ..files import printable
 from ..noise_schedules import NoiseScheduleEDM, NoiseScheduleFlow, NoiseScheduleVP
-from ..search.config import QUICK, THOROUGH, SearchConfig
+from ..search.config import QUICK, S3_ONLY, THOROUGH, SearchConfig
 
 NOISE_SCHEDULES = ("linear", "cosine", "edm", "flow")
 
@@ -70,7 +70,8 @@ def _search_defaults() -> dict:
 
 
 def _flags(t: dict) -> dict:
-    """SearchConfig settings (its defaults, search.THOROUGH or search.QUICK) as flag values."""
+    """SearchConfig settings (its defaults, search.THOROUGH, S3_ONLY or QUICK) as flag values
+    (solve_presets None: 1 with a solve stage, decided once --solve is known)."""
     d = _search_defaults()
     t = {**d, **t}
     return {"budget": t["budget"], "samples": t["samples"][0], "samples2": t["samples"][1], "heldout": t["heldout"],
@@ -80,10 +81,12 @@ def _flags(t: dict) -> dict:
 
 
 def _flag_text(t: dict) -> str:
-    """search.THOROUGH or search.QUICK as the flags they set, for the help."""
+    """search.THOROUGH, S3_ONLY or QUICK as the flags they set, for the help (a setting without a
+    solve stage leaves the solve stage's other flags out)."""
     f = _flags(t)
     d = _flags({})
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in f.items() if v != d[k] or k in t)
+    off = ("solve_samples", "solve_presets", "solve_teacher") if not f["solve"] else ()
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in f.items() if (v != d[k] or k in t) and k not in off)
 
 
 def _thorough_flags() -> dict:
@@ -93,14 +96,19 @@ def _thorough_flags() -> dict:
 
 def _fill_search_defaults(args) -> None:
     """The search flags the user left out (None): SearchConfig's defaults, or with --thorough the
-    earlier ones (search.THOROUGH), with --quick search.QUICK; flags given always win."""
-    if args.thorough and args.quick:
-        raise ValueError("--thorough, --quick: give one of them (--thorough: about 2 million network rows at NFE 5, "
-                         "--quick: at most 60,000)")
-    chosen = _flags(THOROUGH if args.thorough else QUICK if args.quick else {})
+    earlier ones (search.THOROUGH), with --s3-only search.S3_ONLY, with --quick search.QUICK; flags
+    given always win."""
+    named = [f for f, on in (("--thorough", args.thorough), ("--s3-only", getattr(args, "s3_only", False)),
+                             ("--quick", args.quick)) if on]
+    if len(named) > 1:
+        raise ValueError(f"{', '.join(named)}: give one of them (--thorough: about 2 million network rows at NFE 5, "
+                         "--s3-only: about 300,000 without a solve stage, --quick: at most 60,000)")
+    chosen = _flags(THOROUGH if args.thorough else S3_ONLY if named == ["--s3-only"] else QUICK if args.quick else {})
     for name, value in chosen.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.solve_presets is None:
+        args.solve_presets = 1 if args.solve else 0
     if args.stage_split is None:   # three stages: the fractions measured in docs/experiments.md (h3)
         args.stage_split = "0.6,0.9" if args.samples3 else f"{_search_defaults()['stage_split']:g}"
 

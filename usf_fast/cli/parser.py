@@ -7,7 +7,7 @@ from .. import presets as P
 from .._version import __version__
 from ..models import EMBEDDED_MODELS
 from .info import cmd_info, cmd_presets, cmd_show
-from ..search.config import QUICK, THOROUGH
+from ..search.config import QUICK, S3_ONLY, THOROUGH
 from .options import NOISE_SCHEDULES, _flag_text, _one_line, _search_defaults
 from .sample import cmd_compare, cmd_sample
 from .search import cmd_generate, cmd_search
@@ -121,15 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"held-out noise samples for the final comparison (default {d['heldout']})")
     q.add_argument("--thorough", action="store_true",
                    help=f"the earlier defaults, about 7x the network calls: {_flag_text(THOROUGH)} (flags given win)")
+    q.add_argument("--s3-only", action="store_true",
+                   help="the S3 search alone, no learned coefficients (the defaults until 2026-12-05, about the "
+                        f"defaults' network rows): {_flag_text(S3_ONLY)} (flags given win)")
     q.add_argument("--quick", action="store_true",
                    help="a search a real model can afford, at most 60,000 network rows at NFE 5 (a raised "
                         f"reference is paid for by fewer solve trials): {_flag_text(QUICK)} (flags given win)")
     q.add_argument("--solve", type=int, default=None,
                    help="Nelder-Mead trials of the solve stage: the best finalist's step weights fitted to a teacher "
-                        f"along its own trajectory and its times tuned (default {d['solve']}: no solve stage)")
+                        f"along its own trajectory and its times tuned (default {d['solve']}; 0 = no solve stage)")
     q.add_argument("--solve-presets", type=int, default=None,
                    help="presets (best on stage 1's noise) the solve stage fits besides the best finalist "
-                        f"(default {d['solve_presets']})")
+                        "(default 1 with a solve stage)")
     q.add_argument("--solve-teacher", type=int, default=None,
                    help=f"steps of the solve stage's teacher solve (default {d['solve_teacher']})")
     q.add_argument("--solve-samples", type=int, default=None,

@@ -9,15 +9,22 @@ import torch
 
 from ..metrics import reference_spacing
 
-__all__ = ["SearchConfig", "PREDICTORS", "WARM_PAIRS", "THOROUGH", "QUICK"]
+__all__ = ["SearchConfig", "PREDICTORS", "WARM_PAIRS", "THOROUGH", "QUICK", "S3_ONLY"]
 
 PREDICTORS = ("improve", "metric", "gp")
 WARM_PAIRS = 48   # (parent, child) pairs evaluated before the predictor takes over from the probe
 
 #: the defaults before 2026-12-02: about 2.0 million network rows at NFE 5 where the defaults make
-#: about 300,000 (docs/experiments.md, "A cheaper search"); `s3_search(model, 5, **THOROUGH)`,
-#: `usf-fast search --thorough`
-THOROUGH = {"budget": 600, "samples": (256, 1024), "heldout": 1024, "heldout_presets": None, "reference_nfe": 200}
+#: about 300,000 (docs/experiments.md, "A cheaper search"); S3 alone, no solve stage;
+#: `s3_search(model, 5, **THOROUGH)`, `usf-fast search --thorough`
+THOROUGH = {"budget": 600, "samples": (256, 1024), "heldout": 1024, "heldout_presets": None, "reference_nfe": 200,
+            "solve": 0, "solve_presets": 0}
+#: the defaults from 2026-12-02 to 2026-12-05: the S3 search alone (the paper's decision space, no
+#: learned coefficients), about 300,000 network rows at NFE 5; the defaults with the solve stage
+#: beat it by a third on the mixtures at the same rows (docs/experiments.md, "A default with the
+#: solve stage"); `s3_search(model, 5, **S3_ONLY)`, `usf-fast search --s3-only`
+S3_ONLY = {"budget": 314, "samples": (96, 256), "heldout": 512, "heldout_presets": 8, "reference_nfe": 50,
+           "solve": 0, "solve_presets": 0}
 #: a search a real model can afford: <= 60,000 network rows at NFE 5 (the reference included; a
 #: reference whose check raises its steps is paid for by fewer solve trials): a short S3 search on few samples, then the solve stage (learned step
 #: weights and times) on its best schedule and on the preset best on stage 1's noise (docs/search.md,
@@ -50,8 +57,11 @@ def _positive_int(name: str, v, what: str) -> None:
 class SearchConfig:
     """Options of `s3_search` (see there for what each one does).
 
-    The defaults cost about 300,000 network rows at NFE 5 (`cost_estimate`); `THOROUGH` holds the
-    earlier, seven times dearer ones (docs/experiments.md, "A cheaper search").
+    The defaults cost about 290,000 network rows at NFE 5 (`cost_estimate`): a short S³ search on
+    few samples, then the solve stage on its best schedule and on the preset best on stage 1's
+    noise, 96 Nelder–Mead trials each on 256 noises (docs/experiments.md, "A default with the solve
+    stage"). `S3_ONLY` holds the S³ search alone at the same rows (the defaults until 2026-12-05),
+    `THOROUGH` the seven times dearer ones before 2026-12-02, `QUICK` a fifth of the rows.
 
     `identity()` is what a resumed search must share with the log it continues; it is stored in
     the log's header as a readable dict.
@@ -61,11 +71,11 @@ class SearchConfig:
     metric: object = "ref"
     metric_options: dict | None = None
     seed: int = 0
-    budget: int = 314
-    samples: tuple = (96, 256)
-    heldout: int = 512
+    budget: int = 24
+    samples: tuple = (16, 32)
+    heldout: int = 256
     finalists: int = 4
-    heldout_presets: int | None = 8
+    heldout_presets: int | None = 4
     stage_split: float | tuple = 0.75
     population: int = 16
     proposals: int = 512
@@ -86,10 +96,10 @@ class SearchConfig:
     device: object = "cpu"
     reference_nfe: int = 50
     reference_dtype: torch.dtype = torch.float64
-    solve: int = 0
+    solve: int = 96
     solve_finalists: int = 1
-    solve_presets: int = 0
-    solve_samples: int = 128
+    solve_presets: int | None = None
+    solve_samples: int = 256
     solve_teacher: int = 50
     solve_ridge: float = 1e-3
 
@@ -114,9 +124,10 @@ class SearchConfig:
                              "0 = no solve stage)")
         for name in ("solve_finalists", "solve_samples", "solve_teacher"):
             _positive_int(name, getattr(self, name), "a count")
-        if not isinstance(self.solve_presets, int) or isinstance(self.solve_presets, bool) or self.solve_presets < 0:
+        if self.solve_presets is not None and (not isinstance(self.solve_presets, int) or isinstance(self.solve_presets, bool)
+                                               or self.solve_presets < 0):
             raise ValueError(f"solve_presets={self.solve_presets!r}: must be an integer >= 0 (presets, best on stage 1's "
-                             "noise, solved besides the finalists)")
+                             "noise, solved besides the finalists; None = 1 with a solve stage)")
         if self.solve_presets and not self.solve:
             raise ValueError(f"solve_presets={self.solve_presets}: the solve stage is off (solve=0); give solve >= 1 "
                              "Nelder-Mead trials")
@@ -145,6 +156,14 @@ class SearchConfig:
         if self.max_minutes is not None and not (isinstance(self.max_minutes, (int, float))
                                                  and math.isfinite(self.max_minutes) and self.max_minutes >= 0):
             raise ValueError(f"max_minutes={self.max_minutes!r}: must be a finite number >= 0")
+
+    @property
+    def presets_solved(self) -> int:
+        """`solve_presets`, or its default: 1 with a solve stage (the preset best on stage 1's
+        noise is solved besides the finalists), 0 without."""
+        if self.solve_presets is not None:
+            return self.solve_presets
+        return 1 if self.solve else 0
 
     @property
     def splits(self) -> tuple:
@@ -212,7 +231,7 @@ class SearchConfig:
             # metrics were measured against another reference
             **({"reference_spacing": spacing} if spacing != "logSNR" else {}),
             **({"solve": {"trials": self.solve, "finalists": self.solve_finalists,
-                          **({"presets": self.solve_presets} if self.solve_presets else {}), "samples": self.solve_samples,
+                          **({"presets": self.presets_solved} if self.presets_solved else {}), "samples": self.solve_samples,
                           "teacher": self.solve_teacher, "ridge": self.solve_ridge}} if self.solve else {})}}
 
     def cost_estimate(self, n_presets: int, guided: bool = False, needs_reference: bool = True,
@@ -237,16 +256,16 @@ class SearchConfig:
                # the finalists and the table on the choice half of the held-out samples, the winner and
                # the best preset on the report half
                # (and the solved schedules, which join the finalists there)
-               "heldout": ((self.finalists + table + (self.solve_finalists + self.solve_presets if self.solve else 0))
+               "heldout": ((self.finalists + table + (self.solve_finalists + self.presets_solved if self.solve else 0))
                            * (self.heldout - self.heldout // 2)
                            + 2 * max(check_rows, self.heldout // 2) + screen) * self.nfe * k,
                # every noise set's solve, and the check of stage 1's against twice the steps
                "reference": ((sum(self.samples) + self.heldout + 2 * self.samples[0]) * self.reference_nfe
                              * k * processes if needs_reference else 0)})
         if self.solve:   # the teacher (its steps and the last node's slope), then each trial of each solved schedule
-            solved = self.solve_finalists + self.solve_presets
+            solved = self.solve_finalists + self.presets_solved
             out["solve"] = (self.solve_teacher + 1 + self.solve * solved * self.nfe) * self.solve_samples * k
-            if self.solve_presets and table >= n_presets:   # the presets ranked on stage 1's noise (no table screen)
+            if self.presets_solved and table >= n_presets:   # the presets ranked on stage 1's noise (no table screen)
                 out["solve"] += (n_presets if n_unseeded is None else n_unseeded) * self.samples[0] * self.nfe * k
         out["total"] = sum(out.values())
         return out

@@ -24,6 +24,7 @@ class SearchLog:
         self.writer = writer
         self.records: list[dict] = []
         self.result: dict | None = None   # the finished search's result record, if the log has one
+        self.solved: dict[str, dict] = {}   # the solve stage's finished schedules, by the solved schedule's key
         self._lock = None
         if self.path is None:
             return
@@ -90,6 +91,7 @@ class SearchLog:
             raise ValueError(f"log {self.path}: written by a search with other settings: {'; '.join(differ)}; resume "
                              "with the log's settings, or choose another --out for a new search")
         self.records = [r for r in parsed[1:] if r.get("type") == "eval"]
+        self.solved = {r["key"]: r for r in parsed[1:] if r.get("type") == "solved"}
         results = [r for r in parsed[1:] if r.get("type") == "result"]
         self.result = results[-1] if results else None
         if tail.strip() and self.writer:
@@ -108,6 +110,13 @@ class SearchLog:
         rec = {"type": "eval", "key": key, "schedule": schedule, "fidelity": fidelity,
                "metric": metric if math.isfinite(metric) else None, "seconds": round(seconds, 6), "stage": stage}
         self.records.append(rec)
+        self._append(rec)
+
+    def add_solved(self, key: str, trials: int, solved: dict, seconds: float) -> None:
+        """A schedule the solve stage finished: `key` the schedule it started from, `trials` the
+        Nelder–Mead trials it was given, `solved` the result (read back on resume, not solved again)."""
+        rec = {"type": "solved", "key": key, "trials": trials, "schedule": solved, "seconds": round(seconds, 6)}
+        self.solved[key] = rec
         self._append(rec)
 
     def finish(self, result: dict) -> None:
@@ -201,6 +210,10 @@ def _bad_record(rec, first: bool) -> str | None:
     a NaN metric is a damaged line, never a value."""
     if not isinstance(rec, dict):
         return f"a JSON {type(rec).__name__}, not an object"
+    if not first and rec.get("type") == "solved":
+        ok = (isinstance(rec.get("key"), str) and isinstance(rec.get("schedule"), dict)
+              and isinstance(rec.get("trials"), int) and not isinstance(rec.get("trials"), bool))
+        return None if ok else "a solved schedule without a valid key, schedule or trials"
     if first or rec.get("type") != "eval":
         return None
     for field, kind in (("key", str), ("fidelity", str), ("schedule", dict)):

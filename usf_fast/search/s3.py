@@ -50,7 +50,7 @@ from .gp import GPPredictor
 from .log import SearchLog
 from .predictor import ImprovementPredictor, Predictor
 from .probe import gaussian_probe
-from .solve import DenseTeacher, solve_times
+from .solve import DenseTeacher, TimeUp, solve_times
 from .space import SearchSpace, schedule_key
 
 FRECHET_METRICS = ("fd", "fid", "exact")   # distances between sample sets: biased and noisy on few samples
@@ -211,7 +211,7 @@ class S3Search:
         self.metric_name = getattr(self.metric, "name", str(c.metric))
         if self.metric_name in FRECHET_METRICS and min(c.samples) < FRECHET_MIN_SAMPLES:
             warnings.warn(f"metric {self.metric_name}: a Fréchet distance on {min(c.samples)} samples per evaluation "
-                          "ranks schedules poorly (at the defaults' 96/256 a digits UNet search did not beat the best "
+                          "ranks schedules poorly (at 96/256 samples a digits UNet search did not beat the best "
                           f"preset, docs/experiments.md); give samples of at least {FRECHET_MIN_SAMPLES} per stage "
                           "(search.THOROUGH, usf-fast search --thorough)", stacklevel=3)
         # the model's noise schedule, parameterisation and sample shape are part of what a log is
@@ -664,7 +664,7 @@ class S3Search:
         at most `solve_finalists` + `solve_presets` schedules."""
         c = self.config
         out = list(finalists[:c.solve_finalists])
-        if c.solve_presets:
+        if c.presets_solved:
             every = [s for _, s in self.presets]
             screen, ranked = self._preset_ranking()
             if c.heldout_presets is not None and c.heldout_presets < len(every):
@@ -673,7 +673,7 @@ class S3Search:
             seen = {schedule_key(s) for s in out}
             added = 0
             for i in ranked:
-                if added >= c.solve_presets:
+                if added >= c.presets_solved:
                     break
                 if schedule_key(every[i]) not in seen:
                     seen.add(schedule_key(every[i]))
@@ -685,18 +685,37 @@ class S3Search:
         """The solve stage: each of `finalists` with its step weights fitted to a teacher along its
         own trajectory and its times tuned by Nelder–Mead (`solve.solve_times`, `solve` trials), on
         noise of its own (seed 1000·seed + 6; the held-out halves stay unseen). One teacher solve
-        serves every finalist."""
+        serves every finalist. Each solved schedule goes to the log as it is finished, and a resumed
+        search reads it back (no network row); a schedule whose trials `max_minutes` cut short is
+        left out and not logged (the search has stopped early: a resume solves it again)."""
         c = self.config
         rows = self.model.cond_rows
         n = max(rows, c.solve_samples // rows * rows)
         noise = torch.randn((n, *self.shape), generator=torch.Generator().manual_seed(1000 * c.seed + 6),
                             dtype=torch.float64).to(self.device)
         trials = self._affordable_trials(len(finalists), n)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            teacher = DenseTeacher(self.model, noise, self.space.t_start, self.space.t_end, steps=c.solve_teacher)
-            out = [solve_times(self.model, s, noise, teacher, evaluations=trials, ridge=c.solve_ridge)
-                   for s in finalists]
+        out, teacher = [], None
+        for s in finalists:
+            done = self.log.solved.get(schedule_key(s))
+            if done is not None and done["trials"] == trials:
+                out.append(Schedule.from_dict(done["schedule"]))
+                continue
+            if self.deadline is not None and time.perf_counter() > self.deadline:
+                self.stopped_early = True
+                break
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                if teacher is None:
+                    teacher = DenseTeacher(self.model, noise, self.space.t_start, self.space.t_end, steps=c.solve_teacher)
+                try:
+                    solved = solve_times(self.model, s, noise, teacher, evaluations=trials, ridge=c.solve_ridge,
+                                         deadline=self.deadline)
+                except TimeUp:
+                    self.stopped_early = True
+                    break
+            self.log.add_solved(schedule_key(s), trials, solved.to_dict(), time.perf_counter() - t0)
+            out.append(solved)
         if self.bar is not None and self.model.rows != self._bar_rows:
             self.bar.update(self.model.rows - self._bar_rows)
             self._bar_rows = self.model.rows
@@ -759,7 +778,7 @@ class S3Search:
         if not schedules:
             return c.solve
         per_trial = n * c.nfe * self._pass_rows
-        spare = (c.solve_finalists + c.solve_presets - schedules) * c.solve * per_trial   # schedules not solved
+        spare = (c.solve_finalists + c.presets_solved - schedules) * c.solve * per_trial   # schedules not solved
         over = self._reference_overrun() - spare
         trials = c.solve if over <= 0 else max(1, c.solve - math.ceil(over / (per_trial * schedules)))
         if trials < c.solve:

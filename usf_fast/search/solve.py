@@ -16,6 +16,8 @@ to each input's size, so a fit on few samples cannot wander far.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -28,7 +30,12 @@ from ..reference import reference_sample
 from ..schedule import Schedule
 from ..walk import walk
 
-__all__ = ["teacher_states", "DenseTeacher", "solve_weights", "solve_times", "tune_times", "fit_step", "DEFAULT_RIDGE"]
+__all__ = ["teacher_states", "DenseTeacher", "solve_weights", "solve_times", "tune_times", "fit_step", "DEFAULT_RIDGE",
+           "TimeUp"]
+
+
+class TimeUp(Exception):
+    """`tune_times` reached its `deadline` (a search's max_minutes) before its trials were done."""
 
 #: ridge strength relative to each input's mean square (docs/search.md, "The solve stage")
 DEFAULT_RIDGE = 1e-3
@@ -149,7 +156,7 @@ def _solve(model, schedule, noise, teacher, ridge, dtype):
 
 def solve_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, teacher: "DenseTeacher", *,
                 evaluations: int = 30, ridge: float = DEFAULT_RIDGE, weights: bool = True,
-                dtype: torch.dtype = torch.float64) -> Schedule:
+                dtype: torch.dtype = torch.float64, deadline: float | None = None) -> Schedule:
     """`solve_weights` with the schedule's interior times tuned too: Nelder–Mead over the log-ratios
     of the gaps between consecutive λ-fractions to the last gap (the ends fixed; every point is an
     ordered time set, and a move scales a gap by the same factor whatever its size — on a flow
@@ -158,14 +165,15 @@ def solve_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, 
     teacher's on the training noise; `evaluations` trials (the schedule's NFE network rows per
     sample each). Returns the best solved schedule.
     weights=False tunes the times of the formula's weights alone (an LD3-style solver: the
-    schedule comes back without `Step.weights`)."""
+    schedule comes back without `Step.weights`). deadline: a `time.perf_counter()` value after
+    which no further trial starts (`TimeUp` is raised)."""
     return tune_times(model, schedule, noise, teacher, evaluations=evaluations, ridge=ridge, weights=weights,
-                      dtype=dtype)[0]
+                      dtype=dtype, deadline=deadline)[0]
 
 
 def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, teacher: "DenseTeacher", *,
                evaluations: int = 30, ridge: float = DEFAULT_RIDGE, weights: bool = True,
-               dtype: torch.dtype = torch.float64) -> tuple[Schedule, float]:
+               dtype: torch.dtype = torch.float64, deadline: float | None = None) -> tuple[Schedule, float]:
     """`solve_times`, and the best trial's training error (RMS of the final state to the teacher's)."""
     from scipy.optimize import minimize
     ns = model.noise_schedule
@@ -186,6 +194,8 @@ def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, t
     def objective(z):
         if trials[0] >= evaluations:   # the budget is spent: Nelder–Mead may ask for more, none is run
             return 1e9
+        if deadline is not None and time.perf_counter() > deadline:
+            raise TimeUp(f"{trials[0]} of {evaluations} trials run")
         t = _times_at(np.asarray(z, dtype=np.float64), lam, ts, ns)
         if t is None:
             return 1e9

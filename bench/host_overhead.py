@@ -91,6 +91,9 @@ def main():
     ap.add_argument("--nfe", type=int, default=5, help="default 5")
     ap.add_argument("--seed", type=int, default=0, help="the search's seed (default 0)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--solve", action="store_true",
+                    help="today's default search (with its solve stage); default: the S3 search alone (search.S3_ONLY, "
+                         "the defaults until 2026-12-05, what docs/benchmarks.md's table measured)")
     ap.add_argument("--out", default=None, help="append the JSON line to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -137,7 +140,8 @@ def main():
         path = os.path.join(d, "log.jsonl")
         ph.enter("other")
         t0 = time.perf_counter()
-        res = s3_search(model, args.nfe, progress=False, log_path=path, seed=args.seed)
+        from usf_fast.search.config import S3_ONLY
+        res = s3_search(model, args.nfe, progress=False, log_path=path, seed=args.seed, **({} if args.solve else S3_ONLY))
         wall = time.perf_counter() - t0
         ph.leave()
         builtins.__import__ = real_import

@@ -914,15 +914,18 @@ def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = No
             `metrics.reference_spacing`, float64 by default); its own error is measured against
             twice the steps and the steps raised while it exceeds 5% of the best seed's metric
             (`check_reference`); float32 makes it cheaper on a real network.
-        solve: Nelder–Mead trials of the solve stage (0, the default: none): the best
-            `solve_finalists` finalists (and the `solve_presets` presets best on stage 1's noise)
+        solve: Nelder–Mead trials of the solve stage (default 96; 0: none): the best
+            `solve_finalists` finalists (and the `solve_presets` presets best on stage 1's noise;
+            None, the default: 1 with a solve stage)
             get their step weights fitted to a teacher along their own
             trajectory and their times tuned (`usf_fast.search.solve`; docs/search.md, "The solve
             stage"), on `solve_samples` noises with a `solve_teacher`-step teacher and ridge
             `solve_ridge`; the solved schedules join the finalists in the held-out table. Costs
-            (solve_teacher + 1 + solve × (solve_finalists + solve_presets) × NFE) × solve_samples rows.
-        The defaults cost about 300,000 network rows at NFE 5; `**THOROUGH` gives the earlier ones
-        (about 2.0 million).
+            (solve_teacher + 1 + solve × (solve_finalists + solve_presets) × NFE) × solve_samples rows;
+            each solved schedule is logged when finished (a resume reads it back).
+        The defaults cost about 290,000 network rows at NFE 5, nine tenths of them in the solve stage;
+        `**S3_ONLY` gives the S³ search alone at about the same rows (the defaults until
+        2026-12-05), `**THOROUGH` the earlier ones (about 2.0 million), `**QUICK` at most 60,000.
         device: where the samples are computed (the reference solve too); the model's network
             must accept tensors there (the embedded models follow their input).
     """

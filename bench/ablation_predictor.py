@@ -188,7 +188,7 @@ def main():
         return [(n, heldout_cache[k]) for n, k, _, _ in inc]
 
     common = dict(budget=args.budget, stage_split=1.0, heldout=128, progress=False, samples=(args.samples, 256),
-                  solve=0)   # the S3 search alone: the predictor is what is compared
+                  solve=0, heldout_presets=8)   # the S3 search alone, as before 2026-12-05: the predictor is compared
     tag = f"{args.model}_nfe{args.nfe}_b{args.budget}" + (f"_n{args.samples}" if args.samples != 64 else "")
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:

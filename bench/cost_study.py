@@ -26,7 +26,7 @@ from usf_fast.search.s3 import preset_candidates
 THOROUGH = dict(budget=600, samples=(256, 1024), heldout=1024, heldout_presets=None, reference_nfe=200)
 #: every variant but "default" is written relative to the defaults until 2026-12-05 (the S3 search
 #: alone, search.S3_ONLY, with a solve stage's old defaults where a variant turns one on)
-OLD_DEFAULTS = dict(S3_ONLY, solve_samples=128)
+OLD_DEFAULTS = dict(S3_ONLY, solve_presets=0, solve_samples=128)
 #: variants on today's defaults (a short S3 search and the solve stage, since 2026-12-05)
 ON_TODAY = {"default", "new-default-d256"}
 VARIANTS = {

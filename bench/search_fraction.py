@@ -1,7 +1,8 @@
 """Where a search's wall time goes: the fraction spent in network calls (issue "a search a real
 model can afford", point 5; target >= 80 % on a GPU).
 
-Runs one default S³ search (NFE 5) on a model whose network is timed call by call — on a GPU with
+Runs one search (NFE 5; today's defaults, `--s3-only` the S³ search alone as measured on
+2026-12-04, `--quick` QUICK) on a model whose network is timed call by call — on a GPU with
 CUDA events around each call (no synchronisation inside the search; the events are read once at the
 end), on the CPU with the wall clock — and prints the network's share of the search's wall time and
 the rest (predictor fits, proposals, probes, combinations, logging).
@@ -10,7 +11,7 @@ the rest (predictor fits, proposals, probes, combinations, logging).
     python bench/search_fraction.py --model cifar-unet --device cuda      # random diffusers UNet2DModel, 3x32x32
     python bench/search_fraction.py --model digits --device cuda --quick  # QUICK: the solve stage's time apart
 
-With a solve stage (`--quick`, or `--solve N`) the stage's own wall time and the network's time
+With a solve stage (the defaults, `--quick`, or `--solve N`) the stage's own wall time and the network's time
 inside it are printed too (issue "Learned solver coefficients", GPU acceptance point: the solve
 stage's wall time next to the network's).
 
@@ -28,6 +29,7 @@ import torch
 import usf_fast
 from usf_fast.models import embedded_model
 from usf_fast.search import QUICK, s3_search
+from usf_fast.search.config import S3_ONLY
 from usf_fast.search.s3 import S3Search
 
 
@@ -108,13 +110,16 @@ def main():
     ap.add_argument("--chunk", type=int, default=8)
     ap.add_argument("--budget", type=int, default=None, help="default: SearchConfig's")
     ap.add_argument("--quick", action="store_true", help="the QUICK setting (a solve stage, <= 60,000 rows at NFE 5)")
+    ap.add_argument("--s3-only", action="store_true", help="the S3 search alone (search.S3_ONLY, the defaults until 2026-12-05)")
     ap.add_argument("--solve", type=int, default=None, help="solve-stage trials (0: none; default: the setting's)")
     ap.add_argument("--out", default=None, help="append the result to this JSON file")
     args = ap.parse_args()
     model = cifar_unet(args.device) if args.model == "cifar-unet" else embedded_model(args.model)
     timer = Timed(model, args.device)
     spent = time_solve_stage(timer)
-    opts = dict(QUICK) if args.quick else {}
+    if args.quick and args.s3_only:
+        raise SystemExit("--quick, --s3-only: give one of them")
+    opts = dict(QUICK) if args.quick else dict(S3_ONLY) if args.s3_only else {}
     opts.update({k: v for k, v in (("budget", args.budget), ("solve", args.solve)) if v is not None})
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
@@ -127,7 +132,8 @@ def main():
     row = {"model": args.model, "device": str(args.device),
            "gpu": torch.cuda.get_device_name() if timer.cuda else None, "nfe": args.nfe, "chunk": args.chunk,
            "rows": res.cost["total"], "calls": timer.calls, "wall_s": wall, "network_s": net,
-           "network_fraction": net / wall, "setting": "quick" if args.quick else "default", "options": opts,
+           "network_fraction": net / wall, "options": opts,
+           "setting": "quick" if args.quick else "s3-only" if args.s3_only else "default",
            **(spent if res.cost.get("solve") else {}), "improvement": res.improvement, "torch": torch.__version__,
            "usf_fast": usf_fast.__version__, "threads": torch.get_num_threads()}
     print(json.dumps(row), flush=True)

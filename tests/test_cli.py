@@ -181,10 +181,14 @@ def test_quick_is_search_quick_and_explicit_flags_win(capsys):
         assert main(["search", "--out", "x", *off, "--solve-presets", "2", "--solve-samples", "64"]) == 2
         assert ("--solve-presets 2, --solve-samples 64: settings of the solve stage, which is off"
                 in capsys.readouterr().err)
-    # --solve 0 alone turns the stage off, the presets it would have solved with it
-    args = build_parser().parse_args(["search", "--out", "x", "--solve", "0"])
-    _fill_search_defaults(args)
-    assert (args.solve, args.solve_presets) == (0, 0)
+    # --solve 0 alone turns the stage off, the presets it would have solved with it (with --quick too);
+    # a solve stage turned on over --s3-only / --thorough solves the best preset too, as the default does
+    for flags, want in ((["--solve", "0"], (0, 0)), (["--quick", "--solve", "0"], (0, 0)),
+                        (["--s3-only", "--solve", "50"], (50, 1)), (["--thorough", "--solve", "50"], (50, 1)),
+                        (["--quick", "--solve-presets", "0"], (QUICK["solve"], 0))):
+        args = build_parser().parse_args(["search", "--out", "x", *flags])
+        _fill_search_defaults(args)
+        assert (args.solve, args.solve_presets) == want, flags
 
 
 def test_the_default_search_has_the_solve_stage_and_s3_only_is_the_search_alone(capsys):

@@ -228,10 +228,13 @@ def test_max_minutes_in_the_solve_stage_stops_early_and_a_resume_finishes_it(tmp
     real = solvemod.solve_times
     started = []
 
-    def late(*a, **k):   # the second schedule's deadline is already past when its trials start
+    clock = solvemod.time.perf_counter
+
+    def late(*a, **k):   # the search's deadline is handed down; it passes once the second schedule starts
+        assert k["deadline"] is not None and k["deadline"] > clock()
         started.append(1)
         if len(started) > 1:
-            k["deadline"] = 0.0
+            monkeypatch.setattr(solvemod.time, "perf_counter", lambda: k["deadline"] + 1.0)
         return real(*a, **k)
     monkeypatch.setattr(s3mod, "solve_times", late)
     cut = s3_search(mix, 4, **opts)
@@ -239,13 +242,36 @@ def test_max_minutes_in_the_solve_stage_stops_early_and_a_resume_finishes_it(tmp
     assert len(started) == 2 and len(_records(log, "solved")) == 1 and not _records(log, "result")
     assert sum("learned weights" in lbl for lbl, _ in cut.table) == 1
     monkeypatch.setattr(s3mod, "solve_times", real)
+    monkeypatch.setattr(solvemod.time, "perf_counter", clock)
     calls.clear()
     done = s3_search(mix, 4, resume=True, **opts)
     assert len(_records(log, "solved")) == 2 and _records(log, "result")
     assert sum("learned weights" in lbl for lbl, _ in done.table) == 2
     # one schedule solved now: the teacher and its trials, not the first one's again
     teacher = (opts["solve_teacher"] + 1) * opts["solve_samples"]
-    assert done.cost["solve"] <= teacher + opts["solve"] * 4 * opts["solve_samples"] < cut.cost["solve"] + teacher
+    assert done.cost["solve"] <= teacher + opts["solve"] * 4 * opts["solve_samples"]
+    assert sum(calls) == done.cost["total"]
+
+
+def test_a_damaged_solved_line_is_named(tmp_path):
+    """A 'solved' line whose schedule does not parse stops the resume with one message naming the
+    log and what to do, not a bare schedule error."""
+    import json
+    mix, _, opts = _solving(tmp_path)
+    s3_search(mix, 4, **opts)
+    log = opts["log_path"]
+    lines = []
+    for ln in open(log).read().splitlines():
+        rec = json.loads(ln)
+        if rec.get("type") == "result":
+            continue
+        if rec.get("type") == "solved":
+            rec["schedule"] = {"oops": 1}
+        lines.append(json.dumps(rec))
+    open(log, "w").write("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"log .*log.jsonl: its line 1 of type 'solved' holds no valid schedule "
+                                         r"\(schedule JSON: .*\); delete that line and resume"):
+        s3_search(mix, 4, resume=True, **opts)
 
 
 @pytest.mark.parametrize("heldout_presets", [None, 1000])

@@ -104,11 +104,12 @@ def _fill_search_defaults(args) -> None:
         raise ValueError(f"{', '.join(named)}: give one of them (--thorough: about 2 million network rows at NFE 5, "
                          "--s3-only: about 300,000 without a solve stage, --quick: at most 60,000)")
     chosen = _flags(THOROUGH if args.thorough else S3_ONLY if named == ["--s3-only"] else QUICK if args.quick else {})
+    presets_given = args.solve_presets is not None
     for name, value in chosen.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.solve_presets is None:
-        args.solve_presets = 1 if args.solve else 0
+    if not presets_given:   # a setting's own count (QUICK's 1) while its stage is on; else 1 with a solve stage
+        args.solve_presets = (args.solve_presets if args.solve_presets is not None else 1) if args.solve else 0
     if args.stage_split is None:   # three stages: the fractions measured in docs/experiments.md (h3)
         args.stage_split = "0.6,0.9" if args.samples3 else f"{_search_defaults()['stage_split']:g}"
 
@@ -140,7 +141,7 @@ def _check_search_args(args) -> None:
         raise ValueError(f"--solve-presets {args.solve_presets}: must be >= 0 (presets solved besides the best finalist)")
     if given and args.solve == 0:   # they would do nothing
         raise ValueError(f"{', '.join(given)}: settings of the solve stage, which is off; give --solve N (N >= 1 "
-                         "Nelder-Mead trials) or --quick")
+                         "Nelder-Mead trials)")
     split = _stage_split(args)
     # the budget against the stages (SearchConfig's own check), before anything is loaded or written
     SearchConfig(nfe=1, budget=args.budget, stage_split=split,

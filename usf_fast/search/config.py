@@ -18,13 +18,13 @@ WARM_PAIRS = 48   # (parent, child) pairs evaluated before the predictor takes o
 #: about 300,000 (docs/experiments.md, "A cheaper search"); S3 alone, no solve stage;
 #: `s3_search(model, 5, **THOROUGH)`, `usf-fast search --thorough`
 THOROUGH = {"budget": 600, "samples": (256, 1024), "heldout": 1024, "heldout_presets": None, "reference_nfe": 200,
-            "solve": 0, "solve_presets": 0}
+            "solve": 0}
 #: the defaults from 2026-12-02 to 2026-12-05: the S3 search alone (the paper's decision space, no
 #: learned coefficients), about 300,000 network rows at NFE 5; the defaults with the solve stage
 #: beat it by a third on the mixtures at the same rows (docs/experiments.md, "A default with the
 #: solve stage"); `s3_search(model, 5, **S3_ONLY)`, `usf-fast search --s3-only`
 S3_ONLY = {"budget": 314, "samples": (96, 256), "heldout": 512, "heldout_presets": 8, "reference_nfe": 50,
-           "solve": 0, "solve_presets": 0}
+           "solve": 0}
 #: a search a real model can afford: <= 60,000 network rows at NFE 5 (the reference included; a
 #: reference whose check raises its steps is paid for by fewer solve trials): a short S3 search on few samples, then the solve stage (learned step
 #: weights and times) on its best schedule and on the preset best on stage 1's noise (docs/search.md,
@@ -263,8 +263,9 @@ class SearchConfig:
                "reference": ((sum(self.samples) + self.heldout + 2 * self.samples[0]) * self.reference_nfe
                              * k * processes if needs_reference else 0)})
         if self.solve:   # the teacher (its steps and the last node's slope), then each trial of each solved schedule
+            # (under torchrun every process runs the whole solve stage: it is not split)
             solved = self.solve_finalists + self.presets_solved
-            out["solve"] = (self.solve_teacher + 1 + self.solve * solved * self.nfe) * self.solve_samples * k
+            out["solve"] = (self.solve_teacher + 1 + self.solve * solved * self.nfe) * self.solve_samples * k * processes
             if self.presets_solved and table >= n_presets:   # the presets ranked on stage 1's noise (no table screen)
                 out["solve"] += (n_presets if n_unseeded is None else n_unseeded) * self.samples[0] * self.nfe * k
         out["total"] = sum(out.values())

@@ -1,6 +1,8 @@
 """Append-only JSON-lines log of a search: a header line, then one line per real evaluation, and
 when the search has run to its end a last line with its result (a resumed finished search reads it
-back instead of replaying the search).
+back instead of replaying the search). The solve stage adds a line per solved schedule
+(`"type": "solved"`: the key of the schedule it started from, its trials, the solved schedule), read
+back on resume instead of solving again.
 
 Lines are written with flush + fsync, so a killed search loses at most the line being written;
 on resume a truncated last line is dropped (and cut from the file) and every complete line is

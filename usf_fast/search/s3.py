@@ -687,7 +687,10 @@ class S3Search:
         noise of its own (seed 1000·seed + 6; the held-out halves stay unseen). One teacher solve
         serves every finalist. Each solved schedule goes to the log as it is finished, and a resumed
         search reads it back (no network row); a schedule whose trials `max_minutes` cut short is
-        left out and not logged (the search has stopped early: a resume solves it again)."""
+        left out and not logged (the search has stopped early: a resume solves it again). Under
+        torchrun every process runs the whole stage (the same trials on the same noise) and
+        `max_minutes` does not cut it: processes that stopped at different trials would compare
+        different schedules."""
         c = self.config
         rows = self.model.cond_rows
         n = max(rows, c.solve_samples // rows * rows)
@@ -695,12 +698,18 @@ class S3Search:
                             dtype=torch.float64).to(self.device)
         trials = self._affordable_trials(len(finalists), n)
         out, teacher = [], None
+        deadline = self.deadline if self.world == 1 else None
         for s in finalists:
             done = self.log.solved.get(schedule_key(s))
             if done is not None and done["trials"] == trials:
-                out.append(Schedule.from_dict(done["schedule"]))
+                try:
+                    out.append(Schedule.from_dict(done["schedule"]))
+                except (ValueError, KeyError, TypeError) as e:
+                    nth = list(self.log.solved).index(done["key"]) + 1
+                    raise ValueError(f"log {self.log.path}: its line {nth} of type 'solved' holds no valid schedule "
+                                     f"({e}); delete that line and resume (the schedule is solved again)") from None
                 continue
-            if self.deadline is not None and time.perf_counter() > self.deadline:
+            if deadline is not None and time.perf_counter() > deadline:
                 self.stopped_early = True
                 break
             t0 = time.perf_counter()
@@ -710,7 +719,7 @@ class S3Search:
                     teacher = DenseTeacher(self.model, noise, self.space.t_start, self.space.t_end, steps=c.solve_teacher)
                 try:
                     solved = solve_times(self.model, s, noise, teacher, evaluations=trials, ridge=c.solve_ridge,
-                                         deadline=self.deadline)
+                                         deadline=deadline)
                 except TimeUp:
                     self.stopped_early = True
                     break

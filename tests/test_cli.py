@@ -210,6 +210,24 @@ def test_the_default_search_has_the_solve_stage_and_s3_only_is_the_search_alone(
     assert "--s3-only, --quick: give one of them" in capsys.readouterr().err
 
 
+def test_a_log_of_the_old_defaults_says_to_resume_it_with_s3_only(tmp_path, capsys):
+    """A search log written by the S3-only defaults (before 2026-12-05), resumed with today's
+    defaults, is refused with one line that names --s3-only; resumed with --s3-only it is read back."""
+    out = tmp_path / "o"
+    small = ["search", "--model", "gmm-2d", "--nfe", "2", "--reference-nfe", "5", "--chunk", "64", "--out", str(out)]
+    assert main(small + ["--s3-only", "--budget", "314", "--samples", "4", "--samples2", "4", "--heldout", "8"]) == 0
+    capsys.readouterr()
+    # the old defaults' own numbers in the header (written here with small samples, then edited to the old values)
+    log = out / "log_nfe2.jsonl"
+    lines = log.read_text().splitlines()
+    head = json.loads(lines[0])
+    head["settings"].update(samples=[96, 256], heldout=512)
+    log.write_text("\n".join([json.dumps(head)] + lines[1:]) + "\n")
+    assert main(small + ["--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "resume it with --s3-only" in err[0]
+
+
 def test_the_help_of_quick_and_thorough_shows_what_they_set(capsys):
     """--quick's, --s3-only's and --thorough's help is written from search.QUICK / S3_ONLY / THOROUGH:
     it cannot drift."""

@@ -90,8 +90,13 @@ class SearchLog:
                   if not _same(key, head.get(key), self.header.get(key))
                   for d in _differences(key, head.get(key), self.header.get(key))]
         if differ:
+            theirs, mine = head.get("settings") or {}, self.header.get("settings") or {}
+            old = ("solve" not in theirs and "solve" in mine
+                   and (theirs.get("budget"), theirs.get("samples"), theirs.get("heldout")) == (314, [96, 256], 512))
+            hint = (" (it looks like a log of the defaults before 2026-12-05, the S3 search alone: resume it with "
+                    "--s3-only, s3_search(..., **S3_ONLY))" if old else "")
             raise ValueError(f"log {self.path}: written by a search with other settings: {'; '.join(differ)}; resume "
-                             "with the log's settings, or choose another --out for a new search")
+                             f"with the log's settings{hint}, or choose another --out for a new search")
         self.records = [r for r in parsed[1:] if r.get("type") == "eval"]
         self.solved = {r["key"]: r for r in parsed[1:] if r.get("type") == "solved"}
         results = [r for r in parsed[1:] if r.get("type") == "result"]

@@ -9,7 +9,7 @@ import os
 
 from ..files import printable
 from ..noise_schedules import NoiseScheduleEDM, NoiseScheduleFlow, NoiseScheduleVP
-from ..search.config import QUICK, S3_ONLY, THOROUGH, SearchConfig
+from ..search.config import QUICK, S3_ONLY, THOROUGH, SearchConfig, presets_solved
 
 NOISE_SCHEDULES = ("linear", "cosine", "edm", "flow")
 
@@ -108,8 +108,8 @@ def _fill_search_defaults(args) -> None:
     for name, value in chosen.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if not presets_given:   # a setting's own count (QUICK's 1) while its stage is on; else 1 with a solve stage
-        args.solve_presets = (args.solve_presets if args.solve_presets is not None else 1) if args.solve else 0
+    if not presets_given:   # a setting's own count (QUICK's 1) while its stage is on; else SearchConfig's default
+        args.solve_presets = presets_solved(args.solve, args.solve_presets if args.solve else None)
     if args.stage_split is None:   # three stages: the fractions measured in docs/experiments.md (h3)
         args.stage_split = "0.6,0.9" if args.samples3 else f"{_search_defaults()['stage_split']:g}"
 

@@ -34,6 +34,14 @@ QUICK = {"budget": 24, "samples": (16, 32), "heldout": 128, "heldout_presets": 4
          "solve": 23, "solve_presets": 1, "solve_samples": 128}
 
 
+def presets_solved(solve: int, solve_presets: int | None) -> int:
+    """Presets the solve stage fits besides the finalists: `solve_presets`, or by default 1 with a
+    solve stage (the preset best on stage 1's noise) and 0 without."""
+    if solve_presets is not None:
+        return solve_presets
+    return 1 if solve else 0
+
+
 def _spacing(space) -> str:
     """The reference solve's spacing on the space's noise schedule."""
     ns = getattr(space, "noise_schedule", None)
@@ -159,11 +167,8 @@ class SearchConfig:
 
     @property
     def presets_solved(self) -> int:
-        """`solve_presets`, or its default: 1 with a solve stage (the preset best on stage 1's
-        noise is solved besides the finalists), 0 without."""
-        if self.solve_presets is not None:
-            return self.solve_presets
-        return 1 if self.solve else 0
+        """`solve_presets`, or its default (`presets_solved`)."""
+        return presets_solved(self.solve, self.solve_presets)
 
     @property
     def splits(self) -> tuple:

@@ -16,6 +16,8 @@ import math
 import os
 import warnings
 
+from .config import S3_ONLY
+
 __all__ = ["SearchLog", "read_evaluations"]
 
 
@@ -92,7 +94,8 @@ class SearchLog:
         if differ:
             theirs, mine = head.get("settings") or {}, self.header.get("settings") or {}
             old = ("solve" not in theirs and "solve" in mine
-                   and (theirs.get("budget"), theirs.get("samples"), theirs.get("heldout")) == (314, [96, 256], 512))
+                   and (theirs.get("budget"), theirs.get("samples"), theirs.get("heldout"))
+                   == (S3_ONLY["budget"], list(S3_ONLY["samples"]), S3_ONLY["heldout"]))
             hint = (" (it looks like a log of the defaults before 2026-12-05, the S3 search alone: resume it with "
                     "--s3-only, s3_search(..., **S3_ONLY))" if old else "")
             raise ValueError(f"log {self.path}: written by a search with other settings: {'; '.join(differ)}; resume "

@@ -3,6 +3,7 @@ known weights, the dense teacher interpolates the reference, Nelder–Mead over 
 worse than its start, and a search with `solve` returns a schedule with learned weights that runs
 at its NFE."""
 import os
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from usf_fast.models import gmm_image
 from usf_fast.program import with_formula_weights
 from usf_fast.search import s3_search
 from usf_fast.search.config import SearchConfig
-from usf_fast.search.solve import DenseTeacher, fit_step, solve_times, solve_weights, teacher_states
+from usf_fast.search.solve import DenseTeacher, fit_step, past, solve_times, solve_weights, teacher_states
 
 NS = usf_fast.NoiseScheduleVP("linear")
 SCALES = torch.linspace(0.2, 2.0, 12, dtype=torch.float64).reshape(3, 2, 2)
@@ -49,6 +50,26 @@ def test_fit_step_is_least_squares_pulled_to_the_prior():
     prior = np.array([1.0, 1.0, 1.0])
     strong = fit_step(inputs, target, prior, 1e6)
     np.testing.assert_allclose(strong, prior, atol=1e-4)   # a strong ridge keeps the prior
+
+
+def test_the_fit_and_the_deadline_are_the_processes_sums():
+    """Under torchrun each process holds part of the samples: fit_step sums the normal equations
+    (here process 1's are handed over by the `total` a process group would run), so the weights are
+    the whole sample's; `past` stops every process when one of them is past its deadline."""
+    g = torch.Generator().manual_seed(2)
+    inputs = [torch.randn(80, generator=g, dtype=torch.float64) for _ in range(3)]
+    target = 0.7 * inputs[0] - 1.2 * inputs[1] + 0.3 * torch.randn(80, generator=g, dtype=torch.float64)
+    prior, ridge = np.array([1.0, -1.0, 0.5]), 0.05
+    whole = fit_step(inputs, target, prior, ridge)
+    part0, part1 = [v[:30] for v in inputs], [v[30:] for v in inputs]
+    other = {}
+    fit_step(part1, target[30:], prior, ridge, total=lambda t: other.setdefault("gb", t.clone()))
+    summed = fit_step(part0, target[:30], prior, ridge, total=lambda t: t + other["gb"])
+    np.testing.assert_allclose(summed, whole, rtol=1e-12)
+    assert np.abs(fit_step(part0, target[:30], prior, ridge) - whole).max() > 1e-3   # a part alone is not it
+    later = time.perf_counter() + 3600
+    assert not past(later) and not past(later, total=lambda t: t)
+    assert past(later, total=lambda t: t + 1.0)   # another process is past its deadline
 
 
 def _random_linear() -> usf_fast.DiffusionModel:
@@ -179,6 +200,35 @@ def test_solve_presets_fits_the_best_presets_too(tmp_path, monkeypatch):
         assert 0 < r.cost[phase] <= est[phase], phase
 
 
+def test_solve_finalists_0_solves_the_best_preset_alone(tmp_path, monkeypatch):
+    """solve_finalists=0: the solve stage fits the preset best on stage 1's noise and no finalist
+    (S4S-style: one structure, all of the stage's trials); the estimate counts that one schedule."""
+    from usf_fast.search import s3 as s3mod
+    mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS)
+    opts = dict(budget=12, samples=(8, 16), heldout=32, heldout_presets=3, solve=4, solve_finalists=0,
+                solve_samples=16, solve_teacher=20, progress=False, log_path=os.path.join(tmp_path, "log.jsonl"))
+    seen = {}
+    to_solve = s3mod.S3Search.to_solve
+
+    def spy(self, finalists):
+        out = to_solve(self, finalists)
+        every = [s for _, s in self.presets]
+        screen = self.evaluate(every, "s1", "final", count=False)
+        seen.update(out=out, best=every[int(np.nanargmin(screen))])
+        return out
+    monkeypatch.setattr(s3mod.S3Search, "to_solve", spy)
+    r = s3_search(mix, 4, **opts)
+    assert [s3mod.schedule_key(s) for s in seen["out"]] == [s3mod.schedule_key(seen["best"])]
+    assert sum("learned weights" in lbl for lbl, _ in r.table) == 1
+    cfg = {k: v for k, v in opts.items() if k not in ("progress", "log_path")}
+    n = len(usf_fast.search.s3.preset_candidates(NS, 4))
+    est = SearchConfig(nfe=4, **cfg).cost_estimate(n)
+    both = SearchConfig(nfe=4, **dict(cfg, solve_finalists=1)).cost_estimate(n)
+    assert both["solve"] - est["solve"] == 4 * 4 * 16   # one schedule fewer: trials × NFE × samples
+    for phase in ("solve", "heldout", "total"):
+        assert 0 < r.cost[phase] <= est[phase], phase
+
+
 def test_the_default_solves_the_best_preset_too_and_solve_0_turns_the_stage_off():
     """solve_presets left out: 1 with a solve stage, 0 without (so solve=0 alone is not refused)."""
     assert SearchConfig(nfe=5).solve >= 1 and SearchConfig(nfe=5).presets_solved == 1
@@ -297,6 +347,8 @@ def test_solved_presets_stay_within_the_estimate_when_the_table_does_not_screen(
     (dict(solve=4, solve_presets=-1), "solve_presets=-1: must be an integer >= 0"),
     (dict(solve=4, solve_presets=True), "solve_presets=True: must be an integer >= 0"),
     (dict(solve=0, solve_presets=1), "solve_presets=1: the solve stage is off"),
+    (dict(solve=4, solve_finalists=-1), "solve_finalists=-1: must be an integer >= 0"),
+    (dict(solve=4, solve_finalists=0, solve_presets=0), "solve_finalists=0 with solve_presets=0: .* would fit nothing"),
 ])
 def test_bad_solve_options_are_named(opts, match):
     with pytest.raises(ValueError, match=match):

@@ -130,12 +130,18 @@ class SearchConfig:
         if not isinstance(self.solve, int) or isinstance(self.solve, bool) or self.solve < 0:
             raise ValueError(f"solve={self.solve!r}: must be an integer >= 0 (Nelder-Mead trials of the solve stage; "
                              "0 = no solve stage)")
-        for name in ("solve_finalists", "solve_samples", "solve_teacher"):
+        for name in ("solve_samples", "solve_teacher"):
             _positive_int(name, getattr(self, name), "a count")
+        if not isinstance(self.solve_finalists, int) or isinstance(self.solve_finalists, bool) or self.solve_finalists < 0:
+            raise ValueError(f"solve_finalists={self.solve_finalists!r}: must be an integer >= 0 (finalists the solve "
+                             "stage fits; 0 = the presets alone)")
         if self.solve_presets is not None and (not isinstance(self.solve_presets, int) or isinstance(self.solve_presets, bool)
                                                or self.solve_presets < 0):
             raise ValueError(f"solve_presets={self.solve_presets!r}: must be an integer >= 0 (presets, best on stage 1's "
                              "noise, solved besides the finalists; None = 1 with a solve stage)")
+        if self.solve and not self.solve_finalists + self.presets_solved:
+            raise ValueError(f"solve_finalists=0 with solve_presets=0: the solve stage (solve={self.solve}) would fit "
+                             "nothing; give solve_finalists or solve_presets >= 1, or solve=0")
         if self.solve_presets and not self.solve:
             raise ValueError(f"solve_presets={self.solve_presets}: the solve stage is off (solve=0); give solve >= 1 "
                              "Nelder-Mead trials")
@@ -248,7 +254,7 @@ class SearchConfig:
         search did not start from, default all, on stage 1's noise to choose them), the reference
         solves (every noise set × reference_nfe); stage 1 also holds the one-sample network check
         before the search (`check_rows`: a row per prompt). Under torchrun every one of `processes`
-        runs the check and may solve every reference. Evaluations read back from a log cost
+        runs the check and may solve every reference; the solve stage is split over them. Evaluations read back from a log cost
         nothing."""
         k = 2 if guided else 1
         shares = self.stage_shares()
@@ -268,9 +274,11 @@ class SearchConfig:
                "reference": ((sum(self.samples) + self.heldout + 2 * self.samples[0]) * self.reference_nfe
                              * k * processes if needs_reference else 0)})
         if self.solve:   # the teacher (its steps and the last node's slope), then each trial of each solved schedule
-            # (under torchrun every process runs the whole solve stage: it is not split)
+            # (under torchrun the noise is split over the processes in blocks of check_rows; with fewer
+            # blocks than processes every process runs the whole stage)
             solved = self.solve_finalists + self.presets_solved
-            out["solve"] = (self.solve_teacher + 1 + self.solve * solved * self.nfe) * self.solve_samples * k * processes
+            whole = processes if max(1, self.solve_samples // check_rows) < processes else 1
+            out["solve"] = (self.solve_teacher + 1 + self.solve * solved * self.nfe) * self.solve_samples * k * whole
             if self.presets_solved and table >= n_presets:   # the presets ranked on stage 1's noise (no table screen)
                 out["solve"] += (n_presets if n_unseeded is None else n_unseeded) * self.samples[0] * self.nfe * k
         out["total"] = sum(out.values())

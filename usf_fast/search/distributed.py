@@ -9,10 +9,11 @@ from __future__ import annotations
 import datetime
 import math
 import os
+from typing import Callable
 
 import torch
 
-__all__ = ["rank_and_world", "search_device", "in_process_group", "peer_failure"]
+__all__ = ["rank_and_world", "search_device", "in_process_group", "peer_failure", "process_sum"]
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -20,6 +21,21 @@ def rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def process_sum(device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function that sums a tensor over the processes of the job (all-reduce on `device`, then
+    rank 0's result sent to every process, so that all hold the same bits and take the same
+    decisions after it); the tensor comes back on its own device. The solve stage splits its
+    training noise over the processes with it (`search.solve.fit_step`)."""
+    import torch.distributed as dist
+
+    def total(t: torch.Tensor) -> torch.Tensor:
+        u = t.to(device=device, copy=True).contiguous()
+        dist.all_reduce(u)
+        dist.broadcast(u, 0)
+        return u.to(t.device)
+    return total
 
 
 def search_device(spec: str) -> str:

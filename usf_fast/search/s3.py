@@ -42,7 +42,7 @@ from ..metrics import reference_spacing
 from ..model import DiffusionModel
 from ..schedule import Schedule
 from .config import PREDICTORS, WARM_PAIRS, SearchConfig
-from .distributed import rank_and_world
+from .distributed import process_sum, rank_and_world
 from .evaluate import NoiseSet, ReferenceDistance, evaluate_schedules, make_metric
 from .evolution import diverse_parents as _diverse_parents
 from .evolution import pick_per_parent as _pick_per_parent
@@ -50,7 +50,7 @@ from .gp import GPPredictor
 from .log import SearchLog
 from .predictor import ImprovementPredictor, Predictor
 from .probe import gaussian_probe
-from .solve import DenseTeacher, TimeUp, solve_times
+from .solve import DenseTeacher, TimeUp, past, solve_times
 from .space import SearchSpace, schedule_key
 
 FRECHET_METRICS = ("fd", "fid", "exact")   # distances between sample sets: biased and noisy on few samples
@@ -688,17 +688,23 @@ class S3Search:
         serves every finalist. Each solved schedule goes to the log as it is finished, and a resumed
         search reads it back (no network row); a schedule whose trials `max_minutes` cut short is
         left out and not logged (the search has stopped early: a resume solves it again). Under
-        torchrun every process runs the whole stage (the same trials on the same noise) and
-        `max_minutes` does not cut it: processes that stopped at different trials would compare
-        different schedules."""
+        torchrun the noise is split over the processes in whole blocks of the prompts' rows, each
+        solves its part's teacher and trajectories, and the fits and scores are summed over them
+        (`distributed.process_sum`): every process runs the same trials to the same schedules, and
+        `max_minutes` stops them all at the same trial."""
         c = self.config
         rows = self.model.cond_rows
         n = max(rows, c.solve_samples // rows * rows)
         noise = torch.randn((n, *self.shape), generator=torch.Generator().manual_seed(1000 * c.seed + 6),
-                            dtype=torch.float64).to(self.device)
+                            dtype=torch.float64)
+        total = None
+        if self.split_solve(n):   # block b (rows b·P … b·P + P − 1, one per prompt) to process b mod world
+            mine = [b * rows + j for b in range(self.rank, n // rows, self.world) for j in range(rows)]
+            noise, total = noise[mine], process_sum(self.device)
+        noise = noise.to(self.device)
         trials = self._affordable_trials(len(finalists), n)
         out, teacher = [], None
-        deadline = self.deadline if self.world == 1 else None
+        deadline = self.deadline if self.world == 1 or total is not None else None
         for s in finalists:
             done = self.log.solved.get(schedule_key(s))
             if done is not None and done["trials"] == trials:
@@ -709,7 +715,7 @@ class S3Search:
                     raise ValueError(f"log {self.log.path}: its line {nth} of type 'solved' holds no valid schedule "
                                      f"({e}); delete that line and resume (the schedule is solved again)") from None
                 continue
-            if deadline is not None and time.perf_counter() > deadline:
+            if deadline is not None and past(deadline, total):
                 self.stopped_early = True
                 break
             t0 = time.perf_counter()
@@ -719,7 +725,7 @@ class S3Search:
                     teacher = DenseTeacher(self.model, noise, self.space.t_start, self.space.t_end, steps=c.solve_teacher)
                 try:
                     solved = solve_times(self.model, s, noise, teacher, evaluations=trials, ridge=c.solve_ridge,
-                                         deadline=deadline)
+                                         deadline=deadline, total=total)
                 except TimeUp:
                     self.stopped_early = True
                     break
@@ -730,6 +736,12 @@ class S3Search:
             self._bar_rows = self.model.rows
         self._end_phase("solve")
         return out
+
+    def split_solve(self, n: int) -> bool:
+        """Whether the solve stage's `n` noises are split over the processes: under torchrun, when
+        every process gets at least one block of the prompts' rows (otherwise every process runs
+        the whole stage, as `SearchConfig.cost_estimate` counts it)."""
+        return self.world > 1 and n // self.model.cond_rows >= self.world
 
     def _reference_overrun(self) -> int:
         """Network rows the search makes beyond its printed bound (`cost_estimate`) because the
@@ -924,8 +936,8 @@ def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = No
             twice the steps and the steps raised while it exceeds 5% of the best seed's metric
             (`check_reference`); float32 makes it cheaper on a real network.
         solve: Nelder–Mead trials of the solve stage (default 96; 0: none): the best
-            `solve_finalists` finalists (and the `solve_presets` presets best on stage 1's noise;
-            None, the default: 1 with a solve stage)
+            `solve_finalists` finalists (default 1; 0: none) and the `solve_presets` presets best on
+            stage 1's noise (None, the default: 1 with a solve stage)
             get their step weights fitted to a teacher along their own
             trajectory and their times tuned (`usf_fast.search.solve`; docs/search.md, "The solve
             stage"), on `solve_samples` noises with a `solve_teacher`-step teacher and ridge

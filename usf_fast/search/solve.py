@@ -17,6 +17,7 @@ to each input's size, so a fit on few samples cannot wander far.
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from ..schedule import Schedule
 from ..walk import walk
 
 __all__ = ["teacher_states", "DenseTeacher", "solve_weights", "solve_times", "tune_times", "fit_step", "DEFAULT_RIDGE",
-           "TimeUp"]
+           "TimeUp", "past"]
 
 
 class TimeUp(Exception):
@@ -77,18 +78,23 @@ def teacher_states(model: DiffusionModel, schedule: Schedule, noise: torch.Tenso
     return torch.stack(out)
 
 
-def fit_step(inputs: list[torch.Tensor], target: torch.Tensor, prior: np.ndarray, ridge: float) -> np.ndarray:
+def fit_step(inputs: list[torch.Tensor], target: torch.Tensor, prior: np.ndarray, ridge: float,
+             total: Callable | None = None) -> np.ndarray:
     """Weights c minimising ‖Σ_k c_k·inputs[k] − target‖² + ridge·Σ_k g_kk·(c_k − prior_k)² (g_kk:
     the squared norm of input k, so the pull is the same whatever the inputs' scale), float64. The
-    inputs may be on any device; the k×k normal equations are solved on the host."""
+    inputs may be on any device; the k×k normal equations are solved on the host. `total`: the sum
+    of a tensor over the processes that share the noise (`distributed.process_sum`): each holds its
+    part of the samples, the normal equations are summed, every process gets the same weights."""
     cols = torch.stack([v.reshape(-1).double() for v in inputs], 1)
-    g = (cols.T @ cols).cpu().numpy()
+    gb = torch.cat([cols.T @ cols, (cols.T @ target.reshape(-1).double())[:, None]], 1)
+    gb = (gb if total is None else total(gb)).cpu().numpy()
+    g, b = gb[:, :-1], gb[:, -1]
     prior = np.asarray(prior, dtype=np.float64)
     out = prior.copy()
     live = np.diag(g) > 0   # an input that is zero (AFS's x̂0 = a zero data mean) keeps its prior weight
     if not live.any():
         return out
-    b = (cols.T @ target.reshape(-1).double()).cpu().numpy() - g[:, ~live] @ prior[~live]
+    b = b - g[:, ~live] @ prior[~live]
     g, b, p = g[np.ix_(live, live)], b[live], prior[live]
     d = np.diag(np.diag(g)) * ridge
     try:
@@ -98,33 +104,44 @@ def fit_step(inputs: list[torch.Tensor], target: torch.Tensor, prior: np.ndarray
     return out
 
 
+def _rms(diff: torch.Tensor, total: Callable | None) -> float:
+    """RMS of `diff`, over every process's part of the samples when `total` sums over them."""
+    if total is None:
+        return float(diff.pow(2).mean().sqrt())
+    both = total(torch.stack([diff.double().pow(2).sum(), torch.tensor(float(diff.numel()), dtype=torch.float64,
+                                                                         device=diff.device)]))
+    return float((both[0] / both[1]).sqrt())
+
+
 class _Fitted:
     """A step's weights, fitted when the walk applies them (it hands over the student's states and
     model outputs so far); what `walk` calls `apply` on."""
 
-    def __init__(self, formula: StepWeights, target: torch.Tensor, ridge: float):
-        self.formula, self.target, self.ridge = formula, target, ridge
+    def __init__(self, formula: StepWeights, target: torch.Tensor, ridge: float, total: Callable | None = None):
+        self.formula, self.target, self.ridge, self.total = formula, target, ridge, total
         self.fitted: StepWeights | None = None
 
     def apply(self, states: dict, eps: dict, x0: dict):
         f = self.formula
         m = eps if f.prediction == "noise" else x0
         inputs = [states[f.start]] + [m[j] for j in f.points]
-        c = fit_step(inputs, self.target, np.array((f.a,) + f.w), self.ridge)
+        c = fit_step(inputs, self.target, np.array((f.a,) + f.w), self.ridge, self.total)
         self.fitted = StepWeights(f.prediction, f.start, float(c[0]), f.points, tuple(float(v) for v in c[1:]))
         return self.fitted.apply(states, eps, x0)
 
 
 def solve_weights(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, teacher, *,
-                  ridge: float = DEFAULT_RIDGE, dtype: torch.dtype = torch.float64) -> Schedule:
+                  ridge: float = DEFAULT_RIDGE, dtype: torch.dtype = torch.float64,
+                  total: Callable | None = None) -> Schedule:
     """`schedule` with every step's weights (and corrector weights) fitted to `teacher`
     (`teacher_states` on the same noise) along the student's own trajectory; one student pass
     (the schedule's NFE network rows per sample). A step's corrector is fitted to the same
-    teacher state as its predictor. The result carries `Step.weights` (on x/α)."""
-    return _solve(model, schedule, noise, teacher, ridge, dtype)[0]
+    teacher state as its predictor. The result carries `Step.weights` (on x/α). total: under
+    torchrun, the sum over the processes, each holding its part of the noise (`fit_step`)."""
+    return _solve(model, schedule, noise, teacher, ridge, dtype, total)[0]
 
 
-def _solve(model, schedule, noise, teacher, ridge, dtype):
+def _solve(model, schedule, noise, teacher, ridge, dtype, total=None):
     """(solved schedule, RMS of its final state to the teacher's on the training noise)."""
     if isinstance(teacher, DenseTeacher):
         teacher = teacher.states(schedule.timesteps[1:])
@@ -133,7 +150,8 @@ def _solve(model, schedule, noise, teacher, ridge, dtype):
                          f"({schedule.num_steps}, {', '.join(map(str, noise.shape))})")
     ns = model.noise_schedule
     ts = schedule.timesteps
-    fits = [(_Fitted(p, teacher[i].to(dtype), ridge), None if c is None else _Fitted(c, teacher[i].to(dtype), ridge))
+    fits = [(_Fitted(p, teacher[i].to(dtype), ridge, total),
+             None if c is None else _Fitted(c, teacher[i].to(dtype), ridge, total))
             for i, (p, c) in enumerate(step_weights(schedule, ns))]
     x = initial_state(ns, schedule, noise.to(dtype))
 
@@ -144,7 +162,7 @@ def _solve(model, schedule, noise, teacher, ridge, dtype):
         last = {}
         walk(schedule, fits, x, evaluate, lambda x_: model.analytic_first(x_, ts[0]),
              callback=lambda i, t, xi: last.update(x=xi))
-        train_rms = float((last["x"] - teacher[-1].to(dtype)).pow(2).mean().sqrt())
+        train_rms = _rms(last["x"] - teacher[-1].to(dtype), total)
     alpha = [float(v) for v in ns.marginal_alpha(np.asarray(ts, dtype=np.float64))]
     steps = []
     for i, (st, (p, c)) in enumerate(zip(schedule.steps, fits), 1):
@@ -156,7 +174,8 @@ def _solve(model, schedule, noise, teacher, ridge, dtype):
 
 def solve_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, teacher: "DenseTeacher", *,
                 evaluations: int = 30, ridge: float = DEFAULT_RIDGE, weights: bool = True,
-                dtype: torch.dtype = torch.float64, deadline: float | None = None) -> Schedule:
+                dtype: torch.dtype = torch.float64, deadline: float | None = None,
+                total: Callable | None = None) -> Schedule:
     """`solve_weights` with the schedule's interior times tuned too: Nelder–Mead over the log-ratios
     of the gaps between consecutive λ-fractions to the last gap (the ends fixed; every point is an
     ordered time set, and a move scales a gap by the same factor whatever its size — on a flow
@@ -166,14 +185,18 @@ def solve_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, 
     sample each). Returns the best solved schedule.
     weights=False tunes the times of the formula's weights alone (an LD3-style solver: the
     schedule comes back without `Step.weights`). deadline: a `time.perf_counter()` value after
-    which no further trial starts (`TimeUp` is raised)."""
+    which no further trial starts (`TimeUp` is raised). total: under torchrun, the sum over the
+    processes, each holding its part of the noise (and its teacher): the fits and the scores are
+    the whole noise's, so every process runs the same trials; the deadline stops them all when one
+    process has reached it."""
     return tune_times(model, schedule, noise, teacher, evaluations=evaluations, ridge=ridge, weights=weights,
-                      dtype=dtype, deadline=deadline)[0]
+                      dtype=dtype, deadline=deadline, total=total)[0]
 
 
 def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, teacher: "DenseTeacher", *,
                evaluations: int = 30, ridge: float = DEFAULT_RIDGE, weights: bool = True,
-               dtype: torch.dtype = torch.float64, deadline: float | None = None) -> tuple[Schedule, float]:
+               dtype: torch.dtype = torch.float64, deadline: float | None = None,
+               total: Callable | None = None) -> tuple[Schedule, float]:
     """`solve_times`, and the best trial's training error (RMS of the final state to the teacher's)."""
     from scipy.optimize import minimize
     ns = model.noise_schedule
@@ -184,17 +207,17 @@ def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, t
 
     def run(s: Schedule) -> tuple[Schedule, float]:
         if weights:
-            return _solve(model, s, noise, teacher, ridge, dtype)
+            return _solve(model, s, noise, teacher, ridge, dtype, total)
         final = reference_sample(model, s, noise.to(dtype), check_finite=False)
         target = teacher.states([s.timesteps[-1]])[0] if isinstance(teacher, DenseTeacher) else teacher[-1]
-        return s, float((final - target.to(dtype)).pow(2).mean().sqrt())
+        return s, _rms(final - target.to(dtype), total)
 
     trials = [0]
 
     def objective(z):
         if trials[0] >= evaluations:   # the budget is spent: Nelder–Mead may ask for more, none is run
             return 1e9
-        if deadline is not None and time.perf_counter() > deadline:
+        if deadline is not None and past(deadline, total):
             raise TimeUp(f"{trials[0]} of {evaluations} trials run")
         t = _times_at(np.asarray(z, dtype=np.float64), lam, ts, ns)
         if t is None:
@@ -218,6 +241,15 @@ def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, t
     if best[1] is None:   # no trial ran (or every one failed): the schedule's own times
         return run(schedule)
     return best[1], best[0]
+
+
+def past(deadline: float, total: Callable | None = None) -> bool:
+    """`time.perf_counter()` is past `deadline` — on any of the processes `total` sums over (so
+    that they all stop at the same point)."""
+    over = time.perf_counter() > deadline
+    if total is None:
+        return over
+    return bool(total(torch.tensor([float(over)], dtype=torch.float64))[0] > 0)
 
 
 def _gap_coordinates(lam: np.ndarray) -> np.ndarray:

@@ -59,7 +59,35 @@ def test_a_lucky_finalist_wins_the_choice_and_loses_the_report_so_the_preset_is_
     r = search.final([lucky])
     assert r.table[0][0].startswith("searched")            # it won the choice ...
     assert r.best_source != "search" and r.improvement == 0   # ... and lost the report: the preset is returned
+    assert "did not beat" in r.note and "worse by the whole 95% interval" in r.note and r.note in r.summary()
+
+
+@pytest.mark.parametrize("ci,kept", [((-0.08, 0.06), True), ((-0.30, -0.01), False)])
+def test_a_report_loss_returns_the_preset_only_when_the_interval_is_wholly_below_zero(monkeypatch, ci, kept):
+    """The report set's 95% paired interval decides: a loss it cannot tell from its noise keeps the
+    choice set's pick (its negative improvement reported as measured); a loss by the whole interval
+    returns the preset."""
+    search = S3Search(MODEL, SearchConfig(nfe=4, budget=8, samples=(16, 16), heldout=64, progress=False, solve=0))
+    lucky = P.ddim(MODEL.noise_schedule, 4, spacing="time_uniform")
+    lucky = lucky.replace(timesteps=[lucky.timesteps[0], 0.7, 0.3, 0.05, lucky.timesteps[-1]])
+    real = S3Search.evaluate
+
+    def evaluate(self, schedules, fidelity, stage, count=True):
+        vals = real(self, schedules, fidelity, stage, count)
+        return [1e-9 if fidelity == "choose" and schedule_key(s) == schedule_key(lucky) else v
+                for s, v in zip(schedules, vals)]
+    monkeypatch.setattr(S3Search, "evaluate", evaluate)
+    monkeypatch.setattr(S3Search, "report", lambda self, schedules: ([0.101, 0.100], ci) if len(schedules) == 2
+                        else ([0.100], None))
+    r = search.final([lucky])
     assert "did not beat" in r.note and r.note in r.summary()
+    if kept:
+        assert r.best_source == "search" and schedule_key(r.best) == schedule_key(lucky)
+        assert r.improvement == pytest.approx(-0.01) and r.improvement_ci == ci
+        assert "within its noise" in r.note and "kept" in r.note
+    else:
+        assert r.best_source != "search" and r.improvement == 0 and r.improvement_ci is None
+        assert "the preset is returned" in r.note
 
 
 def test_the_gain_is_measured_on_the_report_half_with_a_bootstrap_interval():

@@ -15,7 +15,7 @@ Stage 1 works on few samples; the survivors are re-evaluated on more samples and
 continues there.
 The final choice is made on half of a held-out noise set the search never saw, against every
 preset over every spacing with and without AFS, and the winner's gain measured on the other half
-(a searched winner that loses there gives the best preset back); metric ref's reference solve
+(a searched winner that is credibly worse there gives the best preset back); metric ref's reference solve
 has its own error measured first (`check_reference`).
 
 Every real evaluation is appended to a JSON-lines log; the search is deterministic for a seed, so
@@ -88,7 +88,7 @@ class SearchResult:
     dropped_presets: list = field(default_factory=list)   # left out of the baseline: their samples diverged
     improvement_ci: tuple | None = None     # 95% paired bootstrap interval of `improvement` (metric ref)
     report_samples: int = 0                 # size of the report set (and `heldout` − it, of the choice set)
-    note: str = ""                          # why a preset is returned when the chosen searched schedule lost
+    note: str = ""                          # when the chosen searched schedule lost the report: returned or kept, and why
 
     @property
     def improvement(self) -> float:
@@ -615,7 +615,8 @@ class S3Search:
     def final(self, finalists: list[Schedule]) -> SearchResult:
         """The finalists and the presets (`table_presets`) on the choice half of the held-out noise
         (not counted in the budget) choose the winner and the best preset; both are measured on the
-        report half (`report`), and a searched winner that does not beat the preset there gives the
+        report half (`report`), and a searched winner that is worse than the preset there — by the
+        whole 95% paired interval with metric ref, by its value with other metrics — gives the
         preset back (docs/search.md, "Numbers you can trust")."""
         c = self.config
         solved = self.solve(self.to_solve(finalists)) if c.solve else []
@@ -637,10 +638,16 @@ class S3Search:
         pre = min(range(len(finalists), len(cands)), key=lambda i: held[i])
         report, ci = self.report([cands[win], cands[pre]] if win != pre else [cands[pre]])
         note = ""
-        if win != pre and not report[0] < report[1]:   # the choice was lucky: the preset is returned
-            note = (f"the searched schedule chosen on the choice set ({labels[win]}, {held[win]:.5g} there) did not beat "
-                    f"{labels[pre]} on the report set ({report[0]:.5g} vs {report[1]:.5g}): the preset is returned")
-            win, report, ci = pre, report[1:], None
+        if win != pre and not report[0] < report[1]:
+            lost = (f"the searched schedule chosen on the choice set ({labels[win]}, {held[win]:.5g} there) did not beat "
+                    f"{labels[pre]} on the report set ({report[0]:.5g} vs {report[1]:.5g})")
+            if ci is None or ci[1] < 0:   # credibly worse (or no interval to tell): the choice was lucky
+                note = lost + (": the preset is returned" if ci is None else
+                               f", worse by the whole 95% interval ({ci[0]:+.1%} … {ci[1]:+.1%}): the preset is returned")
+                win, report, ci = pre, report[1:], None
+            else:   # a loss the report set cannot tell from its noise: the choice set's pick stands
+                note = (lost + f", but within its noise (95% interval {ci[0]:+.1%} … {ci[1]:+.1%}): the searched "
+                        "schedule is kept and its improvement reported as measured")
         self._end_phase("heldout")
         best_preset = (labels[pre], report[-1])
         best = cands[win]

@@ -729,10 +729,11 @@ class S3Search:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 if teacher is None:
-                    teacher = DenseTeacher(self.model, noise, self.space.t_start, self.space.t_end, steps=c.solve_teacher)
-                try:
+                    teacher = DenseTeacher(self.model, noise, self.space.t_start, self.space.t_end, steps=c.solve_teacher,
+                                           dtype=c.reference_dtype)
+                try:   # the student's trajectories in the search's dtype: how the schedule will be run
                     solved = solve_times(self.model, s, noise, teacher, evaluations=trials, ridge=c.solve_ridge,
-                                         deadline=deadline, total=total)
+                                         deadline=deadline, total=total, dtype=c.dtype)
                 except TimeUp:
                     self.stopped_early = True
                     break

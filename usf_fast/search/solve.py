@@ -150,8 +150,8 @@ def _solve(model, schedule, noise, teacher, ridge, dtype, total=None):
                          f"({schedule.num_steps}, {', '.join(map(str, noise.shape))})")
     ns = model.noise_schedule
     ts = schedule.timesteps
-    fits = [(_Fitted(p, teacher[i].to(dtype), ridge, total),
-             None if c is None else _Fitted(c, teacher[i].to(dtype), ridge, total))
+    # the student runs in `dtype`; the targets keep the teacher's precision (the fit is in float64)
+    fits = [(_Fitted(p, teacher[i], ridge, total), None if c is None else _Fitted(c, teacher[i], ridge, total))
             for i, (p, c) in enumerate(step_weights(schedule, ns))]
     x = initial_state(ns, schedule, noise.to(dtype))
 
@@ -162,7 +162,7 @@ def _solve(model, schedule, noise, teacher, ridge, dtype, total=None):
         last = {}
         walk(schedule, fits, x, evaluate, lambda x_: model.analytic_first(x_, ts[0]),
              callback=lambda i, t, xi: last.update(x=xi))
-        train_rms = _rms(last["x"] - teacher[-1].to(dtype), total)
+        train_rms = _rms(last["x"].double() - teacher[-1].double(), total)
     alpha = [float(v) for v in ns.marginal_alpha(np.asarray(ts, dtype=np.float64))]
     steps = []
     for i, (st, (p, c)) in enumerate(zip(schedule.steps, fits), 1):
@@ -210,7 +210,7 @@ def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, t
             return _solve(model, s, noise, teacher, ridge, dtype, total)
         final = reference_sample(model, s, noise.to(dtype), check_finite=False)
         target = teacher.states([s.timesteps[-1]])[0] if isinstance(teacher, DenseTeacher) else teacher[-1]
-        return s, _rms(final - target.to(dtype), total)
+        return s, _rms(final.double() - target.double(), total)
 
     trials = [0]
 

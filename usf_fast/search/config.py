@@ -132,7 +132,8 @@ class SearchConfig:
                              "0 = no solve stage)")
         for name in ("solve_samples", "solve_teacher"):
             _positive_int(name, getattr(self, name), "a count")
-        if not isinstance(self.solve_finalists, int) or isinstance(self.solve_finalists, bool) or self.solve_finalists < 0:
+        if (not isinstance(self.solve_finalists, int) or isinstance(self.solve_finalists, bool)
+                or self.solve_finalists < 0):
             raise ValueError(f"solve_finalists={self.solve_finalists!r}: must be an integer >= 0 (finalists the solve "
                              "stage fits; 0 = the presets alone)")
         if self.solve_presets is not None and (not isinstance(self.solve_presets, int) or isinstance(self.solve_presets, bool)
@@ -254,8 +255,8 @@ class SearchConfig:
         search did not start from, default all, on stage 1's noise to choose them), the reference
         solves (every noise set × reference_nfe); stage 1 also holds the one-sample network check
         before the search (`check_rows`: a row per prompt). Under torchrun every one of `processes`
-        runs the check and may solve every reference; the solve stage is split over them. Evaluations read back from a log cost
-        nothing."""
+        runs the check and may solve every reference; the solve stage is split over them.
+        Evaluations read back from a log cost nothing."""
         k = 2 if guided else 1
         shares = self.stage_shares()
         table = n_presets if self.heldout_presets is None else min(self.heldout_presets, n_presets)

@@ -1,6 +1,7 @@
 """Numbers a user can trust: the baseline holds every preset option a user picks without searching
 (AFS on and off), a preset whose samples diverge is named and left out, the winner is chosen on one
 half of the held-out noise and its gain measured, with a bootstrap interval, on the other."""
+import math
 import warnings
 
 import pytest
@@ -62,11 +63,11 @@ def test_a_lucky_finalist_wins_the_choice_and_loses_the_report_so_the_preset_is_
     assert "did not beat" in r.note and "worse by the whole 95% interval" in r.note and r.note in r.summary()
 
 
-@pytest.mark.parametrize("ci,kept", [((-0.08, 0.06), True), ((-0.30, -0.01), False)])
+@pytest.mark.parametrize("ci,kept", [((-0.08, 0.06), True), ((-0.30, -0.01), False), ((math.nan, math.nan), False)])
 def test_a_report_loss_returns_the_preset_only_when_the_interval_is_wholly_below_zero(monkeypatch, ci, kept):
     """The report set's 95% paired interval decides: a loss it cannot tell from its noise keeps the
     choice set's pick (its negative improvement reported as measured); a loss by the whole interval
-    returns the preset."""
+    returns the preset, and so does an interval that is not a number."""
     search = S3Search(MODEL, SearchConfig(nfe=4, budget=8, samples=(16, 16), heldout=64, progress=False, solve=0))
     lucky = P.ddim(MODEL.noise_schedule, 4, spacing="time_uniform")
     lucky = lucky.replace(timesteps=[lucky.timesteps[0], 0.7, 0.3, 0.05, lucky.timesteps[-1]])
@@ -88,6 +89,24 @@ def test_a_report_loss_returns_the_preset_only_when_the_interval_is_wholly_below
     else:
         assert r.best_source != "search" and r.improvement == 0 and r.improvement_ci is None
         assert "the preset is returned" in r.note
+
+
+def test_a_preset_that_diverges_on_the_report_set_does_not_veto(monkeypatch):
+    """A searched winner with a finite report value against a preset whose report value is not
+    finite wins the report: it is returned, with no note."""
+    search = S3Search(MODEL, SearchConfig(nfe=4, budget=8, samples=(16, 16), heldout=64, progress=False, solve=0))
+    lucky = P.ddim(MODEL.noise_schedule, 4, spacing="time_uniform")
+    lucky = lucky.replace(timesteps=[lucky.timesteps[0], 0.7, 0.3, 0.05, lucky.timesteps[-1]])
+    real = S3Search.evaluate
+
+    def evaluate(self, schedules, fidelity, stage, count=True):
+        vals = real(self, schedules, fidelity, stage, count)
+        return [1e-9 if fidelity == "choose" and schedule_key(s) == schedule_key(lucky) else v
+                for s, v in zip(schedules, vals)]
+    monkeypatch.setattr(S3Search, "evaluate", evaluate)
+    monkeypatch.setattr(S3Search, "report", lambda self, schedules: ([0.1, math.inf], None))
+    r = search.final([lucky])
+    assert r.best_source == "search" and r.note == ""
 
 
 def test_the_gain_is_measured_on_the_report_half_with_a_bootstrap_interval():

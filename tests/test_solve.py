@@ -72,6 +72,44 @@ def test_the_fit_and_the_deadline_are_the_processes_sums():
     assert past(later, total=lambda t: t + 1.0)   # another process is past its deadline
 
 
+def test_the_solve_stage_splits_over_processes_unless_there_are_fewer_blocks():
+    """The printed bound of the solve stage: the same for 2 processes as for 1 when the noise
+    splits (the processes share it), twice one process's when there is one block per prompt set
+    (16 noises, 16 prompts: every process runs the whole stage)."""
+    cfg = SearchConfig(nfe=5, solve=4, solve_samples=16, solve_teacher=10)
+    one = cfg.cost_estimate(20)["solve"]
+    assert cfg.cost_estimate(20, processes=2)["solve"] == one
+    assert cfg.cost_estimate(20, processes=2, check_rows=16)["solve"] == 2 * cfg.cost_estimate(20, check_rows=16)["solve"]
+
+
+def test_the_student_runs_in_the_search_dtype_and_the_teacher_in_the_reference_dtype(tmp_path, monkeypatch):
+    """Within the solve stage the network sees float64 only for the teacher ((solve_teacher + 1)
+    rows per training noise) and float32, the search's dtype, for every student trajectory."""
+    from usf_fast.search import s3 as s3mod
+    mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS)
+    rows = {}
+    net, inside = mix.net, [False]
+
+    def spy(x, t):
+        if inside[0]:
+            rows[x.dtype] = rows.get(x.dtype, 0) + x.shape[0]
+        return net(x, t)
+    mix.net = spy
+    solve = s3mod.S3Search.solve
+
+    def solving(self, finalists):
+        inside[0] = True
+        try:
+            return solve(self, finalists)
+        finally:
+            inside[0] = False
+    monkeypatch.setattr(s3mod.S3Search, "solve", solving)
+    s3_search(mix, 4, budget=12, samples=(8, 16), heldout=32, heldout_presets=3, solve=3, solve_samples=16,
+              solve_teacher=10, progress=False, log_path=os.path.join(tmp_path, "log.jsonl"))
+    assert rows[torch.float64] == (10 + 1) * 16
+    assert rows[torch.float32] > 0 and rows[torch.float32] % (4 * 16) == 0
+
+
 def _random_linear() -> usf_fast.DiffusionModel:
     """ε̂ = x·W(t), W(t) = W0 + t·W1 random: linear, and each state and output a different random
     map of the noise, so a step's inputs are well-conditioned columns."""

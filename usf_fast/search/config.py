@@ -61,6 +61,12 @@ def _positive_int(name: str, v, what: str) -> None:
         raise ValueError(f"{name}={v!r}: must be a positive integer ({what})")
 
 
+def _count(name: str, v, what: str) -> None:
+    """An integer >= 0 (bool refused), or one ValueError naming the field."""
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise ValueError(f"{name}={v!r}: must be an integer >= 0 ({what})")
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """Options of `s3_search` (see there for what each one does).
@@ -127,19 +133,13 @@ class SearchConfig:
             _positive_int("heldout_presets", self.heldout_presets, "presets in the held-out table; None = every one")
         for name in ("population", "proposals", "per_generation", "heldout", "finalists"):
             _positive_int(name, getattr(self, name), "a count")
-        if not isinstance(self.solve, int) or isinstance(self.solve, bool) or self.solve < 0:
-            raise ValueError(f"solve={self.solve!r}: must be an integer >= 0 (Nelder-Mead trials of the solve stage; "
-                             "0 = no solve stage)")
+        _count("solve", self.solve, "Nelder-Mead trials of the solve stage; 0 = no solve stage")
         for name in ("solve_samples", "solve_teacher"):
             _positive_int(name, getattr(self, name), "a count")
-        if (not isinstance(self.solve_finalists, int) or isinstance(self.solve_finalists, bool)
-                or self.solve_finalists < 0):
-            raise ValueError(f"solve_finalists={self.solve_finalists!r}: must be an integer >= 0 (finalists the solve "
-                             "stage fits; 0 = the presets alone)")
-        if self.solve_presets is not None and (not isinstance(self.solve_presets, int) or isinstance(self.solve_presets, bool)
-                                               or self.solve_presets < 0):
-            raise ValueError(f"solve_presets={self.solve_presets!r}: must be an integer >= 0 (presets, best on stage 1's "
-                             "noise, solved besides the finalists; None = 1 with a solve stage)")
+        _count("solve_finalists", self.solve_finalists, "finalists the solve stage fits; 0 = the presets alone")
+        if self.solve_presets is not None:
+            _count("solve_presets", self.solve_presets,
+                   "presets, best on stage 1's noise, solved besides the finalists; None = 1 with a solve stage")
         if self.solve and not self.solve_finalists + self.presets_solved:
             raise ValueError(f"solve_finalists=0 with solve_presets=0: the solve stage (solve={self.solve}) would fit "
                              "nothing; give solve_finalists or solve_presets >= 1, or solve=0")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import time
 from typing import Callable
 
 import torch
 
-__all__ = ["rank_and_world", "search_device", "in_process_group", "peer_failure", "process_sum"]
+__all__ = ["rank_and_world", "search_device", "in_process_group", "peer_failure", "process_sum", "past"]
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -36,6 +37,16 @@ def process_sum(device) -> Callable[[torch.Tensor], torch.Tensor]:
         dist.broadcast(u, 0)
         return u.to(t.device)
     return total
+
+
+def past(deadline: float, total: Callable | None = None) -> bool:
+    """`time.perf_counter()` is past `deadline` — on any of the processes `total` (`process_sum`)
+    sums over, so that they all stop at the same point (each process's own clock and deadline
+    differ a little; a process that stopped alone would leave the others waiting in a collective)."""
+    over = time.perf_counter() > deadline
+    if total is None:
+        return over
+    return bool(total(torch.tensor([float(over)], dtype=torch.float64))[0] > 0)
 
 
 def search_device(spec: str) -> str:

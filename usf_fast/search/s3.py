@@ -1,7 +1,7 @@
 """S³: predictor-based solver-schedule search on the fast paths.
 
     result = s3_search(model, nfe=5, budget=600)
-    result.best            # the searched schedule, or the best preset where the search did not beat it
+    result.best            # the searched schedule, or the best preset where the search was credibly worse
 
 Loop (docs/search.md): seed the population with the presets; each generation proposes many
 candidates by mutation and crossover of the best ones (niched: near-copies of a better schedule
@@ -42,7 +42,7 @@ from ..metrics import reference_spacing
 from ..model import DiffusionModel
 from ..schedule import Schedule
 from .config import PREDICTORS, WARM_PAIRS, SearchConfig
-from .distributed import process_sum, rank_and_world
+from .distributed import past, process_sum, rank_and_world
 from .evaluate import NoiseSet, ReferenceDistance, evaluate_schedules, make_metric
 from .evolution import diverse_parents as _diverse_parents
 from .evolution import pick_per_parent as _pick_per_parent
@@ -50,7 +50,7 @@ from .gp import GPPredictor
 from .log import SearchLog
 from .predictor import ImprovementPredictor, Predictor
 from .probe import gaussian_probe
-from .solve import DenseTeacher, TimeUp, past, solve_times
+from .solve import DenseTeacher, TimeUp, solve_times
 from .space import SearchSpace, schedule_key
 
 FRECHET_METRICS = ("fd", "fid", "exact")   # distances between sample sets: biased and noisy on few samples
@@ -207,6 +207,7 @@ class S3Search:
         self.device = _resolve_device(c.device)
         fingerprint = _check_model(model, self.shape, self.device, c.dtype, self.space.t_start)
         self.rank, self.world = rank_and_world()
+        self._sum = process_sum(self.device) if self.world > 1 else None   # a sum over torchrun's processes
         self.sets = self._noise_sets(c, model.cond_rows)
         self.metric_name = getattr(self.metric, "name", str(c.metric))
         if self.metric_name in FRECHET_METRICS and min(c.samples) < FRECHET_MIN_SAMPLES:
@@ -409,7 +410,7 @@ class S3Search:
         known = {k for _, _, k in pool}
         known_p = np.stack([self.probe_of(s, k) for s, _, k in pool])
         while self.requested < until:
-            if self.deadline is not None and time.perf_counter() > self.deadline:
+            if self.deadline is not None and past(self.deadline, self._sum):   # every process stops together
                 self.stopped_early = True
                 return
             ranked = sorted((p for p in pool if math.isfinite(p[1])), key=lambda p: p[1]) or pool
@@ -638,10 +639,11 @@ class S3Search:
         pre = min(range(len(finalists), len(cands)), key=lambda i: held[i])
         report, ci = self.report([cands[win], cands[pre]] if win != pre else [cands[pre]])
         note = ""
-        if win != pre and not report[0] < report[1]:
+        # the searched schedule lost the report: not finite there, or no better than a finite preset
+        if win != pre and (not math.isfinite(report[0]) or (math.isfinite(report[1]) and report[0] >= report[1])):
             lost = (f"the searched schedule chosen on the choice set ({labels[win]}, {held[win]:.5g} there) did not beat "
                     f"{labels[pre]} on the report set ({report[0]:.5g} vs {report[1]:.5g})")
-            if ci is None or ci[1] < 0:   # credibly worse (or no interval to tell): the choice was lucky
+            if ci is None or not ci[1] >= 0:   # credibly worse (or no interval to tell): the choice was lucky
                 note = lost + (": the preset is returned" if ci is None else
                                f", worse by the whole 95% interval ({ci[0]:+.1%} … {ci[1]:+.1%}): the preset is returned")
                 win, report, ci = pre, report[1:], None
@@ -707,7 +709,7 @@ class S3Search:
         total = None
         if self.split_solve(n):   # block b (rows b·P … b·P + P − 1, one per prompt) to process b mod world
             mine = [b * rows + j for b in range(self.rank, n // rows, self.world) for j in range(rows)]
-            noise, total = noise[mine], process_sum(self.device)
+            noise, total = noise[mine], self._sum
         noise = noise.to(self.device)
         trials = self._affordable_trials(len(finalists), n)
         out, teacher = [], None

@@ -30,9 +30,10 @@ from ..program import StepWeights, normalised, step_weights
 from ..reference import reference_sample
 from ..schedule import Schedule
 from ..walk import walk
+from .distributed import past
 
 __all__ = ["teacher_states", "DenseTeacher", "solve_weights", "solve_times", "tune_times", "fit_step", "DEFAULT_RIDGE",
-           "TimeUp", "past"]
+           "TimeUp"]
 
 
 class TimeUp(Exception):
@@ -241,15 +242,6 @@ def tune_times(model: DiffusionModel, schedule: Schedule, noise: torch.Tensor, t
     if best[1] is None:   # no trial ran (or every one failed): the schedule's own times
         return run(schedule)
     return best[1], best[0]
-
-
-def past(deadline: float, total: Callable | None = None) -> bool:
-    """`time.perf_counter()` is past `deadline` — on any of the processes `total` sums over (so
-    that they all stop at the same point)."""
-    over = time.perf_counter() > deadline
-    if total is None:
-        return over
-    return bool(total(torch.tensor([float(over)], dtype=torch.float64))[0] > 0)
 
 
 def _gap_coordinates(lam: np.ndarray) -> np.ndarray:

@@ -16,7 +16,6 @@ to each input's size, so a fit on few samples cannot wander far.
 """
 from __future__ import annotations
 
-import time
 from typing import Callable
 
 import numpy as np

@@ -46,9 +46,11 @@ def test_the_search_leaves_diverging_presets_out_of_the_baseline_by_name():
     assert "presets left out (their samples diverged)" in r.summary()
 
 
-def test_a_lucky_finalist_wins_the_choice_and_loses_the_report_so_the_preset_is_returned(monkeypatch):
+def _a_lucky_finalist(monkeypatch):
+    """A search and a finalist far worse than the best preset that wins the choice set (its value
+    there patched to ~0); what the report set does with it is each test's."""
     search = S3Search(MODEL, SearchConfig(nfe=4, budget=8, samples=(16, 16), heldout=64, progress=False, solve=0))
-    lucky = P.ddim(MODEL.noise_schedule, 4, spacing="time_uniform")   # far worse than the best preset
+    lucky = P.ddim(MODEL.noise_schedule, 4, spacing="time_uniform")
     lucky = lucky.replace(timesteps=[lucky.timesteps[0], 0.7, 0.3, 0.05, lucky.timesteps[-1]])
     real = S3Search.evaluate
 
@@ -57,6 +59,11 @@ def test_a_lucky_finalist_wins_the_choice_and_loses_the_report_so_the_preset_is_
         return [1e-9 if fidelity == "choose" and schedule_key(s) == schedule_key(lucky) else v
                 for s, v in zip(schedules, vals)]
     monkeypatch.setattr(S3Search, "evaluate", evaluate)
+    return search, lucky
+
+
+def test_a_lucky_finalist_wins_the_choice_and_loses_the_report_so_the_preset_is_returned(monkeypatch):
+    search, lucky = _a_lucky_finalist(monkeypatch)
     r = search.final([lucky])
     assert r.table[0][0].startswith("searched")            # it won the choice ...
     assert r.best_source != "search" and r.improvement == 0   # ... and lost the report: the preset is returned
@@ -68,16 +75,7 @@ def test_a_report_loss_returns_the_preset_only_when_the_interval_is_wholly_below
     """The report set's 95% paired interval decides: a loss it cannot tell from its noise keeps the
     choice set's pick (its negative improvement reported as measured); a loss by the whole interval
     returns the preset, and so does an interval that is not a number."""
-    search = S3Search(MODEL, SearchConfig(nfe=4, budget=8, samples=(16, 16), heldout=64, progress=False, solve=0))
-    lucky = P.ddim(MODEL.noise_schedule, 4, spacing="time_uniform")
-    lucky = lucky.replace(timesteps=[lucky.timesteps[0], 0.7, 0.3, 0.05, lucky.timesteps[-1]])
-    real = S3Search.evaluate
-
-    def evaluate(self, schedules, fidelity, stage, count=True):
-        vals = real(self, schedules, fidelity, stage, count)
-        return [1e-9 if fidelity == "choose" and schedule_key(s) == schedule_key(lucky) else v
-                for s, v in zip(schedules, vals)]
-    monkeypatch.setattr(S3Search, "evaluate", evaluate)
+    search, lucky = _a_lucky_finalist(monkeypatch)
     monkeypatch.setattr(S3Search, "report", lambda self, schedules: ([0.101, 0.100], ci) if len(schedules) == 2
                         else ([0.100], None))
     r = search.final([lucky])
@@ -94,16 +92,7 @@ def test_a_report_loss_returns_the_preset_only_when_the_interval_is_wholly_below
 def test_a_preset_that_diverges_on_the_report_set_does_not_veto(monkeypatch):
     """A searched winner with a finite report value against a preset whose report value is not
     finite wins the report: it is returned, with no note."""
-    search = S3Search(MODEL, SearchConfig(nfe=4, budget=8, samples=(16, 16), heldout=64, progress=False, solve=0))
-    lucky = P.ddim(MODEL.noise_schedule, 4, spacing="time_uniform")
-    lucky = lucky.replace(timesteps=[lucky.timesteps[0], 0.7, 0.3, 0.05, lucky.timesteps[-1]])
-    real = S3Search.evaluate
-
-    def evaluate(self, schedules, fidelity, stage, count=True):
-        vals = real(self, schedules, fidelity, stage, count)
-        return [1e-9 if fidelity == "choose" and schedule_key(s) == schedule_key(lucky) else v
-                for s, v in zip(schedules, vals)]
-    monkeypatch.setattr(S3Search, "evaluate", evaluate)
+    search, lucky = _a_lucky_finalist(monkeypatch)
     monkeypatch.setattr(S3Search, "report", lambda self, schedules: ([0.1, math.inf], None))
     r = search.final([lucky])
     assert r.best_source == "search" and r.note == ""

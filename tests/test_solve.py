@@ -203,14 +203,10 @@ def test_a_search_with_a_solve_stage(tmp_path):
     assert len(calls) == 4 == r.best.nfe
 
 
-def test_solve_presets_fits_the_best_presets_too(tmp_path, monkeypatch):
-    """solve_presets=1: the solve stage fits the best finalist and, besides it, the preset that
-    scores best on stage 1's noise (not one of the finalists); both solved schedules reach the
-    held-out table and the rows stay within the estimate, which counts both."""
+def _spy_on_to_solve(monkeypatch) -> dict:
+    """What `S3Search.to_solve` chose (`out`), from which finalists, and the preset best on stage
+    1's noise (`best`), filled in when the search calls it."""
     from usf_fast.search import s3 as s3mod
-    mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS)
-    opts = dict(budget=12, samples=(8, 16), heldout=32, heldout_presets=3, solve=4, solve_presets=1,
-                solve_samples=16, solve_teacher=20, progress=False, log_path=os.path.join(tmp_path, "log.jsonl"))
     seen = {}
     to_solve = s3mod.S3Search.to_solve
 
@@ -221,6 +217,18 @@ def test_solve_presets_fits_the_best_presets_too(tmp_path, monkeypatch):
         seen.update(out=out, finalists=finalists, best=every[int(np.nanargmin(screen))])
         return out
     monkeypatch.setattr(s3mod.S3Search, "to_solve", spy)
+    return seen
+
+
+def test_solve_presets_fits_the_best_presets_too(tmp_path, monkeypatch):
+    """solve_presets=1: the solve stage fits the best finalist and, besides it, the preset that
+    scores best on stage 1's noise (not one of the finalists); both solved schedules reach the
+    held-out table and the rows stay within the estimate, which counts both."""
+    from usf_fast.search import s3 as s3mod
+    mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS)
+    opts = dict(budget=12, samples=(8, 16), heldout=32, heldout_presets=3, solve=4, solve_presets=1,
+                solve_samples=16, solve_teacher=20, progress=False, log_path=os.path.join(tmp_path, "log.jsonl"))
+    seen = _spy_on_to_solve(monkeypatch)
     r = s3_search(mix, 4, **opts)
     out, finalists = seen["out"], seen["finalists"]
     keys = [s3mod.schedule_key(s) for s in out]
@@ -245,16 +253,7 @@ def test_solve_finalists_0_solves_the_best_preset_alone(tmp_path, monkeypatch):
     mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS)
     opts = dict(budget=12, samples=(8, 16), heldout=32, heldout_presets=3, solve=4, solve_finalists=0,
                 solve_samples=16, solve_teacher=20, progress=False, log_path=os.path.join(tmp_path, "log.jsonl"))
-    seen = {}
-    to_solve = s3mod.S3Search.to_solve
-
-    def spy(self, finalists):
-        out = to_solve(self, finalists)
-        every = [s for _, s in self.presets]
-        screen = self.evaluate(every, "s1", "final", count=False)
-        seen.update(out=out, best=every[int(np.nanargmin(screen))])
-        return out
-    monkeypatch.setattr(s3mod.S3Search, "to_solve", spy)
+    seen = _spy_on_to_solve(monkeypatch)
     r = s3_search(mix, 4, **opts)
     assert [s3mod.schedule_key(s) for s in seen["out"]] == [s3mod.schedule_key(seen["best"])]
     assert sum("learned weights" in lbl for lbl, _ in r.table) == 1
@@ -311,18 +310,18 @@ def test_max_minutes_in_the_solve_stage_stops_early_and_a_resume_finishes_it(tmp
     not logged (a half-tuned schedule is never read back), the log has no result, and a resume
     reads the finished one back and solves the other."""
     from usf_fast.search import s3 as s3mod
-    from usf_fast.search import solve as solvemod
+    from usf_fast.search import distributed as distmod   # where the deadline is read (`distributed.past`)
     mix, calls, opts = _solving(tmp_path, max_minutes=60)
-    real = solvemod.solve_times
+    real = s3mod.solve_times
     started = []
 
-    clock = solvemod.time.perf_counter
+    clock = distmod.time.perf_counter
 
     def late(*a, **k):   # the search's deadline is handed down; it passes once the second schedule starts
         assert k["deadline"] is not None and k["deadline"] > clock()
         started.append(1)
         if len(started) > 1:
-            monkeypatch.setattr(solvemod.time, "perf_counter", lambda: k["deadline"] + 1.0)
+            monkeypatch.setattr(distmod.time, "perf_counter", lambda: k["deadline"] + 1.0)
         return real(*a, **k)
     monkeypatch.setattr(s3mod, "solve_times", late)
     cut = s3_search(mix, 4, **opts)
@@ -330,7 +329,7 @@ def test_max_minutes_in_the_solve_stage_stops_early_and_a_resume_finishes_it(tmp
     assert len(started) == 2 and len(_records(log, "solved")) == 1 and not _records(log, "result")
     assert sum("learned weights" in lbl for lbl, _ in cut.table) == 1
     monkeypatch.setattr(s3mod, "solve_times", real)
-    monkeypatch.setattr(solvemod.time, "perf_counter", clock)
+    monkeypatch.setattr(distmod.time, "perf_counter", clock)
     calls.clear()
     done = s3_search(mix, 4, resume=True, **opts)
     assert len(_records(log, "solved")) == 2 and _records(log, "result")

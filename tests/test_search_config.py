@@ -3,6 +3,7 @@ identity a resumed search must share with its log."""
 import json
 
 import pytest
+import torch
 
 from usf_fast.models import embedded_model
 from usf_fast.search import SearchConfig, SearchSpace, s3_search
@@ -73,6 +74,16 @@ def test_another_models_log_is_never_resumed(tmp_path, other, key):
     s3_search(MODEL, 3, **small)
     with pytest.raises(ValueError, match=f"written by a search with other settings: {key}[ .]"):
         s3_search(other(), 3, resume=True, **small)
+
+
+def test_a_log_of_another_dtype_is_never_resumed(tmp_path):
+    """The search's dtype (its evaluations' and the solve stage's student's precision) is part of
+    what a log was written with: a float64 search's log does not resume in float32."""
+    log = tmp_path / "log.jsonl"
+    small = dict(budget=20, samples=(8, 16), heldout=16, proposals=32, progress=False, log_path=log, solve=0)
+    s3_search(MODEL, 3, dtype=torch.float64, **small)
+    with pytest.raises(ValueError, match="written by a search with other settings: dtype torch.float64 in the log"):
+        s3_search(MODEL, 3, resume=True, **small)
 
 
 def test_one_search_per_log_at_a_time(tmp_path):

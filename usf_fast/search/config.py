@@ -239,6 +239,8 @@ class SearchConfig:
             **({"stage_split": list(self.splits)} if self.splits != (0.75,) else {}),
             **({"heldout_presets": self.heldout_presets} if self.heldout_presets is not None else {}),
             **({"reference_dtype": str(self.reference_dtype)} if self.reference_dtype != torch.float64 else {}),
+            # the precision of every evaluation and of the solve stage's student
+            **({"dtype": str(self.dtype)} if self.dtype != torch.float32 else {}),
             # the reference's spacing moved off logSNR on EDM and flow (2026-12-03): their older logs'
             # metrics were measured against another reference
             **({"reference_spacing": spacing} if spacing != "logSNR" else {}),

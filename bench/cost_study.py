@@ -26,9 +26,9 @@ from usf_fast.search.s3 import preset_candidates
 THOROUGH = dict(budget=600, samples=(256, 1024), heldout=1024, heldout_presets=None, reference_nfe=200)
 #: every variant but "default" is written relative to the defaults until 2026-12-05 (the S3 search
 #: alone, search.S3_ONLY, with a solve stage's old defaults where a variant turns one on)
-OLD_DEFAULTS = dict(S3_ONLY, solve_presets=0, solve_samples=128)
+OLD_DEFAULTS = dict(S3_ONLY, solve_presets=0, solve_samples=128, solve_other_prediction=False)
 #: variants on today's defaults (a short S3 search and the solve stage, since 2026-12-05)
-ON_TODAY = {"default", "new-default-d256"}
+ON_TODAY = {"default", "new-default-d256", "default-one"}
 VARIANTS = {
     "default": {},                 # today's defaults
     "new-default-d256": {},        # the same, named for the tables of 2026-12-05
@@ -60,6 +60,12 @@ VARIANTS = {
     "qs96p": dict(budget=16, samples=(16, 32), heldout=128, heldout_presets=4, solve=32, solve_presets=1,
                   solve_samples=96, solve_teacher=50),
     "vap": dict(budget=200, samples=(96, 192), solve=48, solve_presets=1, solve_samples=128, solve_teacher=50),
+    # the best preset's other prediction solved too (2026-12-05, night): QUICK's trials shared three ways, or
+    # the finalist left out
+    "quick-o15": dict(QUICK, solve=15, solve_other_prediction=True),
+    "quick-o23p": dict(QUICK, solve_finalists=0, solve_other_prediction=True),
+    # the default before the other prediction: finalist and best preset, 96 trials each
+    "default-one": dict(solve=96, solve_other_prediction=False),
     "quick-live": QUICK,   # search.QUICK as it is now (qp128 with 23 trials per schedule since 2026-12-04)
     "qp128-t48": dict(budget=24, samples=(16, 32), heldout=128, heldout_presets=4, solve=24, solve_presets=1,
                       solve_samples=128, solve_teacher=48),

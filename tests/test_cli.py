@@ -181,6 +181,20 @@ def test_quick_is_search_quick_and_explicit_flags_win(capsys):
         assert main(["search", "--out", "x", *off, "--solve-presets", "2", "--solve-samples", "64"]) == 2
         assert ("--solve-presets 2, --solve-samples 64: settings of the solve stage, which is off"
                 in capsys.readouterr().err)
+    assert main(["search", "--out", "x", "--solve-finalists", "-1"]) == 2
+    assert "--solve-finalists -1: must be >= 0" in capsys.readouterr().err
+    assert main(["search", "--out", "x", "--solve-finalists", "0", "--solve-presets", "0"]) == 2
+    assert "--solve-finalists 0, --solve-presets 0: the solve stage would fit nothing" in capsys.readouterr().err
+    args = build_parser().parse_args(["search", "--out", "x", "--solve-finalists", "0"])
+    _fill_search_defaults(args)
+    assert (args.solve_finalists, args.solve_presets) == (0, 1)
+    assert main(["search", "--out", "x", "--solve", "0", "--solve-one-prediction"]) == 2
+    assert "--solve-one-prediction: settings of the solve stage, which is off" in capsys.readouterr().err
+    for flags, want in (([], False), (["--solve-one-prediction"], True), (["--quick"], not QUICK.get(
+            "solve_other_prediction", True))):
+        args = build_parser().parse_args(["search", "--out", "x", *flags])
+        _fill_search_defaults(args)
+        assert args.solve_one_prediction is want, flags
     # --solve 0 alone turns the stage off, the presets it would have solved with it (with --quick too);
     # a solve stage turned on over --s3-only / --thorough solves the best preset too, as the default does
     for flags, want in ((["--solve", "0"], (0, 0)), (["--quick", "--solve", "0"], (0, 0)),
@@ -243,10 +257,18 @@ def test_the_help_of_quick_and_thorough_shows_what_they_set(capsys):
 
 
 def test_a_quick_search_from_the_cli_learns_weights(tmp_path, capsys):
-    out = tmp_path / "q"
-    assert main(["search", "--model", "gmm-2d", "--nfe", "4", "--quick", "--budget", "12", "--samples", "8",
-                 "--samples2", "16", "--heldout", "32", "--solve", "6", "--solve-samples", "16", "--out", str(out)]) == 0
-    assert "learned weights" in (out / "summary.txt").read_text()
+    """--quick learns weights; the other prediction's solve (on by default) and --solve-one-prediction
+    reach the search (its log's settings)."""
+    from usf_fast.search.config import QUICK
+    small = ["search", "--model", "gmm-2d", "--nfe", "4", "--budget", "12", "--samples", "8", "--samples2",
+             "16", "--heldout", "32", "--solve", "6", "--solve-samples", "16"]
+    for flags, other in ((["--quick"], QUICK.get("solve_other_prediction", True)), ([], True),
+                         (["--solve-one-prediction"], False)):
+        out = tmp_path / ("q" + "".join(flags))
+        assert main(small + flags + ["--out", str(out)]) == 0
+        assert "learned weights" in (out / "summary.txt").read_text()
+        head = json.loads((out / "log_nfe4.jsonl").read_text().splitlines()[0])
+        assert head["settings"]["solve"].get("other_prediction", False) is other, flags
 
 
 def test_search_with_three_stages_and_every_space_option_from_the_cli(tmp_path, capsys):

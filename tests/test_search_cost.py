@@ -157,7 +157,7 @@ def test_a_raised_reference_is_paid_for_by_the_solve_stage_so_the_bound_holds(tm
     48,481 rows by about 9,000)."""
     from usf_fast.search.config import QUICK
     model, seen = _counting(embedded_model("gmm-image"))
-    with pytest.warns(RuntimeWarning, match=r"solve=23: \d+ trials per solved schedule instead, so that the search "
+    with pytest.warns(RuntimeWarning, match=r"solve=\d+: \d+ trials per solved schedule instead of \d+, so that the search "
                                             r"stays within its bound of [\d,]+ network rows \(the reference solve "
                                             r"took \d+ steps, not reference_nfe=4\)"):
         res = s3_search(model, 5, progress=True, log_path=tmp_path / "log.jsonl", **dict(QUICK, reference_nfe=4))

@@ -15,7 +15,8 @@ from usf_fast.models import gmm_image
 from usf_fast.program import with_formula_weights
 from usf_fast.search import s3_search
 from usf_fast.search.config import SearchConfig
-from usf_fast.search.solve import DenseTeacher, fit_step, past, solve_times, solve_weights, teacher_states
+from usf_fast.search.solve import (DenseTeacher, fit_step, other_prediction, past, solve_times, solve_weights,
+                                   teacher_states)
 
 NS = usf_fast.NoiseScheduleVP("linear")
 SCALES = torch.linspace(0.2, 2.0, 12, dtype=torch.float64).reshape(3, 2, 2)
@@ -76,7 +77,7 @@ def test_the_solve_stage_splits_over_processes_unless_there_are_fewer_blocks():
     """The printed bound of the solve stage: the same for 2 processes as for 1 when the noise
     splits (the processes share it), twice one process's when there is one block per prompt set
     (16 noises, 16 prompts: every process runs the whole stage)."""
-    cfg = SearchConfig(nfe=5, solve=4, solve_samples=16, solve_teacher=10)
+    cfg = SearchConfig(nfe=5, solve=4, solve_samples=16, solve_teacher=10, solve_other_prediction=False)
     one = cfg.cost_estimate(20)["solve"]
     assert cfg.cost_estimate(20, processes=2)["solve"] == one
     assert cfg.cost_estimate(20, processes=2, check_rows=16)["solve"] == 2 * cfg.cost_estimate(20, check_rows=16)["solve"]
@@ -214,7 +215,13 @@ def _spy_on_to_solve(monkeypatch) -> dict:
         out = to_solve(self, finalists)
         every = [s for _, s in self.presets]
         screen = self.evaluate(every, "s1", "final", count=False)
-        seen.update(out=out, finalists=finalists, best=every[int(np.nanargmin(screen))])
+        best = every[int(np.nanargmin(screen))]
+        # the best preset with the other prediction on the same noise (read back: the search checked it), and
+        # the reference's own size there
+        twin = (self.evaluate([other_prediction(best)], "s1", "final", count=False)[0]
+                if self.config.solve_other_prediction else None)
+        ref = self.sets["s1"].reference(self.model, self.space.t_start, self.space.t_end, self.device)
+        seen.update(out=out, finalists=finalists, best=best, twin=twin, ref_rms=float(ref.double().pow(2).mean().sqrt()))
         return out
     monkeypatch.setattr(s3mod.S3Search, "to_solve", spy)
     return seen
@@ -227,7 +234,8 @@ def test_solve_presets_fits_the_best_presets_too(tmp_path, monkeypatch):
     from usf_fast.search import s3 as s3mod
     mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS)
     opts = dict(budget=12, samples=(8, 16), heldout=32, heldout_presets=3, solve=4, solve_presets=1,
-                solve_samples=16, solve_teacher=20, progress=False, log_path=os.path.join(tmp_path, "log.jsonl"))
+                solve_other_prediction=False, solve_samples=16, solve_teacher=20, progress=False,
+                log_path=os.path.join(tmp_path, "log.jsonl"))
     seen = _spy_on_to_solve(monkeypatch)
     r = s3_search(mix, 4, **opts)
     out, finalists = seen["out"], seen["finalists"]
@@ -252,7 +260,8 @@ def test_solve_finalists_0_solves_the_best_preset_alone(tmp_path, monkeypatch):
     from usf_fast.search import s3 as s3mod
     mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS)
     opts = dict(budget=12, samples=(8, 16), heldout=32, heldout_presets=3, solve=4, solve_finalists=0,
-                solve_samples=16, solve_teacher=20, progress=False, log_path=os.path.join(tmp_path, "log.jsonl"))
+                solve_other_prediction=False, solve_samples=16, solve_teacher=20, progress=False,
+                log_path=os.path.join(tmp_path, "log.jsonl"))
     seen = _spy_on_to_solve(monkeypatch)
     r = s3_search(mix, 4, **opts)
     assert [s3mod.schedule_key(s) for s in seen["out"]] == [s3mod.schedule_key(seen["best"])]
@@ -264,6 +273,63 @@ def test_solve_finalists_0_solves_the_best_preset_alone(tmp_path, monkeypatch):
     assert both["solve"] - est["solve"] == 4 * 4 * 16   # one schedule fewer: trials × NFE × samples
     for phase in ("solve", "heldout", "total"):
         assert 0 < r.cost[phase] <= est[phase], phase
+
+
+def test_other_prediction_switches_every_step_to_the_other_presets_formula():
+    """UniPC (data prediction) becomes UniPC with noise prediction and back, DPM-Solver++ becomes
+    DPM-Solver: the same schedules the presets build; a schedule with learned weights is refused."""
+    from usf_fast import presets as P
+    from usf_fast.search.space import schedule_key
+    for order in (2, 3):
+        for afs in (False, True):
+            data = P.unipc(NS, 5, order=order, spacing="time_quadratic", afs=afs)
+            noise = P.unipc(NS, 5, order=order, spacing="time_quadratic", afs=afs, prediction="noise")
+            assert schedule_key(other_prediction(data)) == schedule_key(noise)
+            assert schedule_key(other_prediction(noise)) == schedule_key(data)
+    assert (schedule_key(other_prediction(P.dpm_solver_pp(NS, 5, order=3)))
+            == schedule_key(P.dpm_solver(NS, 5, order=3, method="multistep")))
+    learned = with_formula_weights(P.unipc(NS, 5), NS)
+    with pytest.raises(ValueError, match="other_prediction: the schedule has learned weights"):
+        other_prediction(learned)
+
+
+def test_the_solve_stage_fits_the_best_preset_with_the_other_prediction_too(tmp_path, monkeypatch):
+    """solve_other_prediction (the default): besides the finalist and the best preset, the best
+    preset with every step's prediction switched is solved and reaches the held-out table; the
+    estimate counts its trials and its check on stage 1's noise, and holds."""
+    from usf_fast.search import s3 as s3mod
+    mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(NS)
+    opts = dict(budget=12, samples=(8, 16), heldout=32, heldout_presets=3, solve=4, solve_samples=16,
+                solve_teacher=20, progress=False, log_path=os.path.join(tmp_path, "log.jsonl"))
+    seen = _spy_on_to_solve(monkeypatch)
+    r = s3_search(mix, 4, **opts)
+    out, keys = seen["out"], [s3mod.schedule_key(s) for s in seen["out"]]
+    assert len(out) == 3 and len(set(keys)) == 3 and seen["twin"] < 10 * seen["ref_rms"]
+    assert keys[2] == s3mod.schedule_key(other_prediction(out[1]))
+    assert {st.prediction for st in out[2].steps} != {st.prediction for st in out[1].steps}
+    assert sum("learned weights" in lbl for lbl, _ in r.table) == 3
+    cfg = {k: v for k, v in opts.items() if k not in ("progress", "log_path")}
+    n = len(s3mod.preset_candidates(NS, 4))
+    est = SearchConfig(nfe=4, **cfg).cost_estimate(n)
+    one = SearchConfig(nfe=4, **dict(cfg, solve_other_prediction=False)).cost_estimate(n)
+    assert est["solve"] - one["solve"] == 4 * 4 * 16 + 8 * 4   # its trials, and its check on stage 1's 8 samples
+    for phase in ("solve", "heldout", "total"):
+        assert 0 < r.cost[phase] <= est[phase], phase
+
+
+def test_an_other_prediction_that_diverges_is_not_solved(tmp_path, monkeypatch):
+    """On a flow model UniPC's noise prediction diverges (the presets warn): the best preset's
+    other prediction, far from the reference on stage 1's noise, is left out of the solve stage,
+    which fits the finalist and the preset alone."""
+    from usf_fast.search import s3 as s3mod
+    flow = usf_fast.NoiseScheduleFlow()
+    mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(flow)
+    seen = _spy_on_to_solve(monkeypatch)
+    r = s3_search(mix, 4, budget=12, samples=(8, 16), heldout=32, heldout_presets=3, solve=4, solve_samples=16,
+                  solve_teacher=20, progress=False, log_path=os.path.join(tmp_path, "log.jsonl"))
+    assert not seen["twin"] < s3mod.DIVERGED * seen["ref_rms"]   # it did diverge
+    assert len(seen["out"]) == 2 and all(st.prediction == "data" for s in seen["out"] for st in s.steps)
+    assert sum("learned weights" in lbl for lbl, _ in r.table) == 2
 
 
 def test_the_default_solves_the_best_preset_too_and_solve_0_turns_the_stage_off():
@@ -280,7 +346,8 @@ def _solving(tmp_path, **extra):
     net = mix.net
     mix.net = lambda x, t: calls.append(x.shape[0]) or net(x, t)
     opts = dict(budget=12, samples=(8, 16), heldout=32, heldout_presets=3, solve=4, solve_presets=1, solve_samples=16,
-                solve_teacher=20, progress=False, log_path=os.path.join(tmp_path, "log.jsonl"), **extra)
+                solve_teacher=20, progress=False, log_path=os.path.join(tmp_path, "log.jsonl"),
+                **dict(dict(solve_other_prediction=False), **extra))
     return mix, calls, opts
 
 
@@ -371,7 +438,8 @@ def test_solved_presets_stay_within_the_estimate_when_the_table_does_not_screen(
     r = s3_search(mix, 4, log_path=os.path.join(tmp_path, "log.jsonl"), **opts)
     est = SearchConfig(nfe=4, **{k: v for k, v in opts.items() if k != "progress"}).cost_estimate(
         len(usf_fast.search.s3.preset_candidates(NS, 4)))
-    assert sum("learned weights" in lbl for lbl, _ in r.table) == 4
+    # the finalist, three presets and each preset's other prediction (unless it is a solved one already)
+    assert 5 <= sum("learned weights" in lbl for lbl, _ in r.table) <= 7
     for phase in ("solve", "heldout", "total"):
         assert 0 < r.cost[phase] <= est[phase], phase
 

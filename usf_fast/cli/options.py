@@ -77,7 +77,9 @@ def _flags(t: dict) -> dict:
     return {"budget": t["budget"], "samples": t["samples"][0], "samples2": t["samples"][1], "heldout": t["heldout"],
             "heldout_presets": "all" if t["heldout_presets"] is None else str(t["heldout_presets"]),
             "reference_nfe": t["reference_nfe"], "solve": t["solve"], "solve_samples": t["solve_samples"],
-            "solve_presets": t["solve_presets"], "solve_teacher": t["solve_teacher"]}
+            "solve_finalists": t["solve_finalists"], "solve_presets": t["solve_presets"],
+            "solve_one_prediction": not t["solve_other_prediction"],
+            "solve_teacher": t["solve_teacher"]}
 
 
 def _flag_text(t: dict) -> str:
@@ -85,8 +87,12 @@ def _flag_text(t: dict) -> str:
     solve stage leaves the solve stage's other flags out)."""
     f = _flags(t)
     d = _flags({})
-    off = ("solve_samples", "solve_presets", "solve_teacher") if not f["solve"] else ()
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in f.items() if (v != d[k] or k in t) and k not in off)
+    off = (("solve_samples", "solve_finalists", "solve_presets", "solve_one_prediction", "solve_teacher")
+           if not f["solve"] else ())
+    shown = [(k, v) for k, v in f.items() if (v != d[k] or k in t) and k not in off]
+    # a switch is named when on and left out when off
+    return " ".join(f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}") for k, v in shown
+                    if v is not False)
 
 
 def _thorough_flags() -> dict:
@@ -130,7 +136,8 @@ def _stage_split(args):
 
 def _check_search_args(args) -> None:
     """Every number a search takes, checked before anything is loaded or written."""
-    given = [f"--{n.replace('_', '-')} {getattr(args, n)}" for n in ("solve_presets", "solve_teacher", "solve_samples")
+    given = [f"--{n.replace('_', '-')}" + ("" if isinstance(getattr(args, n), bool) else f" {getattr(args, n)}")
+             for n in ("solve_finalists", "solve_presets", "solve_one_prediction", "solve_teacher", "solve_samples")
              if getattr(args, n, None) is not None]
     _fill_search_defaults(args)
     _check_counts(args, "--budget", "--samples", "--samples2", "--samples3", "--heldout", "--chunk", "--reference-nfe",
@@ -139,6 +146,12 @@ def _check_search_args(args) -> None:
         raise ValueError(f"--solve {args.solve}: must be >= 0 (Nelder-Mead trials of the solve stage; 0 = none)")
     if args.solve_presets < 0:
         raise ValueError(f"--solve-presets {args.solve_presets}: must be >= 0 (presets solved besides the best finalist)")
+    if args.solve_finalists < 0:
+        raise ValueError(f"--solve-finalists {args.solve_finalists}: must be >= 0 (the search's finalists solved; 0 = "
+                         "the presets alone)")
+    if args.solve and args.solve_finalists == 0 and args.solve_presets == 0:
+        raise ValueError("--solve-finalists 0, --solve-presets 0: the solve stage would fit nothing; give one of them "
+                         ">= 1, or --solve 0")
     if given and args.solve == 0:   # they would do nothing
         raise ValueError(f"{', '.join(given)}: settings of the solve stage, which is off; give --solve N (N >= 1 "
                          "Nelder-Mead trials)")

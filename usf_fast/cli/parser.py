@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--solve-presets", type=int, default=None,
                    help="presets (best on stage 1's noise) the solve stage fits besides the best finalist "
                         "(default 1 with a solve stage)")
+    q.add_argument("--solve-finalists", type=int, default=None,
+                   help=f"the search's best finalists the solve stage fits (default {d['solve_finalists']}; 0 = the "
+                        "presets alone)")
+    q.add_argument("--solve-one-prediction", action="store_true", default=None,
+                   help="solve each preset with its own prediction only (default: also with the other one, data <-> "
+                        "noise, unless that diverges on stage 1's noise; the solve's trials are shared by both)")
     q.add_argument("--solve-teacher", type=int, default=None,
                    help=f"steps of the solve stage's teacher solve (default {d['solve_teacher']})")
     q.add_argument("--solve-samples", type=int, default=None,

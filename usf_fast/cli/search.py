@@ -136,7 +136,9 @@ def _search(args, rank: int, device: str) -> int:
                         resume=resume,
                         max_minutes=remaining, progress=rank == 0, chunk=args.chunk, device=device,
                         reference_nfe=args.reference_nfe, solve=args.solve, solve_samples=args.solve_samples,
-                        solve_presets=args.solve_presets, solve_teacher=args.solve_teacher,
+                        solve_finalists=args.solve_finalists, solve_presets=args.solve_presets,
+                        solve_other_prediction=not args.solve_one_prediction,
+                        solve_teacher=args.solve_teacher,
                         reference_dtype={"float64": torch.float64, "float32": torch.float32}[args.reference_dtype])
         if args.model.startswith("diffusers:"):   # generate then runs it on the network it was searched on
             res.best = _with_pipeline_meta(res.best, args)

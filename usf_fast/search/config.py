@@ -31,7 +31,7 @@ S3_ONLY = {"budget": 314, "samples": (96, 256), "heldout": 512, "heldout_presets
 #: "The solve stage"; measured against the earlier setting in docs/experiments.md, "Learned
 #: coefficients, 2026-12-04"); `s3_search(model, 5, **QUICK)`, `usf-fast search --quick`
 QUICK = {"budget": 24, "samples": (16, 32), "heldout": 128, "heldout_presets": 4, "reference_nfe": 50,
-         "solve": 23, "solve_presets": 1, "solve_samples": 128}
+         "solve": 23, "solve_presets": 1, "solve_other_prediction": False, "solve_samples": 128}
 
 
 def presets_solved(solve: int, solve_presets: int | None) -> int:
@@ -110,9 +110,10 @@ class SearchConfig:
     device: object = "cpu"
     reference_nfe: int = 50
     reference_dtype: torch.dtype = torch.float64
-    solve: int = 96
+    solve: int = 64
     solve_finalists: int = 1
     solve_presets: int | None = None
+    solve_other_prediction: bool = True
     solve_samples: int = 256
     solve_teacher: int = 50
     solve_ridge: float = 1e-3
@@ -143,6 +144,9 @@ class SearchConfig:
         if self.solve and not self.solve_finalists + self.presets_solved:
             raise ValueError(f"solve_finalists=0 with solve_presets=0: the solve stage (solve={self.solve}) would fit "
                              "nothing; give solve_finalists or solve_presets >= 1, or solve=0")
+        if not isinstance(self.solve_other_prediction, bool):
+            raise ValueError(f"solve_other_prediction={self.solve_other_prediction!r}: must be True or False (whether "
+                             "each solved preset is also solved with the other prediction, data <-> noise)")
         if self.solve_presets and not self.solve:
             raise ValueError(f"solve_presets={self.solve_presets}: the solve stage is off (solve=0); give solve >= 1 "
                              "Nelder-Mead trials")
@@ -176,6 +180,15 @@ class SearchConfig:
     def presets_solved(self) -> int:
         """`solve_presets`, or its default (`presets_solved`)."""
         return presets_solved(self.solve, self.solve_presets)
+
+    @property
+    def schedules_solved(self) -> int:
+        """Schedules the solve stage fits at most: the finalists, the presets and, with
+        `solve_other_prediction`, each preset with the other prediction (left out where that one
+        diverges on stage 1's noise); 0 without a solve stage."""
+        if not self.solve:
+            return 0
+        return self.solve_finalists + self.presets_solved * (2 if self.solve_other_prediction else 1)
 
     @property
     def splits(self) -> tuple:
@@ -245,7 +258,10 @@ class SearchConfig:
             # metrics were measured against another reference
             **({"reference_spacing": spacing} if spacing != "logSNR" else {}),
             **({"solve": {"trials": self.solve, "finalists": self.solve_finalists,
-                          **({"presets": self.presets_solved} if self.presets_solved else {}), "samples": self.solve_samples,
+                          **({"presets": self.presets_solved} if self.presets_solved else {}),
+                          # the presets' other prediction (2026-12-05): logs from before it stay the one-prediction solve
+                          **({"other_prediction": True} if self.presets_solved and self.solve_other_prediction else {}),
+                          "samples": self.solve_samples,
                           "teacher": self.solve_teacher, "ridge": self.solve_ridge}} if self.solve else {})}}
 
     def cost_estimate(self, n_presets: int, guided: bool = False, needs_reference: bool = True,
@@ -270,7 +286,7 @@ class SearchConfig:
                # the finalists and the table on the choice half of the held-out samples, the winner and
                # the best preset on the report half
                # (and the solved schedules, which join the finalists there)
-               "heldout": ((self.finalists + table + (self.solve_finalists + self.presets_solved if self.solve else 0))
+               "heldout": ((self.finalists + table + self.schedules_solved)
                            * (self.heldout - self.heldout // 2)
                            + 2 * max(check_rows, self.heldout // 2) + screen) * self.nfe * k,
                # every noise set's solve, and the check of stage 1's against twice the steps
@@ -279,10 +295,12 @@ class SearchConfig:
         if self.solve:   # the teacher (its steps and the last node's slope), then each trial of each solved schedule
             # (under torchrun the noise is split over the processes in blocks of check_rows; with fewer
             # blocks than processes every process runs the whole stage)
-            solved = self.solve_finalists + self.presets_solved
+            solved = self.schedules_solved
             whole = processes if max(1, self.solve_samples // check_rows) < processes else 1
             out["solve"] = (self.solve_teacher + 1 + self.solve * solved * self.nfe) * self.solve_samples * k * whole
             if self.presets_solved and table >= n_presets:   # the presets ranked on stage 1's noise (no table screen)
                 out["solve"] += (n_presets if n_unseeded is None else n_unseeded) * self.samples[0] * self.nfe * k
+            if self.presets_solved and self.solve_other_prediction:   # the other prediction's divergence check there
+                out["solve"] += self.presets_solved * self.samples[0] * self.nfe * k
         out["total"] = sum(out.values())
         return out

@@ -50,7 +50,7 @@ from .gp import GPPredictor
 from .log import SearchLog
 from .predictor import ImprovementPredictor, Predictor
 from .probe import gaussian_probe
-from .solve import DenseTeacher, TimeUp, solve_times
+from .solve import DenseTeacher, TimeUp, other_prediction, solve_times
 from .space import SearchSpace, schedule_key
 
 FRECHET_METRICS = ("fd", "fid", "exact")   # distances between sample sets: biased and noisy on few samples
@@ -596,14 +596,7 @@ class S3Search:
         ref) a distance to the reference over `DIVERGED` × the reference samples' own RMS (no
         accuracy, the samples blew up), else over 1000 × the presets' median. Dropped from the
         baseline, with a warning naming them."""
-        if isinstance(self.metric, ReferenceDistance):
-            ref = self.sets[fidelity].reference(self.model, self.space.t_start, self.space.t_end, self.device)
-            limit = DIVERGED * float(ref.double().pow(2).mean().sqrt())
-        else:   # another metric: only a value far beyond the others' (and NaN/inf) counts
-            finite = [v for v in values if math.isfinite(v)]
-            median = float(np.median(finite)) if finite else math.inf
-            limit = 1000.0 * median if median > 0 else math.inf
-        bad = {i for i, v in enumerate(values) if not math.isfinite(v) or v > limit}
+        bad = self._diverged(values, fidelity)
         if len(bad) == len(values):   # every preset: the model or the metric is the problem, not the presets
             return set()
         new = [labels[i] for i in sorted(bad) if labels[i] not in self.dropped]
@@ -612,6 +605,19 @@ class S3Search:
             warnings.warn(f"{len(new)} preset(s) diverged (samples NaN/inf or blown up) and are left out of the "
                           f"baseline: {', '.join(new)}", RuntimeWarning, stacklevel=4)
         return bad
+
+    def _diverged(self, values: list[float], fidelity: str) -> set[int]:
+        """Indices of `values` (metrics on the noise set `fidelity`) whose samples diverged: NaN/inf,
+        or (metric ref) over `DIVERGED` × the reference samples' own RMS, else over 1000 × the
+        values' median."""
+        if isinstance(self.metric, ReferenceDistance):
+            ref = self.sets[fidelity].reference(self.model, self.space.t_start, self.space.t_end, self.device)
+            limit = DIVERGED * float(ref.double().pow(2).mean().sqrt())
+        else:   # another metric: only a value far beyond the others' (and NaN/inf) counts
+            finite = [v for v in values if math.isfinite(v)]
+            median = float(np.median(finite)) if finite else math.inf
+            limit = 1000.0 * median if median > 0 else math.inf
+        return {i for i, v in enumerate(values) if not math.isfinite(v) or v > limit}
 
     def final(self, finalists: list[Schedule]) -> SearchResult:
         """The finalists and the presets (`table_presets`) on the choice half of the held-out noise
@@ -669,8 +675,10 @@ class S3Search:
     def to_solve(self, finalists: list[Schedule]) -> list[Schedule]:
         """The schedules the solve stage fits: the best `solve_finalists` finalists, then the
         `solve_presets` presets that score best on stage 1's noise (read from the search's
-        evaluations, as `table_presets` ranks them; diverged presets left out), each structure once:
-        at most `solve_finalists` + `solve_presets` schedules."""
+        evaluations, as `table_presets` ranks them; diverged presets left out), then, with
+        `solve_other_prediction`, each of those presets with the other prediction on every step
+        (`other_prediction`; left out where it diverges on stage 1's noise: UniPC's noise prediction
+        on a flow model), each structure once: at most `SearchConfig.schedules_solved`."""
         c = self.config
         out = list(finalists[:c.solve_finalists])
         if c.presets_solved:
@@ -680,14 +688,19 @@ class S3Search:
                 self._end_phase("heldout")   # the held-out table's own screen (`table_presets` reads it back)
             ranked = [i for i in ranked if math.isfinite(screen[i])]   # (all diverged: none is dropped)
             seen = {schedule_key(s) for s in out}
-            added = 0
+            chosen = []
             for i in ranked:
-                if added >= c.presets_solved:
+                if len(chosen) >= c.presets_solved:
                     break
                 if schedule_key(every[i]) not in seen:
                     seen.add(schedule_key(every[i]))
-                    out.append(every[i])
-                    added += 1
+                    chosen.append(every[i])
+            out += chosen
+            if c.solve_other_prediction:
+                twins = [t for t in map(other_prediction, chosen) if schedule_key(t) not in seen]
+                if twins:   # one that diverges on stage 1's noise is not worth its trials
+                    bad = self._diverged(self.evaluate(twins, "s1", "final", count=False), "s1")
+                    out += [t for i, t in enumerate(twins) if i not in bad]
         return out
 
     def solve(self, finalists: list[Schedule]) -> list[Schedule]:
@@ -801,20 +814,23 @@ class S3Search:
         return cut
 
     def _affordable_trials(self, schedules: int, n: int) -> int:
-        """The solve stage's trials per schedule: `solve`, or fewer where the search would otherwise
-        pass its printed bound (`cost_estimate`): the rows of a raised reference
-        (`_reference_overrun`) come out of the solve's trials (with a warning; at least one trial,
-        the weights at the schedule's own times)."""
+        """The solve stage's trials per schedule: `solve` × the schedules it may fit
+        (`SearchConfig.schedules_solved`) shared by the `schedules` it does fit (an other
+        prediction left out because it diverged gives its trials to the others), or fewer where the
+        search would otherwise pass its printed bound (`cost_estimate`): the rows of a raised
+        reference (`_reference_overrun`) come out of the solve's trials (with a warning; at least one
+        trial, the weights at the schedule's own times)."""
         c = self.config
         if not schedules:
             return c.solve
+        share = c.solve * max(c.schedules_solved, schedules) // schedules
         per_trial = n * c.nfe * self._pass_rows
-        spare = (c.solve_finalists + c.presets_solved - schedules) * c.solve * per_trial   # schedules not solved
+        spare = (c.solve * max(c.schedules_solved, schedules) - share * schedules) * per_trial   # left by the rounding
         over = self._reference_overrun() - spare
-        trials = c.solve if over <= 0 else max(1, c.solve - math.ceil(over / (per_trial * schedules)))
-        if trials < c.solve:
-            warnings.warn(f"solve={c.solve}: {trials} trials per solved schedule instead, "
-                          f"{self._cut_note(over <= (c.solve - 1) * per_trial * schedules)}", RuntimeWarning,
+        trials = share if over <= 0 else max(1, share - math.ceil(over / (per_trial * schedules)))
+        if trials < share:
+            warnings.warn(f"solve={c.solve}: {trials} trials per solved schedule instead of {share}, "
+                          f"{self._cut_note(over <= (share - 1) * per_trial * schedules)}", RuntimeWarning,
                           stacklevel=4)
         return trials
 

@@ -32,7 +32,7 @@ from ..walk import walk
 from .distributed import past
 
 __all__ = ["teacher_states", "DenseTeacher", "solve_weights", "solve_times", "tune_times", "fit_step", "DEFAULT_RIDGE",
-           "TimeUp"]
+           "TimeUp", "other_prediction"]
 
 
 class TimeUp(Exception):
@@ -102,6 +102,22 @@ def fit_step(inputs: list[torch.Tensor], target: torch.Tensor, prior: np.ndarray
     except np.linalg.LinAlgError:   # inputs that are exactly dependent and ridge 0: keep the prior
         pass
     return out
+
+
+def other_prediction(schedule: Schedule) -> Schedule:
+    """`schedule` with every step's prediction switched (data <-> noise), its weights the USF
+    formula's for that prediction. A fitted step combines x_s with the points' x̂0 — or with their
+    ε̂; since x̂0_j = (x_j − σ_j·ε̂_j)/α_j, the two fits span different inputs (each x_j), and which one
+    fits a model better is not told by the formula's error: on the digits UNet UniPC-3 fitted with
+    noise prediction ends ~12% below its data-prediction fit, on the Gaussian-mixture images the
+    other way round (docs/search.md, "The solve stage"). Only formula steps: a step with learned
+    weights is refused."""
+    if any(st.weights is not None or st.corrector_weights is not None for st in schedule.steps):
+        raise ValueError("other_prediction: the schedule has learned weights (Step.weights), which belong to its "
+                         "own prediction; switch the prediction of a formula schedule")
+    flip = {"data": "noise", "noise": "data"}
+    return schedule.replace(steps=[st.replace(prediction=flip[st.prediction]) for st in schedule.steps],
+                            name=f"{schedule.name or 'schedule'} (other prediction)")
 
 
 def _rms(diff: torch.Tensor, total: Callable | None) -> float:

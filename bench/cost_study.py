@@ -31,7 +31,7 @@ OLD_DEFAULTS = dict(S3_ONLY, solve_presets=0, solve_samples=128, solve_other_pre
 ON_TODAY = {"default", "new-default-d256", "default-one"}
 VARIANTS = {
     "default": {},                 # today's defaults
-    "new-default-d256": {},        # the same, named for the tables of 2026-12-05
+    "new-default-d256": {},        # the same (since 2026-12-05 night 64 x 3 trials; "default-one" is 96 x 2)
     "s3-only": {},                 # the defaults until 2026-12-05: S3 alone (296,161 rows at NFE 5)
     # the solve stage (learned step weights and times, usf_fast.search.solve) on a leaner S3 search
     # (<= 300,000 rows at NFE 5), and the quick setting (<= 60,000 rows)

@@ -188,13 +188,17 @@ def test_quick_is_search_quick_and_explicit_flags_win(capsys):
     args = build_parser().parse_args(["search", "--out", "x", "--solve-finalists", "0"])
     _fill_search_defaults(args)
     assert (args.solve_finalists, args.solve_presets) == (0, 1)
-    assert main(["search", "--out", "x", "--solve", "0", "--solve-one-prediction"]) == 2
-    assert "--solve-one-prediction: settings of the solve stage, which is off" in capsys.readouterr().err
-    for flags, want in (([], False), (["--solve-one-prediction"], True), (["--quick"], not QUICK.get(
-            "solve_other_prediction", True))):
+    assert main(["search", "--out", "x", "--solve", "0", "--no-solve-other-prediction"]) == 2
+    assert "--no-solve-other-prediction: settings of the solve stage, which is off" in capsys.readouterr().err
+    assert main(["search", "--out", "x", "--solve-presets", "0", "--solve-other-prediction"]) == 2
+    assert ("--solve-other-prediction: about the presets the solve stage fits, and --solve-presets 0 fits none"
+            in capsys.readouterr().err)
+    for flags, want in (([], True), (["--no-solve-other-prediction"], False), (["--quick"], False),
+                        (["--quick", "--solve-other-prediction"], True)):
         args = build_parser().parse_args(["search", "--out", "x", *flags])
         _fill_search_defaults(args)
-        assert args.solve_one_prediction is want, flags
+        assert args.solve_other_prediction is want, flags
+    assert QUICK["solve_other_prediction"] is False
     # --solve 0 alone turns the stage off, the presets it would have solved with it (with --quick too);
     # a solve stage turned on over --s3-only / --thorough solves the best preset too, as the default does
     for flags, want in ((["--solve", "0"], (0, 0)), (["--quick", "--solve", "0"], (0, 0)),
@@ -242,6 +246,22 @@ def test_a_log_of_the_old_defaults_says_to_resume_it_with_s3_only(tmp_path, caps
     assert len(err) == 1 and "resume it with --s3-only" in err[0]
 
 
+def test_a_log_of_the_one_prediction_default_says_how_to_resume_it(tmp_path, capsys):
+    """A log of the defaults before the solve stage fitted the other prediction (96 trials, one
+    prediction), resumed with today's defaults, is refused with one line that says which flags
+    resume it; resumed with them it is read back."""
+    out = tmp_path / "o"
+    small = ["search", "--model", "gmm-2d", "--nfe", "2", "--reference-nfe", "5", "--chunk", "64", "--budget", "8",
+             "--samples", "4", "--samples2", "4", "--heldout", "8", "--solve-samples", "8", "--solve-teacher", "5",
+             "--out", str(out)]
+    assert main(small + ["--solve", "96", "--no-solve-other-prediction"]) == 0
+    capsys.readouterr()
+    assert main(small + ["--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "resume it with --solve 96 --no-solve-other-prediction" in err[0]
+    assert main(small + ["--resume", "--solve", "96", "--no-solve-other-prediction"]) == 0
+
+
 def test_the_help_of_quick_and_thorough_shows_what_they_set(capsys):
     """--quick's, --s3-only's and --thorough's help is written from search.QUICK / S3_ONLY / THOROUGH:
     it cannot drift."""
@@ -251,19 +271,20 @@ def test_the_help_of_quick_and_thorough_shows_what_they_set(capsys):
     assert f"--heldout {THOROUGH['heldout']} " in _flag_text(THOROUGH)
     with pytest.raises(SystemExit):
         main(["search", "--help"])
-    out = " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().out.split()).replace("--no- ", "--no-")   # argparse wraps after a hyphen
     assert _flag_text(QUICK) in out and _flag_text(THOROUGH) in out and _flag_text(S3_ONLY) in out
     assert "--solve 0" in _flag_text(S3_ONLY) and "--solve-samples" not in _flag_text(S3_ONLY)
+    assert "--no-solve-other-prediction" in _flag_text(QUICK) and "other-prediction" not in _flag_text(THOROUGH)
 
 
 def test_a_quick_search_from_the_cli_learns_weights(tmp_path, capsys):
-    """--quick learns weights; the other prediction's solve (on by default) and --solve-one-prediction
+    """--quick learns weights; the other prediction's solve (on by default) and --no-solve-other-prediction
     reach the search (its log's settings)."""
     from usf_fast.search.config import QUICK
     small = ["search", "--model", "gmm-2d", "--nfe", "4", "--budget", "12", "--samples", "8", "--samples2",
              "16", "--heldout", "32", "--solve", "6", "--solve-samples", "16"]
-    for flags, other in ((["--quick"], QUICK.get("solve_other_prediction", True)), ([], True),
-                         (["--solve-one-prediction"], False)):
+    for flags, other in ((["--quick"], QUICK["solve_other_prediction"]), ([], True),
+                         (["--no-solve-other-prediction"], False)):
         out = tmp_path / ("q" + "".join(flags))
         assert main(small + flags + ["--out", str(out)]) == 0
         assert "learned weights" in (out / "summary.txt").read_text()

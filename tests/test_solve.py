@@ -218,8 +218,10 @@ def _spy_on_to_solve(monkeypatch) -> dict:
         best = every[int(np.nanargmin(screen))]
         # the best preset with the other prediction on the same noise (read back: the search checked it), and
         # the reference's own size there
-        twin = (self.evaluate([other_prediction(best)], "s1", "final", count=False)[0]
-                if self.config.solve_other_prediction else None)
+        twin = None
+        if self.config.solve_other_prediction:
+            assert (s3mod.schedule_key(other_prediction(best)), "s1" + self.ref_tag) in self.cache
+            twin = self.evaluate([other_prediction(best)], "s1", "final", count=False)[0]
         ref = self.sets["s1"].reference(self.model, self.space.t_start, self.space.t_end, self.device)
         seen.update(out=out, finalists=finalists, best=best, twin=twin, ref_rms=float(ref.double().pow(2).mean().sqrt()))
         return out
@@ -325,11 +327,16 @@ def test_an_other_prediction_that_diverges_is_not_solved(tmp_path, monkeypatch):
     flow = usf_fast.NoiseScheduleFlow()
     mix = gmm_image(shape=(2, 4, 4), components=3, rank=2).as_model(flow)
     seen = _spy_on_to_solve(monkeypatch)
-    r = s3_search(mix, 4, budget=12, samples=(8, 16), heldout=32, heldout_presets=3, solve=4, solve_samples=16,
-                  solve_teacher=20, progress=False, log_path=os.path.join(tmp_path, "log.jsonl"))
+    opts = dict(budget=12, samples=(8, 16), heldout=32, heldout_presets=3, solve=4, solve_samples=16, solve_teacher=20)
+    r = s3_search(mix, 4, progress=False, log_path=os.path.join(tmp_path, "log.jsonl"), **opts)
     assert not seen["twin"] < s3mod.DIVERGED * seen["ref_rms"]   # it did diverge
     assert len(seen["out"]) == 2 and all(st.prediction == "data" for s in seen["out"] for st in s.steps)
     assert sum("learned weights" in lbl for lbl, _ in r.table) == 2
+    # its 4 trials went to the two others (4 × 3 // 2 = 6 each), within the printed bound
+    assert [rec["trials"] for rec in _records(os.path.join(tmp_path, "log.jsonl"), "solved")] == [6, 6]
+    est = SearchConfig(nfe=4, **opts).cost_estimate(len(s3mod.preset_candidates(flow, 4)))
+    for phase in ("solve", "total"):
+        assert 0 < r.cost[phase] <= est[phase], phase
 
 
 def test_the_default_solves_the_best_preset_too_and_solve_0_turns_the_stage_off():

@@ -78,7 +78,7 @@ def _flags(t: dict) -> dict:
             "heldout_presets": "all" if t["heldout_presets"] is None else str(t["heldout_presets"]),
             "reference_nfe": t["reference_nfe"], "solve": t["solve"], "solve_samples": t["solve_samples"],
             "solve_finalists": t["solve_finalists"], "solve_presets": t["solve_presets"],
-            "solve_one_prediction": not t["solve_other_prediction"],
+            "solve_other_prediction": t["solve_other_prediction"],
             "solve_teacher": t["solve_teacher"]}
 
 
@@ -87,12 +87,18 @@ def _flag_text(t: dict) -> str:
     solve stage leaves the solve stage's other flags out)."""
     f = _flags(t)
     d = _flags({})
-    off = (("solve_samples", "solve_finalists", "solve_presets", "solve_one_prediction", "solve_teacher")
+    off = (("solve_samples", "solve_finalists", "solve_presets", "solve_other_prediction", "solve_teacher")
            if not f["solve"] else ())
     shown = [(k, v) for k, v in f.items() if (v != d[k] or k in t) and k not in off]
-    # a switch is named when on and left out when off
-    return " ".join(f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}") for k, v in shown
-                    if v is not False)
+    return " ".join(_flag(k, v) for k, v in shown)
+
+
+def _flag(name: str, value) -> str:
+    """A setting as the flag that gives it: `--name value`, a switch as `--name` or `--no-name`."""
+    flag = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{flag}" if value else f"--no-{flag}"
+    return f"--{flag} {value}"
 
 
 def _thorough_flags() -> dict:
@@ -136,19 +142,23 @@ def _stage_split(args):
 
 def _check_search_args(args) -> None:
     """Every number a search takes, checked before anything is loaded or written."""
-    given = [f"--{n.replace('_', '-')}" + ("" if isinstance(getattr(args, n), bool) else f" {getattr(args, n)}")
-             for n in ("solve_finalists", "solve_presets", "solve_one_prediction", "solve_teacher", "solve_samples")
+    given = [_flag(n, getattr(args, n))
+             for n in ("solve_finalists", "solve_presets", "solve_other_prediction", "solve_teacher", "solve_samples")
              if getattr(args, n, None) is not None]
+    switch = args.solve_other_prediction is not None
     _fill_search_defaults(args)
     _check_counts(args, "--budget", "--samples", "--samples2", "--samples3", "--heldout", "--chunk", "--reference-nfe",
                   "--finalists", "--solve-samples", "--solve-teacher")
     if args.solve < 0:
         raise ValueError(f"--solve {args.solve}: must be >= 0 (Nelder-Mead trials of the solve stage; 0 = none)")
     if args.solve_presets < 0:
-        raise ValueError(f"--solve-presets {args.solve_presets}: must be >= 0 (presets solved besides the best finalist)")
+        raise ValueError(f"--solve-presets {args.solve_presets}: must be >= 0 (presets solved besides the finalists)")
     if args.solve_finalists < 0:
         raise ValueError(f"--solve-finalists {args.solve_finalists}: must be >= 0 (the search's finalists solved; 0 = "
                          "the presets alone)")
+    if switch and args.solve and args.solve_presets == 0:   # it would do nothing
+        raise ValueError(f"{_flag('solve_other_prediction', args.solve_other_prediction)}: about the presets the solve "
+                         "stage fits, and --solve-presets 0 fits none")
     if args.solve and args.solve_finalists == 0 and args.solve_presets == 0:
         raise ValueError("--solve-finalists 0, --solve-presets 0: the solve stage would fit nothing; give one of them "
                          ">= 1, or --solve 0")

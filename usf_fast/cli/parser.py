@@ -128,17 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a search a real model can afford, at most 60,000 network rows at NFE 5 (a raised "
                         f"reference is paid for by fewer solve trials): {_flag_text(QUICK)} (flags given win)")
     q.add_argument("--solve", type=int, default=None,
-                   help="Nelder-Mead trials of the solve stage: the best finalist's step weights fitted to a teacher "
-                        f"along its own trajectory and its times tuned (default {d['solve']}; 0 = no solve stage)")
+                   help="Nelder-Mead trials of the solve stage per solved schedule: its step weights fitted to a "
+                        f"teacher along its own trajectory and its times tuned (default {d['solve']}; 0 = no solve stage)")
     q.add_argument("--solve-presets", type=int, default=None,
-                   help="presets (best on stage 1's noise) the solve stage fits besides the best finalist "
+                   help="presets (best on stage 1's noise) the solve stage fits besides the finalists "
                         "(default 1 with a solve stage)")
     q.add_argument("--solve-finalists", type=int, default=None,
                    help=f"the search's best finalists the solve stage fits (default {d['solve_finalists']}; 0 = the "
                         "presets alone)")
-    q.add_argument("--solve-one-prediction", action="store_true", default=None,
-                   help="solve each preset with its own prediction only (default: also with the other one, data <-> "
-                        "noise, unless that diverges on stage 1's noise; the solve's trials are shared by both)")
+    q.add_argument("--solve-other-prediction", action=argparse.BooleanOptionalAction, default=None,
+                   help="also solve each preset with the other prediction (data <-> noise on every step) unless that "
+                        "diverges on stage 1's noise, --solve trials each (default on; --quick: off)")
     q.add_argument("--solve-teacher", type=int, default=None,
                    help=f"steps of the solve stage's teacher solve (default {d['solve_teacher']})")
     q.add_argument("--solve-samples", type=int, default=None,

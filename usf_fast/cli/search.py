@@ -137,7 +137,7 @@ def _search(args, rank: int, device: str) -> int:
                         max_minutes=remaining, progress=rank == 0, chunk=args.chunk, device=device,
                         reference_nfe=args.reference_nfe, solve=args.solve, solve_samples=args.solve_samples,
                         solve_finalists=args.solve_finalists, solve_presets=args.solve_presets,
-                        solve_other_prediction=not args.solve_one_prediction,
+                        solve_other_prediction=args.solve_other_prediction,
                         solve_teacher=args.solve_teacher,
                         reference_dtype={"float64": torch.float64, "float32": torch.float32}[args.reference_dtype])
         if args.model.startswith("diffusers:"):   # generate then runs it on the network it was searched on

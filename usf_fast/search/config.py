@@ -72,9 +72,9 @@ class SearchConfig:
     """Options of `s3_search` (see there for what each one does).
 
     The defaults cost about 290,000 network rows at NFE 5 (`cost_estimate`): a short S³ search on
-    few samples, then the solve stage on its best schedule and on the preset best on stage 1's
-    noise, 96 Nelder–Mead trials each on 256 noises (docs/experiments.md, "A default with the solve
-    stage"). `S3_ONLY` holds the S³ search alone at the same rows (the defaults until 2026-12-05),
+    few samples, then the solve stage on its best schedule, on the preset best on stage 1's noise
+    and on that preset with the other prediction, 64 Nelder–Mead trials each on 256 noises
+    (docs/experiments.md, "A default with the solve stage" and "… the other prediction"). `S3_ONLY` holds the S³ search alone at the same rows (the defaults until 2026-12-05),
     `THOROUGH` the seven times dearer ones before 2026-12-02, `QUICK` a fifth of the rows.
 
     `identity()` is what a resumed search must share with the log it continues; it is stored in

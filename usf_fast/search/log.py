@@ -96,8 +96,14 @@ class SearchLog:
             old = ("solve" not in theirs and "solve" in mine
                    and (theirs.get("budget"), theirs.get("samples"), theirs.get("heldout"))
                    == (S3_ONLY["budget"], list(S3_ONLY["samples"]), S3_ONLY["heldout"]))
+            solve_theirs, solve_mine = theirs.get("solve") or {}, mine.get("solve") or {}
+            one = ("other_prediction" not in solve_theirs and solve_mine.get("other_prediction")
+                   and solve_theirs.get("trials") == 96 and solve_theirs.get("presets"))
             hint = (" (it looks like a log of the defaults before 2026-12-05, the S3 search alone: resume it with "
-                    "--s3-only, s3_search(..., **S3_ONLY))" if old else "")
+                    "--s3-only, s3_search(..., **S3_ONLY))" if old else
+                    " (it looks like a log of the defaults before the solve stage fitted the other prediction, 96 "
+                    "trials for one prediction: resume it with --solve 96 --no-solve-other-prediction, "
+                    "s3_search(..., solve=96, solve_other_prediction=False))" if one else "")
             raise ValueError(f"log {self.path}: written by a search with other settings: {'; '.join(differ)}; resume "
                              f"with the log's settings{hint}, or choose another --out for a new search")
         self.records = [r for r in parsed[1:] if r.get("type") == "eval"]

@@ -222,6 +222,7 @@ class S3Search:
                              "output": fingerprint})
         self.log = SearchLog(c.log_path, header, resume=c.resume, writer=(self.rank == 0))
         self.cache = self.log.cached()
+        self._twins_dropped = 0   # other predictions `to_solve` left out (diverged): their trials go to the others
         self.requested = self.new = 0
         self.deadline = None if c.max_minutes is None else self.t_begin + 60.0 * c.max_minutes
         self.rng = np.random.default_rng(c.seed)
@@ -606,15 +607,15 @@ class S3Search:
                           f"baseline: {', '.join(new)}", RuntimeWarning, stacklevel=4)
         return bad
 
-    def _diverged(self, values: list[float], fidelity: str) -> set[int]:
+    def _diverged(self, values: list[float], fidelity: str, baseline: list[float] | None = None) -> set[int]:
         """Indices of `values` (metrics on the noise set `fidelity`) whose samples diverged: NaN/inf,
         or (metric ref) over `DIVERGED` × the reference samples' own RMS, else over 1000 × the
-        values' median."""
+        median of `baseline` (default: of `values` themselves)."""
         if isinstance(self.metric, ReferenceDistance):
             ref = self.sets[fidelity].reference(self.model, self.space.t_start, self.space.t_end, self.device)
             limit = DIVERGED * float(ref.double().pow(2).mean().sqrt())
         else:   # another metric: only a value far beyond the others' (and NaN/inf) counts
-            finite = [v for v in values if math.isfinite(v)]
+            finite = [v for v in (values if baseline is None else baseline) if math.isfinite(v)]
             median = float(np.median(finite)) if finite else math.inf
             limit = 1000.0 * median if median > 0 else math.inf
         return {i for i, v in enumerate(values) if not math.isfinite(v) or v > limit}
@@ -697,10 +698,16 @@ class S3Search:
                     chosen.append(every[i])
             out += chosen
             if c.solve_other_prediction:
-                twins = [t for t in map(other_prediction, chosen) if schedule_key(t) not in seen]
-                if twins:   # one that diverges on stage 1's noise is not worth its trials
-                    bad = self._diverged(self.evaluate(twins, "s1", "final", count=False), "s1")
+                # a preset whose every step combines its start point alone (DDIM) fits the same span
+                # with either prediction: no twin; nor one that is a finalist or preset solved already
+                twins = [other_prediction(p) for p in chosen
+                         if any(st.points != (st.start,) or st.corrector != "none" for st in p.steps)]
+                twins = [t for t in twins if schedule_key(t) not in seen]
+                if twins:   # one that diverges on stage 1's noise is not worth its trials: they go to the others
+                    bad = self._diverged(self.evaluate(twins, "s1", "final", count=False), "s1",
+                                         baseline=[screen[i] for i in ranked])
                     out += [t for i, t in enumerate(twins) if i not in bad]
+                    self._twins_dropped = len(bad)
         return out
 
     def solve(self, finalists: list[Schedule]) -> list[Schedule]:
@@ -814,18 +821,18 @@ class S3Search:
         return cut
 
     def _affordable_trials(self, schedules: int, n: int) -> int:
-        """The solve stage's trials per schedule: `solve` × the schedules it may fit
-        (`SearchConfig.schedules_solved`) shared by the `schedules` it does fit (an other
-        prediction left out because it diverged gives its trials to the others), or fewer where the
+        """The solve stage's trials per schedule: `solve`, and the trials of the other predictions
+        `to_solve` left out because they diverged shared by the `schedules` it does fit, or fewer where the
         search would otherwise pass its printed bound (`cost_estimate`): the rows of a raised
         reference (`_reference_overrun`) come out of the solve's trials (with a warning; at least one
         trial, the weights at the schedule's own times)."""
         c = self.config
         if not schedules:
             return c.solve
-        share = c.solve * max(c.schedules_solved, schedules) // schedules
+        share = c.solve * (schedules + self._twins_dropped) // schedules
         per_trial = n * c.nfe * self._pass_rows
-        spare = (c.solve * max(c.schedules_solved, schedules) - share * schedules) * per_trial   # left by the rounding
+        # schedules not solved (fewer finalists or presets than asked for) and the rounding leave rows unspent
+        spare = (c.solve * max(c.schedules_solved, schedules) - share * schedules) * per_trial
         over = self._reference_overrun() - spare
         trials = share if over <= 0 else max(1, share - math.ceil(over / (per_trial * schedules)))
         if trials < share:
@@ -961,14 +968,17 @@ def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = No
             `metrics.reference_spacing`, float64 by default); its own error is measured against
             twice the steps and the steps raised while it exceeds 5% of the best seed's metric
             (`check_reference`); float32 makes it cheaper on a real network.
-        solve: Nelder–Mead trials of the solve stage (default 96; 0: none): the best
-            `solve_finalists` finalists (default 1; 0: none) and the `solve_presets` presets best on
-            stage 1's noise (None, the default: 1 with a solve stage)
-            get their step weights fitted to a teacher along their own
+        solve: Nelder–Mead trials of the solve stage per schedule (default 64; 0: none): the best
+            `solve_finalists` finalists (default 1; 0: none), the `solve_presets` presets best on
+            stage 1's noise (None, the default: 1 with a solve stage) and, with
+            `solve_other_prediction` (default True), each of those presets with the other
+            prediction (data <-> noise; left out where it diverges on stage 1's noise, its trials
+            shared by the others) get their step weights fitted to a teacher along their own
             trajectory and their times tuned (`usf_fast.search.solve`; docs/search.md, "The solve
             stage"), on `solve_samples` noises with a `solve_teacher`-step teacher and ridge
             `solve_ridge`; the solved schedules join the finalists in the held-out table. Costs
-            (solve_teacher + 1 + solve × (solve_finalists + solve_presets) × NFE) × solve_samples rows;
+            (solve_teacher + 1 + solve × (solve_finalists + solve_presets × 2) × NFE) × solve_samples
+            rows (× 1 for the presets without solve_other_prediction);
             each solved schedule is logged when finished (a resume reads it back).
         The defaults cost about 290,000 network rows at NFE 5, nine tenths of them in the solve stage;
         `**S3_ONLY` gives the S³ search alone at about the same rows (the defaults until

@@ -116,8 +116,14 @@ def other_prediction(schedule: Schedule) -> Schedule:
         raise ValueError("other_prediction: the schedule has learned weights (Step.weights), which belong to its "
                          "own prediction; switch the prediction of a formula schedule")
     flip = {"data": "noise", "noise": "data"}
+    meta = dict(schedule.meta, other_prediction=True)
+    opts = meta.get("options")
+    if isinstance(opts, dict) and "prediction" in opts:   # the preset's own option, switched with it
+        meta["options"] = dict(opts, prediction=flip.get(opts["prediction"], opts["prediction"]))
+    elif "preset" in meta:   # a preset with one prediction (DPM-Solver++): its twin is no longer that preset
+        meta = {k: v for k, v in meta.items() if k not in ("preset", "options")}
     return schedule.replace(steps=[st.replace(prediction=flip[st.prediction]) for st in schedule.steps],
-                            name=f"{schedule.name or 'schedule'} (other prediction)")
+                            name=f"{schedule.name or 'schedule'} (other prediction)", meta=meta)
 
 
 def _rms(diff: torch.Tensor, total: Callable | None) -> float:

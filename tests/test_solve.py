@@ -317,6 +317,13 @@ def test_the_solve_stage_fits_the_best_preset_with_the_other_prediction_too(tmp_
     assert est["solve"] - one["solve"] == 4 * 4 * 16 + 8 * 4   # its trials, and its check on stage 1's 8 samples
     for phase in ("solve", "heldout", "total"):
         assert 0 < r.cost[phase] <= est[phase], phase
+    # killed after the solve stage: a resume reads the three solved schedules back, not one row solved again
+    log = opts["log_path"]
+    assert [rec["trials"] for rec in _records(log, "solved")] == [4, 4, 4]
+    kept = [ln for ln in open(log).read().splitlines() if '"type": "result"' not in ln]
+    open(log, "w").write("\n".join(kept) + "\n")
+    again = s3_search(mix, 4, resume=True, **opts)
+    assert again.cost.get("solve", 0) == 0 and again.best.to_dict() == r.best.to_dict()
 
 
 def test_an_other_prediction_that_diverges_is_not_solved(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from usf_fast.search import s3_search
 from usf_fast.search.config import SearchConfig
 from usf_fast.search.solve import (DenseTeacher, fit_step, other_prediction, past, solve_times, solve_weights,
                                    teacher_states)
+from usf_fast.search.solve import twin as twin_of
 
 NS = usf_fast.NoiseScheduleVP("linear")
 SCALES = torch.linspace(0.2, 2.0, 12, dtype=torch.float64).reshape(3, 2, 2)
@@ -220,8 +221,8 @@ def _spy_on_to_solve(monkeypatch) -> dict:
         # the reference's own size there
         twin = None
         if self.config.solve_other_prediction:
-            assert (s3mod.schedule_key(other_prediction(best)), "s1" + self.ref_tag) in self.cache
-            twin = self.evaluate([other_prediction(best)], "s1", "final", count=False)[0]
+            assert (s3mod.schedule_key(twin_of(best, self.ns)), "s1" + self.ref_tag) in self.cache
+            twin = self.evaluate([twin_of(best, self.ns)], "s1", "final", count=False)[0]
         ref = self.sets["s1"].reference(self.model, self.space.t_start, self.space.t_end, self.device)
         seen.update(out=out, finalists=finalists, best=best, twin=twin, ref_rms=float(ref.double().pow(2).mean().sqrt()))
         return out
@@ -295,6 +296,22 @@ def test_other_prediction_switches_every_step_to_the_other_presets_formula():
         other_prediction(learned)
 
 
+def test_the_twin_is_unipc3_with_the_other_prediction_at_the_presets_times():
+    """A preset's twin: UniPC-3 bh2 with the other prediction, its times and AFS; of UniPC-3 itself
+    exactly `other_prediction`."""
+    from usf_fast import presets as P
+    from usf_fast.search.space import schedule_key
+    dpm = P.dpm_solver_pp(NS, 5, order=3, spacing="time_quadratic", afs=True)
+    t = twin_of(dpm, NS)
+    assert t.timesteps == dpm.timesteps and t.afs and t.nfe == 5
+    assert schedule_key(t) == schedule_key(P.unipc(NS, 5, order=3, prediction="noise", timesteps=list(dpm.timesteps),
+                                                   afs=True))
+    u3 = P.unipc(NS, 5, order=3, spacing="logSNR")
+    assert schedule_key(twin_of(u3, NS)) == schedule_key(other_prediction(u3))
+    ddim = P.ddim(NS, 5)
+    assert {st.prediction for st in twin_of(ddim, NS).steps} == {"noise"} and max(st.order for st in twin_of(ddim, NS).steps) == 3
+
+
 def test_the_solve_stage_fits_the_best_preset_with_the_other_prediction_too(tmp_path, monkeypatch):
     """solve_other_prediction (the default): besides the finalist and the best preset, the best
     preset with every step's prediction switched is solved and reaches the held-out table; the
@@ -307,7 +324,7 @@ def test_the_solve_stage_fits_the_best_preset_with_the_other_prediction_too(tmp_
     r = s3_search(mix, 4, **opts)
     out, keys = seen["out"], [s3mod.schedule_key(s) for s in seen["out"]]
     assert len(out) == 3 and len(set(keys)) == 3 and seen["twin"] < 10 * seen["ref_rms"]
-    assert keys[2] == s3mod.schedule_key(other_prediction(out[1]))
+    assert keys[2] == s3mod.schedule_key(twin_of(out[1], NS))
     assert {st.prediction for st in out[2].steps} != {st.prediction for st in out[1].steps}
     assert sum("learned weights" in lbl for lbl, _ in r.table) == 3
     cfg = {k: v for k, v in opts.items() if k not in ("progress", "log_path")}

@@ -50,7 +50,7 @@ from .gp import GPPredictor
 from .log import SearchLog
 from .predictor import ImprovementPredictor, Predictor
 from .probe import gaussian_probe
-from .solve import DenseTeacher, TimeUp, other_prediction, solve_times
+from .solve import DenseTeacher, TimeUp, solve_times, twin
 from .space import SearchSpace, schedule_key
 
 FRECHET_METRICS = ("fd", "fid", "exact")   # distances between sample sets: biased and noisy on few samples
@@ -677,9 +677,9 @@ class S3Search:
         """The schedules the solve stage fits: the best `solve_finalists` finalists, then the
         `solve_presets` presets that score best on stage 1's noise (read from the search's
         evaluations, as `table_presets` ranks them; diverged presets left out), then, with
-        `solve_other_prediction`, each of those presets with the other prediction on every step
-        (`other_prediction`; left out where it diverges on stage 1's noise: UniPC's noise prediction
-        on a flow model), each structure once: at most `SearchConfig.schedules_solved`."""
+        `solve_other_prediction`, each of those presets' `twin` (UniPC-3 with the other prediction
+        at the preset's times; left out where it diverges on stage 1's noise: UniPC's noise
+        prediction on a flow model), each structure once: at most `SearchConfig.schedules_solved`."""
         c = self.config
         out = list(finalists[:c.solve_finalists])
         if c.presets_solved:
@@ -697,12 +697,8 @@ class S3Search:
                     seen.add(schedule_key(every[i]))
                     chosen.append(every[i])
             out += chosen
-            if c.solve_other_prediction:
-                # a preset whose every step combines its start point alone (DDIM) fits the same span
-                # with either prediction: no twin; nor one that is a finalist or preset solved already
-                twins = [other_prediction(p) for p in chosen
-                         if any(st.points != (st.start,) or st.corrector != "none" for st in p.steps)]
-                twins = [t for t in twins if schedule_key(t) not in seen]
+            if c.solve_other_prediction:   # no twin that is a finalist or a preset solved already
+                twins = [t for t in (twin(p, self.ns) for p in chosen) if schedule_key(t) not in seen]
                 if twins:   # one that diverges on stage 1's noise is not worth its trials: they go to the others
                     bad = self._diverged(self.evaluate(twins, "s1", "final", count=False), "s1",
                                          baseline=[screen[i] for i in ranked])

@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the search's best finalists the solve stage fits (default {d['solve_finalists']}; 0 = the "
                         "presets alone)")
     q.add_argument("--solve-other-prediction", action=argparse.BooleanOptionalAction, default=None,
-                   help="also solve each preset with the other prediction (data <-> noise on every step) unless that "
-                        "diverges on stage 1's noise, --solve trials each (default on; --quick: off)")
+                   help="also solve each preset's twin, UniPC-3 with the other prediction (data <-> noise) at the "
+                        "preset's times, unless it diverges on stage 1's noise; --solve trials each (default on; "
+                        "--quick: off)")
     q.add_argument("--solve-teacher", type=int, default=None,
                    help=f"steps of the solve stage's teacher solve (default {d['solve_teacher']})")
     q.add_argument("--solve-samples", type=int, default=None,

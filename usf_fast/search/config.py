@@ -73,8 +73,9 @@ class SearchConfig:
 
     The defaults cost about 290,000 network rows at NFE 5 (`cost_estimate`): a short S³ search on
     few samples, then the solve stage on its best schedule, on the preset best on stage 1's noise
-    and on that preset with the other prediction, 64 Nelder–Mead trials each on 256 noises
-    (docs/experiments.md, "A default with the solve stage" and "… the other prediction"). `S3_ONLY` holds the S³ search alone at the same rows (the defaults until 2026-12-05),
+    and on its twin (UniPC-3 with the other prediction at its times), 64 Nelder–Mead trials each on
+    256 noises (docs/experiments.md, "A default with the solve stage" and "… the other
+    prediction"). `S3_ONLY` holds the S³ search alone at the same rows (the defaults until 2026-12-05),
     `THOROUGH` the seven times dearer ones before 2026-12-02, `QUICK` a fifth of the rows.
 
     `identity()` is what a resumed search must share with the log it continues; it is stored in
@@ -146,7 +147,7 @@ class SearchConfig:
                              "nothing; give solve_finalists or solve_presets >= 1, or solve=0")
         if not isinstance(self.solve_other_prediction, bool):
             raise ValueError(f"solve_other_prediction={self.solve_other_prediction!r}: must be True or False (whether "
-                             "each solved preset is also solved with the other prediction, data <-> noise)")
+                             "each solved preset's twin, UniPC-3 with the other prediction at its times, is solved too)")
         if self.solve_presets and not self.solve:
             raise ValueError(f"solve_presets={self.solve_presets}: the solve stage is off (solve=0); give solve >= 1 "
                              "Nelder-Mead trials")
@@ -184,8 +185,8 @@ class SearchConfig:
     @property
     def schedules_solved(self) -> int:
         """Schedules the solve stage fits at most: the finalists, the presets and, with
-        `solve_other_prediction`, each preset with the other prediction (left out where that one
-        diverges on stage 1's noise); 0 without a solve stage."""
+        `solve_other_prediction`, each preset's twin (`solve.twin`: UniPC-3 with the other
+        prediction; left out where it diverges on stage 1's noise); 0 without a solve stage."""
         if not self.solve:
             return 0
         return self.solve_finalists + self.presets_solved * (2 if self.solve_other_prediction else 1)

@@ -308,6 +308,15 @@ def test_the_twin_is_unipc3_with_the_other_prediction_at_the_presets_times():
                                                    afs=True))
     u3 = P.unipc(NS, 5, order=3, spacing="logSNR")
     assert schedule_key(twin_of(u3, NS)) == schedule_key(other_prediction(u3))
+    bh1 = P.unipc(NS, 5, order=3, variant="bh1", spacing="logSNR")   # the twin is bh2 whatever the preset's variant
+    assert schedule_key(twin_of(bh1, NS)) == schedule_key(other_prediction(u3)) != schedule_key(other_prediction(bh1))
+    # every preset a search compares, on VP, flow and EDM, small NFE too: a twin of the same NFE, times and AFS
+    for ns in (NS, usf_fast.NoiseScheduleFlow(), usf_fast.NoiseScheduleEDM()):
+        for nfe in (1, 2, 5):
+            for _, s in usf_fast.search.s3.preset_candidates(ns, nfe):
+                t = twin_of(s, ns)
+                assert (t.nfe, t.timesteps, t.afs) == (s.nfe, s.timesteps, s.afs)
+                assert t.meta["options"]["spacing"] == s.meta["options"]["spacing"]
     ddim = P.ddim(NS, 5)
     assert {st.prediction for st in twin_of(ddim, NS).steps} == {"noise"} and max(st.order for st in twin_of(ddim, NS).steps) == 3
 

@@ -697,8 +697,12 @@ class S3Search:
                     seen.add(schedule_key(every[i]))
                     chosen.append(every[i])
             out += chosen
-            if c.solve_other_prediction:   # no twin that is a finalist or a preset solved already
-                twins = [t for t in (twin(p, self.ns) for p in chosen) if schedule_key(t) not in seen]
+            if c.solve_other_prediction:   # each twin once, none that is a finalist or a preset solved already
+                twins = []
+                for t in (twin(p, self.ns) for p in chosen):
+                    if schedule_key(t) not in seen:
+                        seen.add(schedule_key(t))
+                        twins.append(t)
                 if twins:   # one that diverges on stage 1's noise is not worth its trials: they go to the others
                     bad = self._diverged(self.evaluate(twins, "s1", "final", count=False), "s1",
                                          baseline=[screen[i] for i in ranked])

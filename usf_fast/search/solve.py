@@ -138,7 +138,12 @@ def twin(schedule: Schedule, noise_schedule) -> Schedule:
         warnings.simplefilter("ignore", DivergenceWarning)
         rich = unipc(noise_schedule, schedule.nfe, order=3, variant="bh2", prediction=schedule.steps[-1].prediction,
                      timesteps=list(schedule.timesteps), afs=schedule.afs, denoise_to_zero=schedule.denoise_to_zero)
-    return other_prediction(rich)
+    out = other_prediction(rich)
+    # named for what it is; the preset's spacing (unipc's meta names its own default for given times)
+    pred = out.steps[-1].prediction
+    opts = dict(out.meta.get("options") or {}, spacing=(schedule.meta.get("options") or {}).get("spacing"))
+    return out.replace(name=f"unipc(order=3, variant=bh2, prediction={pred}) at the times of {schedule.name or 'a schedule'}",
+                       meta=dict(out.meta, options=opts))
 
 
 def _rms(diff: torch.Tensor, total: Callable | None) -> float:

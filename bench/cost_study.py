@@ -60,8 +60,8 @@ VARIANTS = {
     "qs96p": dict(budget=16, samples=(16, 32), heldout=128, heldout_presets=4, solve=32, solve_presets=1,
                   solve_samples=96, solve_teacher=50),
     "vap": dict(budget=200, samples=(96, 192), solve=48, solve_presets=1, solve_samples=128, solve_teacher=50),
-    # the best preset's other prediction solved too (2026-12-05, night): QUICK's trials shared three ways, or
-    # the finalist left out
+    # QUICK with the twin (2026-12-05, night): its trials shared three ways, or the finalist left out (measured
+    # when the twin was the preset's own switch, solve.other_prediction; it is UniPC-3 now, solve.twin)
     "quick-o15": dict(QUICK, solve=15, solve_other_prediction=True),
     "quick-o23p": dict(QUICK, solve_finalists=0, solve_other_prediction=True),
     # the default before the other prediction: finalist and best preset, 96 trials each

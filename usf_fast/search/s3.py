@@ -689,20 +689,10 @@ class S3Search:
                 self._end_phase("heldout")   # the held-out table's own screen (`table_presets` reads it back)
             ranked = [i for i in ranked if math.isfinite(screen[i])]   # (all diverged: none is dropped)
             seen = {schedule_key(s) for s in out}
-            chosen = []
-            for i in ranked:
-                if len(chosen) >= c.presets_solved:
-                    break
-                if schedule_key(every[i]) not in seen:
-                    seen.add(schedule_key(every[i]))
-                    chosen.append(every[i])
+            chosen = _unseen((every[i] for i in ranked), seen, c.presets_solved)
             out += chosen
             if c.solve_other_prediction:   # each twin once, none that is a finalist or a preset solved already
-                twins = []
-                for t in (twin(p, self.ns) for p in chosen):
-                    if schedule_key(t) not in seen:
-                        seen.add(schedule_key(t))
-                        twins.append(t)
+                twins = _unseen((twin(p, self.ns) for p in chosen), seen)
                 if twins:   # one that diverges on stage 1's noise is not worth its trials: they go to the others
                     bad = self._diverged(self.evaluate(twins, "s1", "final", count=False), "s1",
                                          baseline=[screen[i] for i in ranked])
@@ -881,6 +871,19 @@ def describe(schedule: Schedule) -> str:
     return ", ".join(parts)
 
 
+def _unseen(schedules, seen: set, most: int | None = None) -> list[Schedule]:
+    """The first `most` (default all) of `schedules` whose key is not in `seen`, each structure once;
+    their keys are added to `seen`."""
+    out = []
+    for s in schedules:
+        if most is not None and len(out) >= most:
+            break
+        if schedule_key(s) not in seen:
+            seen.add(schedule_key(s))
+            out.append(s)
+    return out
+
+
 def _finalist_labels(finalists: list[Schedule]) -> list[str]:
     """'searched (what it is)' per finalist, numbered where two read the same (they differ in times)."""
     text = [f"searched ({describe(s)})" for s in finalists]
@@ -971,9 +974,10 @@ def s3_search(model: DiffusionModel, nfe: int, *, space: SearchSpace | None = No
         solve: Nelder–Mead trials of the solve stage per schedule (default 64; 0: none): the best
             `solve_finalists` finalists (default 1; 0: none), the `solve_presets` presets best on
             stage 1's noise (None, the default: 1 with a solve stage) and, with
-            `solve_other_prediction` (default True), each of those presets with the other
-            prediction (data <-> noise; left out where it diverges on stage 1's noise, its trials
-            shared by the others) get their step weights fitted to a teacher along their own
+            `solve_other_prediction` (default True), each of those presets' twin (`solve.twin`:
+            UniPC-3 with the other prediction, data <-> noise, at the preset's times; left out where
+            it diverges on stage 1's noise, its trials shared by the others) get their step weights
+            fitted to a teacher along their own
             trajectory and their times tuned (`usf_fast.search.solve`; docs/search.md, "The solve
             stage"), on `solve_samples` noises with a `solve_teacher`-step teacher and ridge
             `solve_ridge`; the solved schedules join the finalists in the held-out table. Costs
